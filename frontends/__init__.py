@@ -1,0 +1,1 @@
+"""Frontends: model formats -> tensor IR. Only this package imports onnx."""

@@ -1,0 +1,214 @@
+"""ONNX -> tensor IR.
+
+Loads and checks the model, fixes a symbolic batch dimension to 1, reports every unsupported op at
+once, folds everything computable from constants (with ONNX's own reference evaluator, so shape
+arithmetic such as Shape -> Gather -> Concat -> Reshape disappears), and imports the rest through
+the table in ``onnx_ops.IMPORTERS``. Result types come from the op table's inference, so the graph
+is typed by construction and verified at the end.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ..errors import ModelError, UnsupportedOpError, VerifyError
+from ..ir import OPS, Graph, TensorType, Value, verify
+from .onnx_ops import IMPORTERS, SHAPE_ONLY, Unsupported
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+
+
+def load_model(source) -> onnx.ModelProto:
+    """Read an ONNX model from a path, bytes or a ModelProto and run the ONNX checker."""
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        try:
+            if isinstance(source, (bytes, bytearray)):
+                model = onnx.load_from_string(bytes(source))
+            else:
+                if not os.path.isfile(source):
+                    raise ModelError(f"{source}: no such file")
+                model = onnx.load(os.fspath(source))
+        except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+            raise ModelError(f"{source}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+                             "export it again with torch.onnx.export or skl2onnx") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{source}: the ONNX model has an empty graph (is this really an ONNX file?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{source}: the ONNX checker rejects the model: {first}") from None
+    return model
+
+
+def _opsets(model: onnx.ModelProto) -> dict[str, int]:
+    return {(o.domain or ""): o.version for o in model.opset_import}
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    t = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise ModelError(f"input {vi.name!r} is not a tensor; hecc takes float tensors only")
+    if t.elem_type not in FLOAT_TYPES:
+        name = onnx.TensorProto.DataType.Name(t.elem_type)
+        raise ModelError(f"input {vi.name!r} has element type {name}; hecc encrypts float tensors only")
+    if not t.HasField("shape"):
+        raise ModelError(f"input {vi.name!r} has no shape; export the model with a static input shape")
+    shape = []
+    for axis, dim in enumerate(t.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(dim.dim_value)
+        elif axis == 0:
+            shape.append(1)
+        else:
+            label = dim.dim_param or "?"
+            raise ModelError(f"input {vi.name!r} has a dynamic dimension {label!r} at axis {axis}; "
+                             "only the first (batch) dimension may be dynamic: export the model "
+                             "with fixed sizes for the other dimensions")
+    return tuple(shape)
+
+
+class ImportContext:
+    """State of one import: ONNX names -> IR values or numpy constants, and the graph built."""
+
+    def __init__(self, opsets: dict[str, int]):
+        self.graph = Graph()
+        self.opsets = opsets
+        self.env: dict[str, Value | np.ndarray] = {}
+        self.const_names: dict[int, str] = {}
+        self.onnx_names: dict[int, str] = {}
+        self.keep_alive: list = []  # arrays keyed by id() must outlive the import
+        self.client_producer: dict[Value, str] = {}
+        self.node = None
+        self.node_label = ""
+
+    def const(self, array: np.ndarray, hint: str) -> Value:
+        """A ``tensor.constant`` for ``array`` (stored once per array object)."""
+        key = id(array)
+        if key not in self.const_names:
+            stored = np.asarray(array)
+            if stored.dtype.kind in "iub":
+                stored = stored.astype(np.float64)
+            name = self.graph.unique_constant_name(self.onnx_names.get(key, hint))
+            self.graph.constants[name] = stored
+            self.const_names[key] = name
+            self.keep_alive.append(array)
+        name = self.const_names[key]
+        shape = self.graph.constants[name].shape
+        return self.graph.append("tensor.constant", [], [TensorType(shape, False)],
+                                 {"name": name}).result
+
+    def value(self, x, hint: str = "const") -> Value:
+        if isinstance(x, Value):
+            return x
+        return self.const(x, f"{self.node_label}.{hint}")
+
+    def emit(self, name: str, operands, attrs: dict | None = None) -> Value:
+        """Append op ``name``; numpy operands become constants; the result type is inferred."""
+        values = [self.value(x, f"arg{i}") for i, x in enumerate(operands)]
+        opdef = OPS[name]
+        attrs = dict(attrs or {})
+        for v in values:
+            if v in self.client_producer and not opdef.client_side:
+                raise Unsupported(f"it uses the result of {self.client_producer[v]}, which hecc only "
+                                  "supports at the model's output (client-side, after decryption)")
+        full = {k: opdef.attr(attrs, k) for k in opdef.attrs}
+        try:
+            types = opdef.infer([v.type for v in values], full)
+        except ValueError as exc:
+            raise Unsupported(str(exc)) from None
+        result = self.graph.append(name, values, types, attrs).result
+        if opdef.client_side:
+            self.client_producer[result] = f"{self.node.op_type} node {self.node_label!r}"
+        return result
+
+
+def import_model(source) -> Graph:
+    """ONNX model (path, bytes or ModelProto) -> verified tensor-IR graph."""
+    model = load_model(source)
+    opsets = _opsets(model)
+    g = model.graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    model_inputs = [vi for vi in g.input if vi.name not in initializers]
+    ctx = ImportContext(opsets)
+    ctx.env.update(initializers)
+    ctx.onnx_names.update({id(a): name for name, a in initializers.items()})
+    for vi in model_inputs:
+        shape = _input_shape(vi)
+        ctx.env[vi.name] = ctx.graph.append("hecc.input", [], [TensorType(shape, True)],
+                                            {"name": vi.name}).result
+    _check_supported(g, set(initializers))
+    for index, node in enumerate(g.node):
+        _import_node(ctx, node, index)
+    for vi in g.output:
+        if vi.name not in ctx.env:
+            raise ModelError(f"output {vi.name!r} is not produced by any node")
+        value = ctx.value(ctx.env[vi.name], "output")
+        ctx.graph.append("hecc.output", [value], [], {"name": vi.name})
+    try:
+        verify(ctx.graph)
+    except VerifyError as exc:
+        raise AssertionError(f"the ONNX frontend built invalid IR: {exc}") from None
+    return ctx.graph
+
+
+def _check_supported(g: onnx.GraphProto, constants: set[str]) -> None:
+    """Raise one ``UnsupportedOpError`` listing every op that neither folds nor imports."""
+    constant = set(constants)
+    missing: dict[str, list[str]] = {}
+    for index, node in enumerate(g.node):
+        ins = [i for i in node.input if i]
+        if all(i in constant for i in ins) or node.op_type in SHAPE_ONLY:
+            constant.update(o for o in node.output if o)
+            continue
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if (node.domain or "", node.op_type) not in IMPORTERS:
+            missing.setdefault(key, []).append(_node_label(node, index))
+    if missing:
+        raise UnsupportedOpError(missing)
+
+
+def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:
+    ctx.node, ctx.node_label = node, _node_label(node, index)
+    inputs = [ctx.env[i] if i else None for i in node.input]
+    for name, value in zip(node.input, inputs):
+        if name and name not in ctx.env:
+            raise ModelError(f"node {ctx.node_label!r} uses {name!r}, which nothing defines")
+    if all(not isinstance(x, Value) for x in inputs) or node.op_type in SHAPE_ONLY:
+        outputs = _fold(ctx, node, inputs)
+    else:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else
+                     [x.decode() if isinstance(x, bytes) else x for x in v] if isinstance(v, list) else v)
+                 for k, v in attrs.items()}
+        try:
+            outputs = IMPORTERS[(node.domain or "", node.op_type)](ctx, inputs, attrs)
+        except Unsupported as exc:
+            raise UnsupportedOpError({node.op_type: [ctx.node_label]}, {node.op_type: str(exc)}) from None
+    for name, value in zip(node.output, outputs):
+        if name:
+            ctx.env[name] = value
+
+
+def _fold(ctx: ImportContext, node: onnx.NodeProto, inputs) -> list[np.ndarray]:
+    """Evaluate a node whose inputs are all constants (or that only reads static shapes)."""
+    if node.op_type in SHAPE_ONLY:
+        return SHAPE_ONLY[node.op_type](node, inputs)
+    feeds = {name: x for name, x in zip(node.input, inputs) if name}
+    try:
+        evaluator = ReferenceEvaluator(node, opsets=ctx.opsets)
+        return [np.asarray(x) for x in evaluator.run(None, feeds)]
+    except Exception as exc:  # the evaluator raises many types; any failure means we cannot fold
+        raise ModelError(f"cannot evaluate constant node {ctx.node_label!r} ({node.op_type}): "
+                         f"{type(exc).__name__}: {exc}") from None

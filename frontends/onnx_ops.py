@@ -1,0 +1,487 @@
+"""The import table: ONNX (domain, op type) -> function building tensor IR.
+
+This table is the single source of truth for what hecc supports; the README's op table is
+generated from it. An importer gets the import context, its inputs (IR ``Value`` for data derived
+from the encrypted input, numpy arrays for constants, None for absent optional inputs) and its
+attributes, and returns one entry per ONNX output. It raises ``Unsupported`` with a reason when a
+supported op is used in a way hecc cannot compile.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import Value
+
+
+class Unsupported(Exception):
+    """This use of a supported op cannot be compiled; the message says why."""
+
+
+IMPORTERS: dict[tuple[str, str], callable] = {}
+DOCS: dict[tuple[str, str], str] = {}
+
+
+def importer(*op_types: str, domain: str = "", doc: str = ""):
+    def register(fn):
+        for op_type in op_types:
+            IMPORTERS[(domain, op_type)] = fn
+            DOCS[(domain, op_type)] = doc
+        return fn
+    return register
+
+
+def _shape(x) -> tuple[int, ...]:
+    return x.type.shape if isinstance(x, Value) else np.shape(x)
+
+
+def _const(x, what: str) -> np.ndarray:
+    if isinstance(x, Value):
+        raise Unsupported(f"its {what} must be a constant, but it depends on the encrypted input")
+    return np.asarray(x)
+
+
+def _axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise Unsupported(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _ints(x) -> list[int]:
+    return [int(v) for v in np.asarray(x).reshape(-1)]
+
+
+# --- elementwise arithmetic -------------------------------------------------------------------
+
+@importer("Add", "Sub", "Mul", doc="numpy broadcasting; operands may both be encrypted")
+def _binary(ctx, inputs, attrs):
+    name = {"Add": "tensor.add", "Sub": "tensor.sub", "Mul": "tensor.mul"}[ctx.node.op_type]
+    return [ctx.emit(name, inputs)]
+
+
+@importer("Div", doc="divisor must be a constant")
+def _div(ctx, inputs, attrs):
+    x, d = inputs
+    d = _const(d, "divisor")
+    if np.any(d == 0):
+        raise Unsupported("it divides by a constant that contains zeros")
+    return [ctx.emit("tensor.mul", [x, 1.0 / d.astype(np.float64)])]
+
+
+@importer("Neg")
+def _neg(ctx, inputs, attrs):
+    return [ctx.emit("tensor.neg", inputs)]
+
+
+@importer("Sum", doc="any number of operands")
+def _sum(ctx, inputs, attrs):
+    acc = inputs[0]
+    for x in inputs[1:]:
+        acc = ctx.emit("tensor.add", [acc, x])
+    return [acc]
+
+
+@importer("Pow", doc="exponent a constant non-negative integer")
+def _pow(ctx, inputs, attrs):
+    x, e = inputs
+    e = _const(e, "exponent")
+    if e.size != 1 or float(e.reshape(-1)[0]) != int(e.reshape(-1)[0]) or e.reshape(-1)[0] < 0:
+        raise Unsupported(f"only a constant non-negative integer exponent is supported, got {e.tolist()}")
+    n = int(e.reshape(-1)[0])
+    if n == 1:
+        return [x]
+    return [ctx.emit("tensor.pow", [x], {"exponent": n})]
+
+
+# --- linear layers ---------------------------------------------------------------------------
+
+@importer("MatMul", doc="numpy.matmul semantics")
+def _matmul(ctx, inputs, attrs):
+    return [ctx.emit("tensor.matmul", inputs)]
+
+
+def _transpose2(ctx, x):
+    if isinstance(x, Value):
+        return ctx.emit("tensor.transpose", [x], {"perm": [1, 0]})
+    return np.asarray(x).T
+
+
+@importer("Gemm", doc="alpha, beta, transA, transB")
+def _gemm(ctx, inputs, attrs):
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 else None
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if attrs.get("transA", 0):
+        a = _transpose2(ctx, a)
+    if attrs.get("transB", 0):
+        b = _transpose2(ctx, b)
+    if alpha != 1.0:
+        if isinstance(b, Value) and not isinstance(a, Value):
+            a = np.asarray(a, dtype=np.float64) * alpha
+        elif not isinstance(b, Value):
+            b = np.asarray(b, dtype=np.float64) * alpha
+    y = ctx.emit("tensor.matmul", [a, b])
+    if alpha != 1.0 and isinstance(a, Value) and isinstance(b, Value):
+        y = ctx.emit("tensor.mul", [y, np.asarray(alpha)])
+    if c is not None and beta != 0.0:
+        if isinstance(c, Value):
+            if beta != 1.0:
+                c = ctx.emit("tensor.mul", [c, np.asarray(beta)])
+        else:
+            c = np.asarray(c, dtype=np.float64) * beta if beta != 1.0 else c
+        y = ctx.emit("tensor.add", [y, c])
+    return [y]
+
+
+def _conv_pads(attrs, in_hw, kernel, strides, dilations):
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+        n = len(kernel)
+        return [pads[i] for i in range(n)], [pads[n + i] for i in range(n)]
+    if auto_pad == "VALID":
+        return [0] * len(kernel), [0] * len(kernel)
+    begins, ends = [], []
+    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else big)
+        ends.append(big if auto_pad == "SAME_UPPER" else small)
+    return begins, ends
+
+
+@importer("Conv", doc="1-D or 2-D; strides, pads, auto_pad, dilations, group (depthwise too); constant weight")
+def _conv(ctx, inputs, attrs):
+    x, w = inputs[0], _const(inputs[1], "weight")
+    b = _const(inputs[2], "bias") if len(inputs) > 2 and inputs[2] is not None else None
+    rank = len(_shape(x))
+    if rank not in (3, 4) or w.ndim != rank:
+        raise Unsupported(f"only 1-D and 2-D convolutions are supported (input rank {rank})")
+    kernel = list(w.shape[2:])
+    strides = list(attrs.get("strides", [1] * len(kernel)))
+    dilations = list(attrs.get("dilations", [1] * len(kernel)))
+    begins, ends = _conv_pads(attrs, _shape(x)[2:], kernel, strides, dilations)
+    if rank == 3:
+        shape = _shape(x)
+        x = ctx.emit("tensor.reshape", [x], {"shape": [shape[0], shape[1], 1, shape[2]]})
+        w = w[:, :, None, :]
+        strides, dilations, begins, ends = [1] + strides, [1] + dilations, [0] + begins, [0] + ends
+    operands = [x, w] + ([b] if b is not None else [])
+    y = ctx.emit("tensor.conv2d", operands, {
+        "strides": strides, "dilations": dilations, "group": int(attrs.get("group", 1)),
+        "pads": [begins[0], begins[1], ends[0], ends[1]]})
+    if rank == 3:
+        s = y.type.shape
+        y = ctx.emit("tensor.reshape", [y], {"shape": [s[0], s[1], s[3]]})
+    return [y]
+
+
+@importer("BatchNormalization", doc="inference mode; folded into the preceding Conv/Gemm by canonicalize")
+def _batchnorm(ctx, inputs, attrs):
+    x = inputs[0]
+    scale, bias, mean, var = (_const(v, n).astype(np.float64)
+                              for v, n in zip(inputs[1:5], ("scale", "bias", "mean", "variance")))
+    if attrs.get("training_mode", 0):
+        raise Unsupported("training_mode=1; export the model in eval mode")
+    if len([o for o in ctx.node.output if o]) > 1:
+        raise Unsupported("running statistics outputs are used; export the model in eval mode")
+    rank = len(_shape(x))
+    factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    trail = (1,) * (rank - 2)
+    y = ctx.emit("tensor.mul", [x, factor.reshape((-1,) + trail)])
+    return [ctx.emit("tensor.add", [y, (bias - mean * factor).reshape((-1,) + trail)])]
+
+
+# --- pooling ---------------------------------------------------------------------------------
+
+@importer("AveragePool", doc="2-D; kernel_shape, strides, pads, auto_pad, count_include_pad")
+def _avgpool(ctx, inputs, attrs):
+    x = inputs[0]
+    kernel = list(attrs["kernel_shape"])
+    if len(kernel) != 2:
+        raise Unsupported("only 2-D average pooling is supported")
+    strides = list(attrs.get("strides", [1, 1]))
+    if attrs.get("dilations", [1, 1]) != [1, 1]:
+        raise Unsupported("dilated average pooling is not supported")
+    begins, ends = _conv_pads(attrs, _shape(x)[2:], kernel, strides, [1, 1])
+    if attrs.get("ceil_mode", 0):
+        for size, k, s, pb, pe in zip(_shape(x)[2:], kernel, strides, begins, ends):
+            if (size + pb + pe - k) % s:
+                raise Unsupported("ceil_mode=1 with a window that does not tile the input")
+    include = bool(attrs.get("count_include_pad", 0)) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
+    return [ctx.emit("tensor.avgpool", [x], {
+        "kernel": kernel, "strides": strides, "pads": [begins[0], begins[1], ends[0], ends[1]],
+        "count_include_pad": include})]
+
+
+@importer("GlobalAveragePool")
+def _global_avgpool(ctx, inputs, attrs):
+    rank = len(_shape(inputs[0]))
+    return [ctx.emit("tensor.reduce", inputs, {"kind": "mean", "axes": list(range(2, rank))})]
+
+
+def _reduce_axes(ctx, inputs, attrs, rank):
+    if len(inputs) > 1 and inputs[1] is not None:
+        axes = _ints(_const(inputs[1], "axes"))
+    else:
+        axes = attrs.get("axes")
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(rank))
+    return sorted(_axis(a, rank) for a in axes)
+
+
+@importer("ReduceMean", "ReduceSum", doc="axes as attribute or input")
+def _reduce(ctx, inputs, attrs):
+    x = inputs[0]
+    axes = _reduce_axes(ctx, inputs, attrs, len(_shape(x)))
+    if axes is None:
+        return [x]
+    kind = "mean" if ctx.node.op_type == "ReduceMean" else "sum"
+    return [ctx.emit("tensor.reduce", [x], {"kind": kind, "axes": axes,
+                                            "keepdims": bool(attrs.get("keepdims", 1))})]
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+def _reshape_to(ctx, x, shape):
+    shape = [int(d) for d in shape]
+    if list(_shape(x)) == shape:
+        return x
+    return ctx.emit("tensor.reshape", [x], {"shape": shape})
+
+
+@importer("Flatten", doc="any axis")
+def _flatten(ctx, inputs, attrs):
+    shape = _shape(inputs[0])
+    axis = _axis(attrs.get("axis", 1), len(shape) + 1) if shape else 0
+    return [_reshape_to(ctx, inputs[0], [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))])]
+
+
+@importer("Reshape", doc="static target shape (0 and -1 resolved)")
+def _reshape(ctx, inputs, attrs):
+    x, target = inputs[0], _ints(_const(inputs[1], "target shape"))
+    shape = _shape(x)
+    if not attrs.get("allowzero", 0):
+        target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if target.count(-1) > 1:
+        raise Unsupported(f"target shape {target} has more than one -1")
+    if -1 in target:
+        known = int(np.prod([d for d in target if d != -1]))
+        target[target.index(-1)] = int(np.prod(shape)) // known if known else 0
+    return [_reshape_to(ctx, x, target)]
+
+
+def _squeeze_axes(inputs, attrs):
+    if len(inputs) > 1 and inputs[1] is not None:
+        return _ints(_const(inputs[1], "axes"))
+    return attrs.get("axes")
+
+
+@importer("Squeeze")
+def _squeeze(ctx, inputs, attrs):
+    shape = _shape(inputs[0])
+    axes = _squeeze_axes(inputs, attrs)
+    axes = [i for i, d in enumerate(shape) if d == 1] if axes is None else [_axis(a, len(shape)) for a in axes]
+    return [_reshape_to(ctx, inputs[0], [d for i, d in enumerate(shape) if i not in axes])]
+
+
+@importer("Unsqueeze")
+def _unsqueeze(ctx, inputs, attrs):
+    shape = list(_shape(inputs[0]))
+    axes = _squeeze_axes(inputs, attrs)
+    rank = len(shape) + len(axes)
+    for a in sorted(_axis(a, rank) for a in axes):
+        shape.insert(a, 1)
+    return [_reshape_to(ctx, inputs[0], shape)]
+
+
+@importer("Transpose")
+def _transpose(ctx, inputs, attrs):
+    rank = len(_shape(inputs[0]))
+    perm = list(attrs.get("perm", range(rank - 1, -1, -1)))
+    if perm == list(range(rank)):
+        return [inputs[0]]
+    return [ctx.emit("tensor.transpose", inputs, {"perm": perm})]
+
+
+@importer("Concat")
+def _concat(ctx, inputs, attrs):
+    rank = len(_shape(inputs[0]))
+    return [ctx.emit("tensor.concat", [x for x in inputs if x is not None and 0 not in _shape(x)],
+                     {"axis": _axis(attrs["axis"], rank)})]
+
+
+@importer("Pad", doc="mode constant; pads as attribute or input")
+def _pad(ctx, inputs, attrs):
+    x = inputs[0]
+    rank = len(_shape(x))
+    mode = attrs.get("mode", "constant")
+    if mode != "constant":
+        raise Unsupported(f"mode {mode!r}; only constant padding is supported")
+    if len(inputs) > 1 and inputs[1] is not None:
+        pads = _ints(_const(inputs[1], "pads"))
+        value = float(_const(inputs[2], "pad value").reshape(-1)[0]) if len(inputs) > 2 and inputs[2] is not None else 0.0
+        axes = _ints(_const(inputs[3], "axes")) if len(inputs) > 3 and inputs[3] is not None else list(range(rank))
+    else:
+        pads, value, axes = list(attrs["pads"]), float(attrs.get("value", 0.0)), list(range(rank))
+    full = [0] * (2 * rank)
+    for i, a in enumerate(_axis(a, rank) for a in axes):
+        full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+    if min(full) < 0:
+        raise Unsupported("negative pads (cropping) are not supported")
+    if not any(full):
+        return [x]
+    return [ctx.emit("tensor.pad", [x], {"pads": full, "value": value})]
+
+
+@importer("Identity", "Dropout", doc="removed (Dropout's mask output unsupported)")
+def _identity(ctx, inputs, attrs):
+    if ctx.node.op_type == "Dropout" and len([o for o in ctx.node.output if o]) > 1:
+        raise Unsupported("its mask output is used")
+    return [inputs[0]]
+
+
+_INT_TYPES = (6, 7, 12, 13)  # INT32, INT64, UINT32, UINT64
+_FLOAT_TYPES = (1, 10, 11)  # FLOAT, FLOAT16, DOUBLE
+
+
+@importer("Cast", doc="to a float type; class indices to an integer type")
+def _cast(ctx, inputs, attrs):
+    to, x = attrs["to"], inputs[0]
+    if to in _FLOAT_TYPES and x.type.dtype == "f64":
+        return [x]
+    if to in _INT_TYPES and x.type.dtype == "i64":
+        return [x]
+    raise Unsupported("only casts to float, or of class indices to integers, are supported")
+
+
+# --- activations -----------------------------------------------------------------------------
+
+_ACTIVATIONS = {"Relu": ("relu", None, None), "LeakyRelu": ("leaky_relu", 0.01, None),
+                "Sigmoid": ("sigmoid", None, None), "Tanh": ("tanh", None, None),
+                "Softplus": ("softplus", None, None), "Elu": ("elu", 1.0, None),
+                "HardSigmoid": ("hard_sigmoid", 0.2, 0.5), "Erf": ("erf", None, None)}
+
+
+@importer(*_ACTIVATIONS, doc="approximated by polynomials when compiled for encryption")
+def _activation(ctx, inputs, attrs):
+    kind, alpha, beta = _ACTIVATIONS[ctx.node.op_type]
+    extra = {}
+    if alpha is not None:
+        extra["alpha"] = float(attrs.get("alpha", alpha))
+    if beta is not None:
+        extra["beta"] = float(attrs.get("beta", beta))
+    return [ctx.emit("tensor.activation", inputs, {"kind": kind, **extra})]
+
+
+@importer("Gelu", doc="approximate none or tanh; also the Erf pattern")
+def _gelu(ctx, inputs, attrs):
+    kind = "gelu_tanh" if attrs.get("approximate", "none") == "tanh" else "gelu"
+    return [ctx.emit("tensor.activation", inputs, {"kind": kind})]
+
+
+@importer("PRelu", doc="constant slope")
+def _prelu(ctx, inputs, attrs):
+    x, slope = inputs[0], _const(inputs[1], "slope")
+    shape = _shape(x)
+    if slope.ndim == 1 and len(shape) > 2 and slope.size == shape[1] and ctx.opsets.get("", 13) < 7:
+        slope = slope.reshape((-1,) + (1,) * (len(shape) - 2))  # opset < 7: one slope per channel
+    return [ctx.emit("tensor.prelu", [x, slope])]
+
+
+# --- client-side post-processing -------------------------------------------------------------
+
+@importer("Softmax", "LogSoftmax", doc="at the output only (client-side)")
+def _softmax(ctx, inputs, attrs):
+    rank = len(_shape(inputs[0]))
+    default = -1 if ctx.opsets.get("", 13) >= 13 else 1
+    axis = _axis(attrs.get("axis", default), rank)
+    if ctx.opsets.get("", 13) < 13 and axis != rank - 1:
+        raise Unsupported("softmax over several axes (opset < 13 with axis != last)")
+    name = "tensor.softmax" if ctx.node.op_type == "Softmax" else "tensor.log_softmax"
+    return [ctx.emit(name, inputs, {"axis": axis})]
+
+
+@importer("ArgMax", doc="at the output only (client-side)")
+def _argmax(ctx, inputs, attrs):
+    if attrs.get("select_last_index", 0):
+        raise Unsupported("select_last_index=1")
+    rank = len(_shape(inputs[0]))
+    return [ctx.emit("tensor.argmax", inputs, {"axis": _axis(attrs.get("axis", 0), rank),
+                                               "keepdims": bool(attrs.get("keepdims", 1))})]
+
+
+# --- ai.onnx.ml (scikit-learn through skl2onnx) -----------------------------------------------
+
+def _linear_scores(ctx, x, coefficients, intercepts, rows):
+    coef = np.asarray(coefficients, dtype=np.float64).reshape(rows, -1)
+    if coef.shape[1] != _shape(x)[-1]:
+        raise Unsupported(f"{coef.shape[1]} coefficients per row for {_shape(x)[-1]} features")
+    y = ctx.emit("tensor.matmul", [x, coef.T.copy()])
+    if intercepts:
+        y = ctx.emit("tensor.add", [y, np.asarray(intercepts, dtype=np.float64)])
+    return y
+
+
+@importer("LinearClassifier", domain="ai.onnx.ml", doc="post_transform NONE, LOGISTIC or SOFTMAX")
+def _linear_classifier(ctx, inputs, attrs):
+    labels = list(attrs.get("classlabels_ints") or attrs.get("classlabels_strings") or [])
+    coefficients = attrs["coefficients"]
+    rows = len(attrs.get("intercepts") or []) or max(len(labels), 1)
+    scores = _linear_scores(ctx, inputs[0], coefficients, attrs.get("intercepts"), rows)
+    transform = attrs.get("post_transform", "NONE")
+    if transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
+        raise Unsupported(f"post_transform {transform}")
+    binary = rows == 1 and len(labels) == 2
+    if binary:
+        # one score z for two classes: the label is labels[z > 0]; onnxruntime reports the
+        # scores as sigmoid([-z, z]) under LOGISTIC and as [1 - z, z] otherwise (SOFTMAX too)
+        z = scores
+        scores = ctx.emit("tensor.concat", [ctx.emit("tensor.neg", [z]), z], {"axis": 1})
+    label = ctx.emit("tensor.argmax", [scores], {"axis": 1, "keepdims": False, "labels": labels})
+    if binary and transform != "LOGISTIC":
+        scores = ctx.emit("tensor.concat", [ctx.emit("tensor.sub", [np.ones(1), z]), z], {"axis": 1})
+    elif transform == "LOGISTIC":
+        scores = ctx.emit("tensor.activation", [scores], {"kind": "sigmoid"})
+    elif transform == "SOFTMAX":
+        scores = ctx.emit("tensor.softmax", [scores], {"axis": 1})
+    return [label, scores]
+
+
+@importer("LinearRegressor", domain="ai.onnx.ml", doc="post_transform NONE")
+def _linear_regressor(ctx, inputs, attrs):
+    if attrs.get("post_transform", "NONE") != "NONE":
+        raise Unsupported(f"post_transform {attrs['post_transform']}")
+    return [_linear_scores(ctx, inputs[0], attrs["coefficients"], attrs.get("intercepts"),
+                           int(attrs.get("targets", 1)))]
+
+
+@importer("Normalizer", domain="ai.onnx.ml", doc="MAX, L1, L2; at the output only (client-side)")
+def _normalizer(ctx, inputs, attrs):
+    if len(_shape(inputs[0])) != 2:
+        raise Unsupported("only 2-D inputs can be normalized")
+    return [ctx.emit("tensor.normalize", inputs, {"norm": attrs.get("norm", "MAX")})]
+
+
+@importer("ZipMap", domain="ai.onnx.ml", doc="returns the probabilities as one array, not a list of maps")
+def _zipmap(ctx, inputs, attrs):
+    return [inputs[0]]
+
+
+# --- shape-only ops: fold even when their input is encrypted ----------------------------------
+
+def _shape_op(node, inputs):
+    import onnx
+    shape = list(_shape(inputs[0]))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+    return [np.asarray(shape[start:end], dtype=np.int64)]
+
+
+SHAPE_ONLY = {
+    "Shape": _shape_op,
+    "Size": lambda node, inputs: [np.asarray(int(np.prod(_shape(inputs[0]))), dtype=np.int64)],
+}

@@ -1,0 +1,191 @@
+"""The ``hecc`` command line. Exit codes: 0 success, 2 a user error (one message on stderr, no
+traceback), 1 an internal error (a bug in hecc; HECC_DEBUG=1 shows the traceback)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import zipfile
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hecc", description="Compile ONNX models into CKKS homomorphic-encryption programs.")
+    p.add_argument("--version", action="version", version=f"hecc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compile", help="ONNX model -> .hecc artifact")
+    c.add_argument("model", help="the ONNX model file")
+    c.add_argument("-o", "--output", help="artifact path (default: MODEL with .hecc)")
+    c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    c.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it is not a hecc artifact")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    i = sub.add_parser("inspect", help="print a stage of a compiled artifact")
+    i.add_argument("artifact")
+    i.add_argument("--stage", default="final", choices=["tensor", "ckks", "final"])
+
+    r = sub.add_parser("run", help="run a compiled artifact on inputs")
+    r.add_argument("artifact")
+    r.add_argument("--input", action="append", required=True, metavar="[NAME=]X.npy",
+                   help="input array (.npy) with a leading batch dimension; repeat as NAME=X.npy for several")
+    r.add_argument("--output", metavar="Y.npy|Y.npz",
+                   help="write the first output (.npy) or every output by name (.npz)")
+    r.add_argument("--backend", default="reference", choices=["reference", "sim", "tenseal"])
+    r.add_argument("--stats", metavar="S.json", help="write run statistics as JSON")
+    r.add_argument("--force", action="store_true", help="overwrite output files of another kind")
+
+    o = sub.add_parser("opt", help="run passes on textual IR and print the result")
+    o.add_argument("file", help="IR text (.hir); - reads stdin")
+    o.add_argument("-p", "--passes", required=True, help="comma-separated pass names")
+    o.add_argument("--weights", metavar="W.npz", help="constant values for passes that need them")
+    o.add_argument("--print-after-all", action="store_true")
+    return p
+
+
+def _check_overwrite(path: str, looks_ours, force: bool) -> None:
+    """Refuse to replace an existing file that is not of the kind we write, unless forced."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory; give a file path")
+    if os.path.exists(path) and not force and not looks_ours(path):
+        raise UserError(f"{path} exists and is not a file hecc wrote; choose another path or pass --force")
+
+
+def _is_numpy_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        return head == b"\x93NUMPY" or zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _cmd_compile(args) -> int:
+    from .api import compile as compile_model
+    from .artifact import is_artifact
+    out = args.output or os.path.splitext(args.model)[0] + ".hecc"
+    _check_overwrite(out, is_artifact, args.force)
+    prog = compile_model(args.model, print_after_all=sys.stderr if args.print_after_all else None)
+    prog.save(out)
+    if not args.quiet:
+        ins = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.inputs)
+        outs = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.outputs)
+        print(f"compiled {args.model} -> {out} (inputs: {ins}; outputs: {outs})")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .api import load
+    sys.stdout.write(load(args.artifact).ir(args.stage))
+    return 0
+
+
+def _load_npy(path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+
+
+def _cmd_run(args) -> int:
+    import json
+    import time
+    from .api import load
+    prog = load(args.artifact)
+    names = [n for n, _ in prog.inputs]
+    inputs = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise InputError(f"the model has inputs {', '.join(names)}; give each as NAME=X.npy")
+            name, path = names[0], item
+        arr = _load_npy(path)
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{path}: give a .npy file, not .npz")
+        inputs[name] = arr
+    if args.output:
+        if not args.output.endswith((".npy", ".npz")):
+            raise UserError(f"--output {args.output}: use a .npy (first output) or .npz (all outputs) path")
+        _check_overwrite(args.output, _is_numpy_file, args.force)
+    if args.stats:
+        _check_overwrite(args.stats, lambda p: p.endswith(".json"), args.force)
+    start = time.perf_counter()
+    outputs = prog.run(inputs, backend=args.backend)
+    seconds = time.perf_counter() - start
+    if args.output and args.output.endswith(".npz"):
+        np.savez(args.output, **outputs)
+    elif args.output:
+        np.save(args.output, next(iter(outputs.values())))
+    else:
+        with np.printoptions(precision=6, suppress=True, threshold=200):
+            for name, y in outputs.items():
+                print(f"{name}: shape {'x'.join(map(str, y.shape))}\n{y}")
+    if args.stats:
+        runs = next(iter(inputs.values())).shape[0]
+        stats = {"backend": args.backend, "inputs": int(runs), "seconds": {"eval": seconds}}
+        with open(args.stats, "w") as f:
+            json.dump(stats, f, indent=2)
+    return 0
+
+
+def _cmd_opt(args) -> int:
+    from .ir import parse, print_graph
+    from .pipeline import run_passes
+    if args.file == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        if not os.path.isfile(args.file):
+            raise UserError(f"{args.file}: no such file")
+        with open(args.file) as f:
+            text, source = f.read(), args.file
+    constants = {}
+    if args.weights:
+        with np.load(args.weights, allow_pickle=False) as npz:
+            constants = {k: npz[k] for k in npz.files}
+    graph = parse(text, constants, source=source)
+    from .ir import verify
+    verify(graph, check_constants=bool(args.weights))
+    result = run_passes(graph, args.passes, print_after_all=sys.stderr if args.print_after_all else None,
+                        check_constants=bool(args.weights))
+    sys.stdout.write(print_graph(result.graph))
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt}
+
+
+def main(argv=None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        sys.stderr.write(f"hecc: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("hecc: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug in hecc: say so, keep the traceback for those who ask
+        if os.environ.get("HECC_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.write(f"hecc: internal error: {type(exc).__name__}: {exc}\n"
+                         "this is a bug in hecc; rerun with HECC_DEBUG=1 for the traceback and report it\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""hecc's typed IR: types, the op table, graphs, text form and verifier."""
+from . import tensor_ops  # noqa: F401  (registers the hecc and tensor dialects)
+from .graph import Graph, Op, Value
+from .ops import OPS, OpDef
+from .parser import parse
+from .printer import print_graph, print_op
+from .types import CipherType, PlainType, TensorType
+from .verifier import verify
+
+__all__ = ["Graph", "Op", "Value", "OPS", "OpDef", "parse", "print_graph", "print_op",
+           "CipherType", "PlainType", "TensorType", "verify"]

@@ -1,0 +1,76 @@
+"""IR value types. Frozen dataclasses that compare by value and print in one text form.
+
+- ``TensorType``: a tensor of one input (dimension 0 is the model's batch dimension), either
+  ``secret`` (derived from encrypted data) or ``public`` (weights the server knows).
+- ``CipherType`` / ``PlainType``: a CKKS ciphertext / encoded plaintext at a level of the modulus
+  chain with a scale (stored as log2) and a number of slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("f64", "i64", "str")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    secret: bool
+    dtype: str = "f64"
+
+    def __post_init__(self):
+        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise ValueError(f"tensor dimensions must be non-negative integers, got {self.shape}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(tuple(int(d) for d in shape), self.secret, self.dtype)
+
+    def __str__(self) -> str:
+        parts = ["x".join(str(d) for d in self.shape)] if self.shape else []
+        parts.append("secret" if self.secret else "public")
+        if self.dtype != "f64":
+            parts.append(self.dtype)
+        return f"tensor<{', '.join(parts)}>"
+
+
+def format_scale(scale_bits: float) -> str:
+    """``2^26`` for whole powers, else the shortest float text that reads back exactly."""
+    if float(scale_bits).is_integer():
+        return f"2^{int(scale_bits)}"
+    return f"2^{float(scale_bits)!r}"
+
+
+@dataclass(frozen=True)
+class CipherType:
+    level: int
+    scale_bits: float
+    slots: int
+
+    def __str__(self) -> str:
+        return f"cipher<level={self.level}, scale={format_scale(self.scale_bits)}, slots={self.slots}>"
+
+
+@dataclass(frozen=True)
+class PlainType:
+    level: int
+    scale_bits: float
+    slots: int
+
+    def __str__(self) -> str:
+        return f"plain<level={self.level}, scale={format_scale(self.scale_bits)}, slots={self.slots}>"
+
+
+Type = TensorType | CipherType | PlainType
