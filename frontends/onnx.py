@@ -18,7 +18,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import ModelError, UnsupportedOpError, VerifyError
 from ..ir import OPS, Graph, TensorType, Value, verify
-from .onnx_ops import IMPORTERS, SHAPE_ONLY, Unsupported
+from .onnx_ops import HINTS, IMPORTERS, SHAPE_ONLY, Unsupported
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
@@ -109,6 +109,20 @@ class ImportContext:
         return self.graph.append("tensor.constant", [], [TensorType(shape, False)],
                                  {"name": name}).result
 
+    def name_like(self, derived: np.ndarray, source, suffix: str = "") -> np.ndarray:
+        """Name the constant ``derived`` after the one it was computed from (``source``)."""
+        base = self.onnx_names.get(id(source))
+        if base is not None:
+            self.onnx_names[id(derived)] = base + suffix
+            self.keep_alive.append(derived)
+        return derived
+
+    def name_as(self, array: np.ndarray, name: str) -> np.ndarray:
+        """Give a constant computed by an importer a readable name."""
+        self.onnx_names[id(array)] = name
+        self.keep_alive.append(array)
+        return array
+
     def value(self, x, hint: str = "const") -> Value:
         if isinstance(x, Value):
             return x
@@ -176,7 +190,7 @@ def _check_supported(g: onnx.GraphProto, constants: set[str]) -> None:
         if (node.domain or "", node.op_type) not in IMPORTERS:
             missing.setdefault(key, []).append(_node_label(node, index))
     if missing:
-        raise UnsupportedOpError(missing)
+        raise UnsupportedOpError(missing, {k: HINTS[k] for k in missing if k in HINTS})
 
 
 def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:

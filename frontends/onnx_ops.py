@@ -20,6 +20,13 @@ class Unsupported(Exception):
 
 
 IMPORTERS: dict[tuple[str, str], callable] = {}
+
+# What to do instead, for unsupported ops people often bring.
+HINTS = {
+    "MaxPool": "max is not computable under CKKS: train with AveragePool instead",
+    "GlobalMaxPool": "max is not computable under CKKS: train with GlobalAveragePool instead",
+    "ConvTranspose": "not supported yet",
+}
 DOCS: dict[tuple[str, str], str] = {}
 
 
@@ -104,7 +111,7 @@ def _matmul(ctx, inputs, attrs):
 def _transpose2(ctx, x):
     if isinstance(x, Value):
         return ctx.emit("tensor.transpose", [x], {"perm": [1, 0]})
-    return np.asarray(x).T
+    return ctx.name_like(np.ascontiguousarray(np.asarray(x).T), x)
 
 
 @importer("Gemm", doc="alpha, beta, transA, transB")
@@ -118,9 +125,9 @@ def _gemm(ctx, inputs, attrs):
         b = _transpose2(ctx, b)
     if alpha != 1.0:
         if isinstance(b, Value) and not isinstance(a, Value):
-            a = np.asarray(a, dtype=np.float64) * alpha
+            a = ctx.name_like(np.asarray(a, dtype=np.float64) * alpha, a)
         elif not isinstance(b, Value):
-            b = np.asarray(b, dtype=np.float64) * alpha
+            b = ctx.name_like(np.asarray(b, dtype=np.float64) * alpha, b)
     y = ctx.emit("tensor.matmul", [a, b])
     if alpha != 1.0 and isinstance(a, Value) and isinstance(b, Value):
         y = ctx.emit("tensor.mul", [y, np.asarray(alpha)])
@@ -129,7 +136,7 @@ def _gemm(ctx, inputs, attrs):
             if beta != 1.0:
                 c = ctx.emit("tensor.mul", [c, np.asarray(beta)])
         else:
-            c = np.asarray(c, dtype=np.float64) * beta if beta != 1.0 else c
+            c = ctx.name_like(np.asarray(c, dtype=np.float64) * beta, c) if beta != 1.0 else c
         y = ctx.emit("tensor.add", [y, c])
     return [y]
 
@@ -189,8 +196,9 @@ def _batchnorm(ctx, inputs, attrs):
     rank = len(_shape(x))
     factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
     trail = (1,) * (rank - 2)
-    y = ctx.emit("tensor.mul", [x, factor.reshape((-1,) + trail)])
-    return [ctx.emit("tensor.add", [y, (bias - mean * factor).reshape((-1,) + trail)])]
+    scale = ctx.name_as(factor.reshape((-1,) + trail), f"{ctx.node_label}.scale")
+    shift = ctx.name_as((bias - mean * factor).reshape((-1,) + trail), f"{ctx.node_label}.shift")
+    return [ctx.emit("tensor.add", [ctx.emit("tensor.mul", [x, scale]), shift])]
 
 
 # --- pooling ---------------------------------------------------------------------------------
@@ -420,9 +428,10 @@ def _linear_scores(ctx, x, coefficients, intercepts, rows):
     coef = np.asarray(coefficients, dtype=np.float64).reshape(rows, -1)
     if coef.shape[1] != _shape(x)[-1]:
         raise Unsupported(f"{coef.shape[1]} coefficients per row for {_shape(x)[-1]} features")
-    y = ctx.emit("tensor.matmul", [x, coef.T.copy()])
+    y = ctx.emit("tensor.matmul", [x, ctx.name_as(coef.T.copy(), f"{ctx.node_label}.coefficients")])
     if intercepts:
-        y = ctx.emit("tensor.add", [y, np.asarray(intercepts, dtype=np.float64)])
+        bias = ctx.name_as(np.asarray(intercepts, dtype=np.float64), f"{ctx.node_label}.intercepts")
+        y = ctx.emit("tensor.add", [y, bias])
     return y
 
 
@@ -457,6 +466,13 @@ def _linear_regressor(ctx, inputs, attrs):
         raise Unsupported(f"post_transform {attrs['post_transform']}")
     return [_linear_scores(ctx, inputs[0], attrs["coefficients"], attrs.get("intercepts"),
                            int(attrs.get("targets", 1)))]
+
+
+@importer("Scaler", domain="ai.onnx.ml", doc="(x - offset) * scale")
+def _scaler(ctx, inputs, attrs):
+    offset = np.asarray(attrs.get("offset", [0.0]), dtype=np.float64)
+    scale = np.asarray(attrs.get("scale", [1.0]), dtype=np.float64)
+    return [ctx.emit("tensor.add", [ctx.emit("tensor.mul", [inputs[0], scale]), -offset * scale])]
 
 
 @importer("Normalizer", domain="ai.onnx.ml", doc="MAX, L1, L2; at the output only (client-side)")

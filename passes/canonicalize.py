@@ -13,6 +13,7 @@ Guarantees: the same function of the inputs, up to float rounding, with
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -58,13 +59,14 @@ def fold_into_conv(rw: Rewriter, op: Op):
     b = rw.constant(conv.operands[2]) if len(conv.operands) == 3 else np.zeros(out_channels)
     if b is None:
         return None
-    wname = conv.operands[1].producer.attrs["name"]
+    wname = re.sub(r"(\.\d+)+$", "", conv.operands[1].producer.attrs["name"])
+    weight = conv.operands[1]
     if op.name == "tensor.mul":
-        w = w * vec.reshape(-1, 1, 1, 1)
+        weight = rw.const(w * vec.reshape(-1, 1, 1, 1), wname)
         b = b * vec
     else:
         b = b + vec
-    operands = [conv.operands[0], rw.const(w, wname), rw.const(b, wname + ".bias")]
+    operands = [conv.operands[0], weight, rw.const(b, wname + ".bias")]
     return rw.emit("tensor.conv2d", operands, conv.attrs)
 
 
@@ -98,12 +100,15 @@ def merge_constant_chain(rw: Rewriter, op: Op):
     y, d = _const_operand(rw, inner)
     if y is None:
         return None
+    inner_name = next(v.producer.attrs["name"] for v in inner.operands
+                      if v.producer is not None and v.producer.name == "tensor.constant")
+    outer_const = next(v for v in op.operands if v is not x)
     if inner.name == op.name:
         merged = d + c if op.name == "tensor.add" else d * c
-        return rw.emit(op.name, [y, rw.const(merged, "merged")])
+        return rw.emit(op.name, [y, rw.const(merged, inner_name)])
     if inner.name == "tensor.add" and op.name == "tensor.mul":
-        scaled = rw.emit("tensor.mul", [y, rw.const(c, "scale")])
-        return rw.emit("tensor.add", [scaled, rw.const(d * c, "shift")])
+        scaled = rw.emit("tensor.mul", [y, outer_const])
+        return rw.emit("tensor.add", [scaled, rw.const(d * c, inner_name)])
     return None
 
 

@@ -139,6 +139,8 @@ CASES = {
     "LinearRegressor": lambda: make_model(
         [node("LinearRegressor", ["x"], domain="ai.onnx.ml", coefficients=rand(8).tolist(),
               intercepts=rand(2).tolist(), targets=2)], {"x": [1, 4]}, [("y", F, [1, 2])], ml=True),
+    "Scaler": lambda: make_model([node("Scaler", ["x"], domain="ai.onnx.ml", offset=rand(5).tolist(),
+                                      scale=rand(5).tolist())], {"x": [1, 5]}, [("y", F, [1, 5])], ml=True),
     "Normalizer_L2": lambda: make_model([node("Normalizer", ["x"], domain="ai.onnx.ml", norm="L2")], {"x": [1, 5]}, [("y", F, [1, 5])], ml=True),
     "Normalizer_L1": lambda: make_model([node("Normalizer", ["x"], domain="ai.onnx.ml", norm="L1")], {"x": [1, 5]}, [("y", F, [1, 5])], ml=True),
     "Normalizer_MAX": lambda: make_model([node("Normalizer", ["x"], domain="ai.onnx.ml", norm="MAX")], {"x": [1, 5]}, [("y", F, [1, 5])], ml=True),

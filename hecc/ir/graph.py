@@ -6,6 +6,7 @@ Values have no names of their own; the printer numbers them in order of appearan
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -90,12 +91,14 @@ class Graph:
         return self.constants.get(op.attrs["name"])
 
     def unique_constant_name(self, base: str) -> str:
+        """``base`` if free, else ``base.1``, ``base.2``, ... (numbered from base's root)."""
         if base not in self.constants:
             return base
+        root = re.sub(r"(\.\d+)+$", "", base)
         i = 1
-        while f"{base}.{i}" in self.constants:
+        while f"{root}.{i}" in self.constants:
             i += 1
-        return f"{base}.{i}"
+        return f"{root}.{i}"
 
     def copy(self) -> "Graph":
         """A structural copy: new ops and values, the same (immutable by convention) arrays."""

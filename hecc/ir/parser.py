@@ -28,7 +28,12 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None, source: str
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
-        raise ParseError(_describe(exc), exc.line, exc.column, source) from None
+        line, column = exc.line, exc.column
+        token = getattr(exc, "token", None)
+        if isinstance(exc, lark.exceptions.UnexpectedEOF) or (token is not None and token.type == "$END"):
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        raise ParseError(_describe(exc), line, column, source) from None
     builder = _Builder(source)
     graph = Graph(constants=constants)
     for node in tree.children:
@@ -111,7 +116,12 @@ class _Builder:
         if kind == "float":
             return float(node.children[0])
         if kind == "string":
-            return json.loads(node.children[0])
+            token = node.children[0]
+            try:
+                return json.loads(token)
+            except ValueError as exc:
+                raise ParseError(f"bad string {token[:20]!r}: {exc.msg}", token.line, token.column,
+                                 self.source) from None
         if kind == "true":
             return True
         if kind == "false":
