@@ -345,7 +345,7 @@ def _pad(ctx, inputs, attrs):
     return [ctx.emit("tensor.pad", [x], {"pads": full, "value": value})]
 
 
-@importer("Identity", "Dropout", doc="removed (Dropout's mask output unsupported)")
+@importer("Identity", "Dropout", doc="removed (Dropout: inference only, its mask output unsupported)")
 def _identity(ctx, inputs, attrs):
     if ctx.node.op_type == "Dropout" and len([o for o in ctx.node.output if o]) > 1:
         raise Unsupported("its mask output is used")
@@ -374,7 +374,7 @@ _ACTIVATIONS = {"Relu": ("relu", None, None), "LeakyRelu": ("leaky_relu", 0.01, 
                 "HardSigmoid": ("hard_sigmoid", 0.2, 0.5), "Erf": ("erf", None, None)}
 
 
-@importer(*_ACTIVATIONS, doc="approximated by polynomials when compiled for encryption")
+@importer(*_ACTIVATIONS, doc="non-polynomial: reference backend only until activation approximation lands")
 def _activation(ctx, inputs, attrs):
     kind, alpha, beta = _ACTIVATIONS[ctx.node.op_type]
     extra = {}
@@ -501,3 +501,12 @@ SHAPE_ONLY = {
     "Shape": _shape_op,
     "Size": lambda node, inputs: [np.asarray(int(np.prod(_shape(inputs[0]))), dtype=np.int64)],
 }
+
+
+def supported_ops_markdown() -> str:
+    """The README's table of supported ONNX ops, generated from ``IMPORTERS``."""
+    rows = ["| domain | op | notes |", "| --- | --- | --- |"]
+    for (domain, op_type) in sorted(IMPORTERS, key=lambda k: (k[0], k[1].lower())):
+        rows.append(f"| {domain or 'ai.onnx'} | {op_type} | {DOCS[(domain, op_type)]} |")
+    rows.append("| ai.onnx | Shape, Size, and any op whose inputs are all constants | folded at compile time |")
+    return "\n".join(rows) + "\n"

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-MNIST = os.path.join(os.path.dirname(ROOT), "shared", "data", "mnist.npz")
+MNIST = os.environ.get("HECC_MNIST") or os.path.join(os.path.dirname(ROOT), "shared", "data", "mnist.npz")
 
 
 def assert_close(actual, expected, rel=1e-5, what=""):

@@ -139,6 +139,7 @@ def export(model, x, path, dynamo, opset, dynamic):
     kw = dict(input_names=["input"], output_names=["output"], opset_version=opset)
     if dynamo:
         kw["dynamo"] = True
+        kw["verbose"] = False
         kw["external_data"] = False
         if dynamic:
             kw["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch")}}

@@ -1,0 +1,52 @@
+"""The shipped examples compile, and the reference backend reproduces their committed outputs."""
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import hecc
+from conftest import EXAMPLES, MNIST, assert_close
+
+CRYPTONETS = os.path.join(EXAMPLES, "cryptonets_mnist")
+
+
+@pytest.fixture(scope="module")
+def cryptonets():
+    return hecc.compile(os.path.join(CRYPTONETS, "model.onnx"))
+
+
+def test_cryptonets_structure(cryptonets):
+    ops = [op.name for op in cryptonets.graph.ops]
+    assert ops.count("tensor.conv2d") == 1 and ops.count("tensor.matmul") == 2
+    assert ops.count("tensor.mul") == 2  # the two squares
+    assert cryptonets.inputs == [("input", (1, 1, 28, 28))]
+
+
+def test_cryptonets_sample_outputs(cryptonets):
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    expected = np.load(os.path.join(CRYPTONETS, "expected.npy"))
+    labels = np.load(os.path.join(CRYPTONETS, "labels.npy"))
+    assert x.shape == (64, 1, 28, 28) and labels.shape == (64,)
+    y = cryptonets.run(x)["logits"]
+    assert_close(y, expected, 1e-5, "cryptonets logits")
+    np.testing.assert_array_equal(y.argmax(1), expected.argmax(1))
+    assert (y.argmax(1) == labels).mean() >= 0.95
+
+
+def test_cryptonets_full_test_set_accuracy(cryptonets):
+    with np.load(MNIST) as d:
+        x = (d["x_test"].astype(np.float32) / 255)[:, None]
+        labels = d["y_test"]
+    ours = cryptonets.run(x)["logits"]
+    session = ort.InferenceSession(os.path.join(CRYPTONETS, "model.onnx"))
+    theirs = session.run(None, {"input": x})[0]
+    assert_close(ours, theirs, 1e-5, "10,000 test images")
+    assert (ours.argmax(1) == theirs.argmax(1)).all()
+    assert (ours.argmax(1) == labels).mean() >= 0.985
+
+
+def test_readme_ops_table_is_generated_from_the_import_table():
+    from hecc.frontends.onnx_ops import supported_ops_markdown
+    with open(os.path.join(os.path.dirname(EXAMPLES), "README.md")) as f:
+        assert supported_ops_markdown() in f.read()
