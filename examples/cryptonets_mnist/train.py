@@ -173,11 +173,11 @@ def main():
     p.add_argument("--out", default=None,
                    help="output ONNX path (default: model.onnx next to this script); "
                    "the sample files and metrics.json go to the same directory")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=0.2)
     p.add_argument("--min-accuracy", type=float, default=0.985,
                    help="fail (exit 1) if the ONNX test accuracy is below this")
     args = p.parse_args()
