@@ -18,7 +18,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import ModelError, UnsupportedOpError, VerifyError
 from ..ir import OPS, Graph, TensorType, Value, verify
-from .onnx_ops import HINTS, IMPORTERS, SHAPE_ONLY, Unsupported
+from .onnx_ops import HINTS, IMPORTERS, SHAPE_ONLY, Comparison, Unsupported
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
@@ -199,8 +199,11 @@ def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:
     for name, value in zip(node.input, inputs):
         if name and name not in ctx.env:
             raise ModelError(f"node {ctx.node_label!r} uses {name!r}, which nothing defines")
-    if all(not isinstance(x, Value) for x in inputs) or node.op_type in SHAPE_ONLY:
+    if all(x is None or isinstance(x, np.ndarray) for x in inputs) or node.op_type in SHAPE_ONLY:
         outputs = _fold(ctx, node, inputs)
+    elif any(isinstance(x, Comparison) for x in inputs) and node.op_type != "Where":
+        raise UnsupportedOpError({node.op_type: [ctx.node_label]}, {
+            node.op_type: "it uses a comparison of encrypted values, which CKKS cannot compute"})
     else:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: (v.decode() if isinstance(v, bytes) else

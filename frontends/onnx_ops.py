@@ -391,6 +391,32 @@ def _gelu(ctx, inputs, attrs):
     return [ctx.emit("tensor.activation", inputs, {"kind": kind})]
 
 
+class Comparison:
+    """``x > threshold`` on encrypted data: no value hecc can compute, only a pattern to match."""
+
+    def __init__(self, x: Value, threshold: float):
+        self.x, self.threshold = x, threshold
+
+
+@importer("Greater", doc="only inside Where(x > t, x, Softplus(x)), as the dynamo exporter writes Softplus")
+def _greater(ctx, inputs, attrs):
+    x, t = inputs
+    t = _const(t, "threshold")
+    if not isinstance(x, Value) or t.size != 1:
+        raise Unsupported("comparisons on encrypted data are not computable under CKKS")
+    return [Comparison(x, float(t.reshape(-1)[0]))]
+
+
+@importer("Where", doc="only Where(x > t, x, Softplus(x)) with t >= 15 (softplus(x) = x there to float precision)")
+def _where(ctx, inputs, attrs):
+    cond, then, other = inputs
+    if (isinstance(cond, Comparison) and then is cond.x and cond.threshold >= 15.0
+            and isinstance(other, Value) and other.producer is not None
+            and other.producer.attrs.get("kind") == "softplus" and other.producer.operands[0] is then):
+        return [other]
+    raise Unsupported("selecting on an encrypted condition is not computable under CKKS")
+
+
 @importer("PRelu", doc="constant slope")
 def _prelu(ctx, inputs, attrs):
     x, slope = inputs[0], _const(inputs[1], "slope")
@@ -510,3 +536,15 @@ def supported_ops_markdown() -> str:
         rows.append(f"| {domain or 'ai.onnx'} | {op_type} | {DOCS[(domain, op_type)]} |")
     rows.append("| ai.onnx | Shape, Size, and any op whose inputs are all constants | folded at compile time |")
     return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m hecc.frontends.onnx_ops README.md: refresh the README's table
+    import sys
+    path = sys.argv[1]
+    with open(path) as f:
+        text = f.read()
+    marker = "<!-- supported ops: generated"
+    start = text.index("\n", text.index(marker)) + 1
+    end = text.index("\n\n", start) + 1
+    with open(path, "w") as f:
+        f.write(text[:start] + supported_ops_markdown() + text[end:])

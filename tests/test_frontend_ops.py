@@ -117,6 +117,9 @@ CASES = {
     "Erf": lambda: make_model([node("Erf", ["x"])], {"x": [1, 6]}, [("y", F)]),
     "Gelu": lambda: make_model([node("Gelu", ["x"])], {"x": [1, 6]}, [("y", F)], opset=20),
     "Gelu_tanh": lambda: make_model([node("Gelu", ["x"], approximate="tanh")], {"x": [1, 6]}, [("y", F)], opset=20),
+    "Where_Greater_softplus": lambda: make_model(
+        [node("Softplus", ["x"], ["sp"]), node("Greater", ["x", "t"], ["g"]), node("Where", ["g", "x", "sp"])],
+        {"x": [1, 6]}, [("y", F)], C("t", 20.0)),
     "Softmax": lambda: make_model([node("Softmax", ["x"])], {"x": [1, 6]}, [("y", F)]),
     "LogSoftmax_opset11": lambda: make_model([node("LogSoftmax", ["x"])], {"x": [1, 6]}, [("y", F)], opset=11),
     "ArgMax": lambda: make_model([node("ArgMax", ["x"], axis=1, keepdims=0)], {"x": [1, 6]}, [("y", I64)]),
@@ -148,6 +151,17 @@ CASES = {
 
 # ZipMap's onnxruntime output is a list of dicts: it is compared in test_sklearn.py instead.
 COVERED_ELSEWHERE = {"ZipMap"}
+
+
+def test_comparisons_outside_the_softplus_pattern_are_refused():
+    model = make_model([node("Relu", ["x"], ["r"]), node("Greater", ["x", "t"], ["g"]),
+                        node("Where", ["g", "x", "r"])], {"x": [1, 6]}, [("y", F)], C("t", 20.0))
+    with pytest.raises(hecc.UnsupportedOpError, match="Where.*encrypted condition"):
+        hecc.compile(model)
+    model = make_model([node("Greater", ["x", "t"], ["g"]), node("Cast", ["g"], to=F)],
+                       {"x": [1, 6]}, [("y", F)], C("t", 0.0))
+    with pytest.raises(hecc.UnsupportedOpError, match="Cast"):
+        hecc.compile(model)
 
 
 def test_every_importer_has_a_case():
