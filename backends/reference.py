@@ -91,6 +91,37 @@ def _argmax(op: Op, x):
     return np.asarray(labels)[idx] if labels else idx.astype(np.int64)
 
 
+def _aligned(op: Op, args):
+    """Operands with the run axis first and their IR axes right-aligned, so numpy broadcasts IR
+    axes against IR axes (a rank-1 operand would otherwise meet the run axis)."""
+    rank = max(v.type.rank for v in op.operands)
+    return [a.reshape(a.shape[:1] + (1,) * (rank - v.type.rank) + a.shape[1:])
+            for a, v in zip(args, op.operands)]
+
+
+def _broadcasting(fn):
+    return lambda op, *args: fn(*_aligned(op, args))
+
+
+def _matmul(op: Op, a, b):
+    """numpy.matmul on IR axes: rank-1 operands are promoted and their axis dropped again."""
+    ra, rb = (v.type.rank for v in op.operands)
+    if ra == 1:
+        a = a[:, None, :]
+    if rb == 1:
+        b = b[..., None]
+    lead = max(ra, 2) - 2, max(rb, 2) - 2
+    batch = max(lead)
+    a = a.reshape(a.shape[:1] + (1,) * (batch - lead[0]) + a.shape[1:])
+    b = b.reshape(b.shape[:1] + (1,) * (batch - lead[1]) + b.shape[1:])
+    y = np.matmul(a, b)
+    if rb == 1:
+        y = y[..., 0]
+    if ra == 1:
+        y = y[..., 0, :] if rb != 1 else y[..., 0]
+    return y
+
+
 def _concat(op: Op, *xs):
     runs = max(x.shape[0] for x in xs)
     xs = [np.broadcast_to(x, (runs,) + x.shape[1:]) for x in xs]
@@ -124,11 +155,11 @@ def _reduce(op: Op, x):
 
 
 IMPLS = {
-    "tensor.add": lambda op, a, b: a + b,
-    "tensor.sub": lambda op, a, b: a - b,
-    "tensor.mul": lambda op, a, b: a * b,
+    "tensor.add": _broadcasting(lambda a, b: a + b),
+    "tensor.sub": _broadcasting(lambda a, b: a - b),
+    "tensor.mul": _broadcasting(lambda a, b: a * b),
     "tensor.neg": lambda op, a: -a,
-    "tensor.matmul": lambda op, a, b: np.matmul(a, b),
+    "tensor.matmul": _matmul,
     "tensor.conv2d": conv2d,
     "tensor.avgpool": avgpool,
     "tensor.reshape": lambda op, x: x.reshape((x.shape[0],) + tuple(op.attrs["shape"])),
@@ -141,7 +172,7 @@ IMPLS = {
     "tensor.pow": lambda op, x: x ** op.attrs["exponent"],
     "tensor.activation": lambda op, x: ACTIVATIONS[op.attrs["kind"]](
         x, op.attrs.get("alpha", 0.0), op.attrs.get("beta", 0.0)),
-    "tensor.prelu": lambda op, x, s: np.where(x >= 0, x, s * x),
+    "tensor.prelu": _broadcasting(lambda x, s: np.where(x >= 0, x, s * x)),
     "tensor.softmax": lambda op, x: _softmax(x, op.attrs["axis"] + 1),
     "tensor.log_softmax": lambda op, x: _log_softmax(x, op.attrs["axis"] + 1),
     "tensor.normalize": _normalize,
@@ -149,10 +180,11 @@ IMPLS = {
 }
 
 
-def evaluate(graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def evaluate(graph: Graph, inputs: list[np.ndarray], trace: dict | None = None) -> list[np.ndarray]:
     """Run ``graph`` on ``inputs`` (one array of shape (R, *S) per ``hecc.input``, in order) and
-    return one (R, *S) array per ``hecc.output``, in order."""
-    env = {}
+    return one (R, *S) array per ``hecc.output``, in order. ``trace``, if given, receives every
+    value's array."""
+    env = {} if trace is None else trace
     feed = iter(inputs)
     outputs = []
     for op in graph.ops:
@@ -170,3 +202,8 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
                     for v in op.operands]
             env[op.result] = impl(op, *args)
     return outputs
+
+
+def apply_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
+    """Apply one tensor op to arrays that carry the leading run axis."""
+    return IMPLS[op.name](op, *[np.asarray(a, dtype=np.float64) for a in args])

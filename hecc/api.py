@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TextIO
 
 import numpy as np
@@ -19,19 +20,29 @@ from .runtime import input_specs, output_specs, stack_inputs, unstack_outputs
 
 
 class Program:
-    """A compiled model: its IR at every stage and the constants; runs on a chosen backend."""
+    """A compiled model: its IR at every stage and the constants; runs on a chosen backend.
+
+    ``stages`` are ``tensor`` (after the tensor passes) and, when the model could be lowered,
+    ``ckks`` (right after the lowering) and ``final`` (the executable CKKS program).
+    """
 
     def __init__(self, art: artifact.Artifact, timings: PipelineResult | None = None):
         self.artifact = art
         self.timings = timings.timings if timings else []
+        self.last_stats: dict | None = None
 
     @property
     def graph(self) -> Graph:
+        """The last stage's IR."""
         return self.artifact.graph()
 
     @property
     def stages(self) -> list[str]:
         return list(self.artifact.stages)
+
+    @property
+    def encrypted(self) -> bool:
+        return "final" in self.artifact.stages
 
     @property
     def inputs(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -41,46 +52,131 @@ class Program:
     def outputs(self) -> list[tuple[str, tuple[int, ...]]]:
         return output_specs(self.graph)
 
+    @property
+    def parameters(self) -> dict | None:
+        """poly_modulus_degree and coeff_modulus_bits of the CKKS program (None without one)."""
+        for op in self.graph.ops:
+            if op.name == "ckks.params":
+                return dict(op.attrs)
+        return None
+
     def ir(self, stage: str = "final") -> str:
         """The IR text of ``stage`` ('final' is the last stage)."""
         if stage == "final":
             stage = self.artifact.final_stage
         if stage not in self.artifact.stages:
-            raise UserError(f"this program has no {stage!r} stage; it has {', '.join(self.stages)} "
-                            "(the CKKS stages come with the CKKS lowering)")
+            why = self.artifact.manifest.get("not_encrypted_because")
+            raise UserError(f"this program has no {stage!r} stage; it has {', '.join(self.stages)}"
+                            + (f" (it could not be compiled for encryption: {why})" if why else ""))
         return self.artifact.stages[stage]
 
-    def run(self, inputs, backend: str = "reference") -> dict[str, np.ndarray]:
+    def run(self, inputs, backend: str = "reference", noise: bool = False, workers: int | None = None,
+            progress=None) -> dict[str, np.ndarray]:
         """Run on plaintext ``inputs`` (an array for a one-input model, or a dict by input name),
-        each with a leading batch dimension; returns every output by name."""
+        each with a leading batch dimension; returns every output by name. ``reference`` runs the
+        tensor IR in numpy; ``sim`` simulates the CKKS program (``noise`` adds CKKS's errors);
+        ``tenseal`` encrypts, evaluates and decrypts with SEAL. Statistics land in ``last_stats``."""
         if not isinstance(inputs, dict):
             names = [n for n, _ in self.inputs]
             if len(names) != 1:
                 raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict")
             inputs = {names[0]: inputs}
-        stacked, _ = stack_inputs(self.graph, inputs)
+        if backend not in ("reference", "sim", "tenseal"):
+            raise UserError(f"unknown backend {backend!r}; choose reference, sim or tenseal")
+        graph = self.artifact.graph("tensor") if backend == "reference" else self.graph
+        if backend != "reference" and not self.encrypted:
+            why = self.artifact.manifest.get("not_encrypted_because", "")
+            raise UserError(f"this artifact has no CKKS program, so it cannot run on the {backend} "
+                            f"backend: {why}. Use --backend reference")
+        stacked, runs = stack_inputs(graph, inputs)
+        start = time.perf_counter()
+        from .backends.common import RunStats, op_counts
+        stats = RunStats()
         if backend == "reference":
             from .backends.reference import evaluate
-            results = evaluate(self.graph, stacked)
-        elif backend in ("sim", "tenseal"):
-            raise UserError(f"the {backend} backend needs the CKKS lowering, which this version of "
-                            "hecc does not have yet; use --backend reference")
+            results = evaluate(graph, stacked)
+        elif backend == "sim":
+            from .backends.sim import Simulator
+            results = Simulator(graph, noise=noise).run(stacked, stats)
         else:
-            raise UserError(f"unknown backend {backend!r}; choose reference, sim or tenseal")
-        return unstack_outputs(self.graph, results)
+            from .backends.tenseal import TensealBackend
+            results = TensealBackend(graph, workers=workers, progress=progress).run(stacked, stats)
+        self.last_stats = {
+            "backend": backend, "layout": "batch" if self.encrypted and backend != "reference" else None,
+            "inputs": int(runs * (graph.inputs()[0].result.type.shape[0] if graph.inputs() else 1)),
+            "batches": stats.batches, "workers": stats.workers,
+            "seconds": {**{k: round(v, 6) for k, v in stats.seconds.items()},
+                        "eval_wall": round(stats.eval_wall_seconds, 6),
+                        "total": round(time.perf_counter() - start, 6)},
+            "eval_key_bytes": stats.eval_key_bytes,
+        }
+        if backend != "reference":
+            params = self.parameters
+            self.last_stats.update({
+                "parameters": {"poly_modulus_degree": params["poly_modulus_degree"],
+                               "coeff_modulus_bits": params["coeff_modulus_bits"],
+                               "scale_bits": self.artifact.manifest.get("options", {}).get("scale_bits")},
+                "galois_steps": [],
+                "op_counts": op_counts(graph, stats.batches)})
+        return unstack_outputs(graph, results)
 
     def save(self, path: str) -> None:
         artifact.save(self.artifact, os.fspath(path))
 
 
-def compile(model, *, print_after_all: TextIO | None = None, progress=None) -> Program:
-    """Compile an ONNX model (path, bytes or onnx.ModelProto) into a ``Program``."""
+def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits: int | None = None,
+            rescale: str = "lazy", print_after_all: TextIO | None = None, progress=None) -> Program:
+    """Compile an ONNX model (path, bytes or onnx.ModelProto) into a ``Program``.
+
+    ``calibration``: representative inputs (an array, or a dict by input name) from which value
+    ranges are measured to choose the encryption parameters. ``scale_bits`` is the CKKS scale of
+    encrypted values, ``weight_scale_bits`` that of plaintext weights (default 14; the eager
+    baseline uses ``scale_bits``), ``rescale`` "lazy" (waterline) or "eager" (after every multiply).
+    If the model cannot be compiled for encryption, the program keeps only the tensor stage (for
+    the reference backend) and says why.
+    """
+    from .calibrate import value_ranges
+    from .errors import UnsupportedOpError
     from .frontends.onnx import import_model
-    from .passes import TENSOR_PIPELINE
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
+    if weight_scale_bits is None:
+        weight_scale_bits = scale_bits if rescale == "eager" else 14
+    options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale}
     graph = import_model(model)
     result = run_passes(graph, TENSOR_PIPELINE, print_after_all=print_after_all, progress=progress)
-    stages = {"tensor": print_graph(result.graph)}
-    return Program(artifact.build(stages, result.graph), result)
+    tensor = result.graph
+    stages = {"tensor": print_graph(tensor)}
+    constants = dict(tensor.constants)
+    extra = {"options": options}
+    if calibration is not None and not isinstance(calibration, dict):
+        names = [op.attrs["name"] for op in tensor.inputs()]
+        if len(names) != 1:
+            raise InputError(f"the model has {len(names)} inputs; give calibration data as a dict by name")
+        calibration = {names[0]: calibration}
+    final = tensor
+    try:
+        lowered = tensor.copy()
+        lowered.meta["ranges"] = {}
+        ranges = value_ranges(tensor, calibration)
+        lowered.meta["ranges"] = {new: ranges[old] for old, new in zip(_values(tensor), _values(lowered))
+                                  if old in ranges}
+        ckks = run_passes(lowered, CKKS_PIPELINE, options, print_after_all=print_after_all, progress=progress)
+        stages["ckks"] = print_graph(ckks.graph)
+        done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
+                          progress=progress)
+        result.timings += ckks.timings + done.timings
+        final = done.graph
+        stages["final"] = print_graph(final)
+        constants.update(final.constants)
+    except UnsupportedOpError as exc:
+        extra["not_encrypted_because"] = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+    final.constants = constants
+    return Program(artifact.build(stages, final, extra), result)
+
+
+def _values(graph: Graph):
+    for op in graph.ops:
+        yield from op.results
 
 
 def load(path) -> Program:

@@ -40,7 +40,7 @@ class Artifact:
         stage = stage or self.final_stage
         if stage not in self._graphs:
             graph = parse(self.stages[stage], dict(self.constants), source=f"ir/{stage}.hir")
-            verify(graph, check_constants=stage == self.final_stage)
+            verify(graph)
             self._graphs[stage] = graph
         return self._graphs[stage]
 
@@ -63,7 +63,7 @@ def build(stages: dict[str, str], final: Graph, extra: dict | None = None) -> Ar
 
 def to_bytes(artifact: Artifact) -> bytes:
     weights = io.BytesIO()
-    np.savez(weights, **artifact.constants)
+    np.savez_compressed(weights, **artifact.constants)
     members = {f"ir/{name}.hir": text.encode() for name, text in artifact.stages.items()}
     members["weights.npz"] = weights.getvalue()
     manifest = dict(artifact.manifest, members={k: _sha256(v) for k, v in sorted(members.items())})

@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 import zipfile
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError, UserError
+from .errors import HeccWarning, InputError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +28,17 @@ def _build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="ONNX model -> .hecc artifact")
     c.add_argument("model", help="the ONNX model file")
     c.add_argument("-o", "--output", help="artifact path (default: MODEL with .hecc)")
+    c.add_argument("--calibration", metavar="X.npy", action="append",
+                   help="representative inputs ([NAME=]X.npy, leading batch dimension) whose value "
+                        "ranges size the encryption parameters")
+    c.add_argument("--layout", default="batch", choices=["batch"],
+                   help="how tensors live in ciphertext slots (batch: one input per slot)")
+    c.add_argument("--rescale", default="lazy", choices=["lazy", "eager"],
+                   help="lazy: rescale once per multiplicative level (default); eager: after every "
+                        "multiply (a baseline)")
+    c.add_argument("--scale-bits", type=int, default=26, help="CKKS scale of encrypted values (log2)")
+    c.add_argument("--weight-scale-bits", type=int,
+                   help="scale of plaintext weights (log2; default 14, or --scale-bits when eager)")
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it is not a hecc artifact")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -43,6 +55,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="write the first output (.npy) or every output by name (.npz)")
     r.add_argument("--backend", default="reference", choices=["reference", "sim", "tenseal"])
     r.add_argument("--stats", metavar="S.json", help="write run statistics as JSON")
+    r.add_argument("--noise", action="store_true", help="sim backend: add CKKS-like encryption and "
+                   "rescale errors to predict TenSEAL's precision")
+    r.add_argument("--workers", type=int, help="tenseal backend: worker processes (default: 2)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     r.add_argument("--force", action="store_true", help="overwrite output files of another kind")
 
     o = sub.add_parser("opt", help="run passes on textual IR and print the result")
@@ -75,13 +91,41 @@ def _cmd_compile(args) -> int:
     from .artifact import is_artifact
     out = args.output or os.path.splitext(args.model)[0] + ".hecc"
     _check_overwrite(out, is_artifact, args.force)
-    prog = compile_model(args.model, print_after_all=sys.stderr if args.print_after_all else None)
+    calibration = _named_arrays(args.calibration) if args.calibration else None
+    if args.weight_scale_bits is not None and not 1 <= args.weight_scale_bits <= 60:
+        raise UserError("--weight-scale-bits must be between 1 and 60")
+    if not 10 <= args.scale_bits <= 60:
+        raise UserError("--scale-bits must be between 10 and 60")
+    prog = compile_model(args.model, calibration=calibration, scale_bits=args.scale_bits,
+                         weight_scale_bits=args.weight_scale_bits, rescale=args.rescale,
+                         print_after_all=sys.stderr if args.print_after_all else None)
     prog.save(out)
     if not args.quiet:
         ins = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.inputs)
         outs = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.outputs)
         print(f"compiled {args.model} -> {out} (inputs: {ins}; outputs: {outs})")
+        params = prog.parameters
+        if params:
+            print(f"encryption: CKKS N={params['poly_modulus_degree']}, coefficient modulus "
+                  f"{params['coeff_modulus_bits']} bits, 128-bit security, {params['layout']} layout "
+                  f"({params['poly_modulus_degree'] // 2} inputs per ciphertext)")
+        else:
+            why = prog.artifact.manifest.get("not_encrypted_because", "")
+            print(f"not compiled for encryption: {why}\nthe artifact runs on --backend reference only")
     return 0
+
+
+def _named_arrays(items: list[str]) -> dict | np.ndarray:
+    """[NAME=]X.npy items -> one array (a single unnamed item) or a dict by name."""
+    if len(items) == 1 and "=" not in items[0]:
+        return _load_npy(items[0])
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"{item}: with several arrays, give each as NAME=X.npy")
+        out[name] = _load_npy(path)
+    return out
 
 
 def _cmd_inspect(args) -> int:
@@ -101,7 +145,6 @@ def _load_npy(path: str) -> np.ndarray:
 
 def _cmd_run(args) -> int:
     import json
-    import time
     from .api import load
     prog = load(args.artifact)
     names = [n for n, _ in prog.inputs]
@@ -122,9 +165,11 @@ def _cmd_run(args) -> int:
         _check_overwrite(args.output, _is_numpy_file, args.force)
     if args.stats:
         _check_overwrite(args.stats, lambda p: p.endswith(".json"), args.force)
-    start = time.perf_counter()
-    outputs = prog.run(inputs, backend=args.backend)
-    seconds = time.perf_counter() - start
+    progress = None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
+    if args.backend == "tenseal" and not args.quiet:
+        sys.stderr.write("hecc: generating keys, encrypting, evaluating and decrypting with SEAL...\n")
+    outputs = prog.run(inputs, backend=args.backend, noise=args.noise, workers=args.workers,
+                       progress=progress)
     if args.output and args.output.endswith(".npz"):
         np.savez(args.output, **outputs)
     elif args.output:
@@ -134,10 +179,8 @@ def _cmd_run(args) -> int:
             for name, y in outputs.items():
                 print(f"{name}: shape {'x'.join(map(str, y.shape))}\n{y}")
     if args.stats:
-        runs = next(iter(inputs.values())).shape[0]
-        stats = {"backend": args.backend, "inputs": int(runs), "seconds": {"eval": seconds}}
         with open(args.stats, "w") as f:
-            json.dump(stats, f, indent=2)
+            json.dump(prog.last_stats, f, indent=2)
     return 0
 
 
@@ -167,10 +210,17 @@ def _cmd_opt(args) -> int:
 COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(f"hecc: warning: {message}\n")
+
+
 def main(argv=None) -> int:
     try:
         args = _build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if getattr(args, "quiet", False) else "always", HeccWarning)
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except UserError as exc:
         sys.stderr.write(f"hecc: error: {exc}\n")
         return 2

@@ -55,3 +55,7 @@ class PassError(UserError):
 
 class ParameterError(UserError):
     """No secure CKKS parameter set can hold the program."""
+
+
+class HeccWarning(UserWarning):
+    """Something the user should know (a guess hecc had to make); the CLI prints it on stderr."""

@@ -85,6 +85,27 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 100) -> bool:
     raise RuntimeError("rewrite rules did not reach a fixed point")
 
 
+def retype_op(op: Op) -> None:
+    """Recompute ``op``'s result types from its operands' current types."""
+    opdef = OPS[op.name]
+    if opdef.infer is None:
+        return
+    types = opdef.infer([v.type for v in op.operands], {k: opdef.attr(op.attrs, k) for k in opdef.attrs})
+    for value, t in zip(op.results, types):
+        value.type = t
+
+
+def retype(graph: Graph) -> None:
+    """Recompute every derived result type in program order (after a pass changed a type)."""
+    for op in graph.ops:
+        retype_op(op)
+
+
+def insert_after(graph: Graph, anchor: Op, new_ops: list[Op]) -> None:
+    index = graph.ops.index(anchor)
+    graph.ops[index + 1:index + 1] = new_ops
+
+
 def remove_dead_ops(graph: Graph) -> bool:
     """Drop ops whose results nobody uses (inputs and outputs stay) and unreferenced constants."""
     live: set[Value] = set()

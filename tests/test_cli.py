@@ -51,7 +51,11 @@ def test_compile_inspect_run(tmp_path, tiny, run_cli):
     assert "inputs: x 1x4" in stdout
     code, stdout, _ = run_cli("inspect", out, "--stage", "tensor")
     assert code == 0 and '"tensor.softmax"' in stdout and '"hecc.input"' in stdout
-    assert run_cli("inspect", out)[1] == stdout
+    assert '"ckks.' not in stdout
+    code, final, _ = run_cli("inspect", out)
+    assert code == 0 and final.startswith('"ckks.params"') and '"ckks.decrypt"' in final
+    assert run_cli("inspect", out, "--stage", "final")[1] == final
+    assert '"ckks.linear"' in run_cli("inspect", out, "--stage", "ckks")[1]
     code, _, stderr = run_cli("run", out, "--input", x, "--output", tmp_path / "y.npy",
                               "--backend", "reference", "--stats", tmp_path / "s.json")
     assert code == 0, stderr
@@ -110,11 +114,34 @@ def _corrupt(path, tmp_path):
     text = bytearray(members["ir/tensor.hir"])
     text[text.index(b"tensor<1x5")] = ord(b" ")
     members["ir/tensor.hir"] = bytes(text)
+    assert members["ir/tensor.hir"] != zipfile.ZipFile(path).read("ir/tensor.hir")
     out = tmp_path / "tampered.hecc"
     with zipfile.ZipFile(out, "w") as zf:
         for n, data in members.items():
             zf.writestr(n, data)
     return out
+
+
+def _relu_model(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="act")]
+    graph = helper.make_graph(nodes, "relu", [helper.make_tensor_value_info("x", F, ["N", 4])],
+                              [helper.make_tensor_value_info("y", F, ["N", 4])])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+                 tmp_path / "relu.onnx")
+
+
+def test_model_that_cannot_be_encrypted_still_runs_on_reference(tmp_path, run_cli):
+    art = tmp_path / "relu.hecc"
+    code, stdout, _ = run_cli("compile", _relu_model(tmp_path), "-o", art)
+    assert code == 0 and "not compiled for encryption" in stdout and "relu activation" in stdout
+    np.save(tmp_path / "x.npy", np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32))
+    code, stdout, _ = run_cli("run", art, "--input", tmp_path / "x.npy")
+    assert code == 0 and "[[0. 2. 0. 4.]]" in stdout
+    for argv, message in [(("inspect", art, "--stage", "ckks"), "has no 'ckks' stage"),
+                          (("run", art, "--input", tmp_path / "x.npy", "--backend", "sim"),
+                           "has no CKKS program")]:
+        code, _, stderr = run_cli(*argv)
+        assert code == 2 and message in stderr and "Traceback" not in stderr
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
@@ -134,13 +161,12 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
         (("inspect", truncated), "not a hecc artifact or corrupted"),
         (("inspect", _corrupt(art, tmp_path)), "does not match its sha256"),
         (("inspect", model), "not a hecc artifact"),
-        (("inspect", art, "--stage", "ckks"), "has no 'ckks' stage"),
         (("run", art, "--input", tmp_path / "wrong.npy"), "has shape 2x5; expected Bx4"),
         (("run", art, "--input", tmp_path / "nan.npy"), "contains 8 NaN or infinite value(s)"),
         (("run", art, "--input", tmp_path / "nope.npy"), "no such file"),
         (("run", art, "--input", "y=" + x), "unknown input(s) y"),
         (("run", art, "--input", x, "--output", tmp_path / "notes.txt"), "use a .npy"),
-        (("run", art, "--input", x, "--backend", "sim"), "needs the CKKS lowering"),
+        (("compile", model, "-o", tmp_path / "w.hecc", "--weight-scale-bits", "99"), "between 1 and 60"),
         (("run", art, "--input", x, "--backend", "gpu"), "invalid choice"),
         (("frobnicate",), "invalid choice"),
     ]

@@ -17,7 +17,7 @@ def cryptonets():
 
 
 def test_cryptonets_structure(cryptonets):
-    ops = [op.name for op in cryptonets.graph.ops]
+    ops = [op.name for op in cryptonets.artifact.graph("tensor").ops]
     assert ops.count("tensor.conv2d") == 1 and ops.count("tensor.matmul") == 2
     assert ops.count("tensor.mul") == 2  # the two squares
     assert cryptonets.inputs == [("input", (1, 1, 28, 28))]

@@ -25,14 +25,14 @@ def test_golden_round_trip(path):
 
 
 def test_types_print_and_parse():
-    text = ('%0, %1 = "ckks.test"() {} : () -> (cipher<level=3, scale=2^25.5, slots=4096>, '
-            'plain<level=0, scale=2^40, slots=8>)\n'
+    text = ('%0, %1 = "ckks.test"() {} : () -> (cipher<level=3, scale=2^25.5, slots=4096, size=3>, '
+            'plain<2x3, level=0, scale=2^40, slots=8>)\n'
             '%2 = "tensor.test"() {f = -1e-05, i = -3, l = [1, "a", [true, false]], n = nan, s = "q\\"\\n"} '
             ': () -> tensor<secret, i64>\n')
     g = parse(text)
     assert print_graph(g) == text
-    assert g.ops[0].results[0].type == CipherType(3, 25.5, 4096)
-    assert g.ops[0].results[1].type == PlainType(0, 40.0, 8)
+    assert g.ops[0].results[0].type == CipherType((), 3, 25.5, 4096, 3)
+    assert g.ops[0].results[1].type == PlainType((2, 3), 0, 40.0, 8)
     assert g.ops[1].result.type == TensorType((), True, "i64")
     assert g.ops[1].attrs["s"] == 'q"\n'
 

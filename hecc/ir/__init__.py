@@ -1,5 +1,5 @@
 """hecc's typed IR: types, the op table, graphs, text form and verifier."""
-from . import tensor_ops  # noqa: F401  (registers the hecc and tensor dialects)
+from . import ckks_ops, tensor_ops  # noqa: F401  (register the hecc, tensor and ckks dialects)
 from .graph import Graph, Op, Value
 from .ops import OPS, OpDef
 from .parser import parse

@@ -51,13 +51,18 @@ class Op:
 
 
 class Graph:
-    """Ops in program order and the named constant arrays they reference."""
+    """Ops in program order and the named constant arrays they reference.
 
-    __slots__ = ("ops", "constants")
+    ``meta`` holds analysis results passes hand to later passes (value ranges, for one); it is
+    never printed or saved, and ``copy`` does not carry it.
+    """
+
+    __slots__ = ("ops", "constants", "meta")
 
     def __init__(self, ops: Iterable[Op] = (), constants: dict[str, np.ndarray] | None = None):
         self.ops = list(ops)
         self.constants = dict(constants or {})
+        self.meta: dict[str, Any] = {}
 
     def append(self, name: str, operands: Iterable[Value] = (), result_types: Iterable[Type] = (),
                attrs: dict[str, Any] | None = None) -> Op:

@@ -133,6 +133,9 @@ class _Builder:
             shape_tok, secrecy, dtype = node.children
             shape = tuple(int(d) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
             return TensorType(shape, str(secrecy) == "secret", str(dtype) if dtype else "f64")
-        level, scale, slots = node.children
-        cls = CipherType if node.data == "cipher_type" else PlainType
-        return cls(int(level), float(scale.children[0]), int(slots))
+        shape_tok, level, scale, slots, *size = node.children
+        shape = tuple(int(d) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
+        if node.data == "plain_type":
+            return PlainType(shape, int(level), float(scale.children[0]), int(slots))
+        size = int(size[0]) if size and size[0] is not None else 2
+        return CipherType(shape, int(level), float(scale.children[0]), int(slots), size)

@@ -2,12 +2,12 @@
 
 - ``TensorType``: a tensor of one input (dimension 0 is the model's batch dimension), either
   ``secret`` (derived from encrypted data) or ``public`` (weights the server knows).
-- ``CipherType`` / ``PlainType``: a CKKS ciphertext / encoded plaintext at a level of the modulus
-  chain with a scale (stored as log2) and a number of slots.
+- ``CipherType`` / ``PlainType``: a tensor of CKKS ciphertexts / encoded plaintexts at a level of
+  the modulus chain with a scale (stored as log2) and a number of slots.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DTYPES = ("f64", "i64", "str")
 
@@ -53,24 +53,54 @@ def format_scale(scale_bits: float) -> str:
     return f"2^{float(scale_bits)!r}"
 
 
+def _shape_prefix(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) + ", " if shape else ""
+
+
 @dataclass(frozen=True)
 class CipherType:
+    """A tensor of CKKS ciphertexts, one per element (``shape`` () for a single one).
+
+    ``level`` counts the primes dropped since encryption (0 = fresh; each rescale or modswitch adds
+    one), so passes can work before the modulus chain is chosen. ``scale_bits`` is log2 of the
+    nominal scale, ``slots`` the slot count (0 until parameters are selected) and ``size`` the
+    number of polynomials (3 after a ciphertext multiplication, until relinearized).
+    """
+
+    shape: tuple[int, ...]
     level: int
     scale_bits: float
     slots: int
+    size: int = 2
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def but(self, **changes) -> "CipherType":
+        return replace(self, **changes)
 
     def __str__(self) -> str:
-        return f"cipher<level={self.level}, scale={format_scale(self.scale_bits)}, slots={self.slots}>"
+        size = f", size={self.size}" if self.size != 2 else ""
+        return (f"cipher<{_shape_prefix(self.shape)}level={self.level}, "
+                f"scale={format_scale(self.scale_bits)}, slots={self.slots}{size}>")
 
 
 @dataclass(frozen=True)
 class PlainType:
+    """A tensor of encoded CKKS plaintexts (same fields as ``CipherType``, no size)."""
+
+    shape: tuple[int, ...]
     level: int
     scale_bits: float
     slots: int
 
     def __str__(self) -> str:
-        return f"plain<level={self.level}, scale={format_scale(self.scale_bits)}, slots={self.slots}>"
+        return (f"plain<{_shape_prefix(self.shape)}level={self.level}, "
+                f"scale={format_scale(self.scale_bits)}, slots={self.slots}>")
 
 
 Type = TensorType | CipherType | PlainType

@@ -1,0 +1,109 @@
+"""What every CKKS backend shares: reading the program, batching inputs into slots, running the
+client-side tail after decryption, and counting primitive operations."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import HeccError
+from ..ir import CipherType, Graph, Op
+
+SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
+              "ckks.rescale", "ckks.modswitch"}
+
+
+@dataclass
+class Params:
+    poly_modulus_degree: int
+    coeff_modulus_bits: list[int]
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def depth(self) -> int:
+        return len(self.coeff_modulus_bits) - 2
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    seconds: dict = field(default_factory=lambda: {"keygen": 0.0, "encrypt": 0.0, "eval": 0.0,
+                                                   "decrypt": 0.0})
+    eval_key_bytes: int = 0
+    eval_wall_seconds: float = 0.0
+    workers: int = 1
+
+
+def program_params(graph: Graph) -> Params:
+    ops = [op for op in graph.ops if op.name == "ckks.params"]
+    if not ops:
+        raise HeccError("the program has no ckks.params op; it was not compiled for encryption")
+    return Params(ops[0].attrs["poly_modulus_degree"], list(ops[0].attrs["coeff_modulus_bits"]))
+
+
+def split_program(graph: Graph):
+    """(inputs, server ops in order, decrypt ops, client ops in order, outputs)."""
+    inputs = [op for op in graph.ops if op.name == "hecc.input"]
+    server = [op for op in graph.ops if op.name in SERVER_OPS]
+    decrypts = [op for op in graph.ops if op.name == "ckks.decrypt"]
+    client = [op for op in graph.ops if op.name not in SERVER_OPS and op.name not in
+              ("hecc.input", "ckks.params", "ckks.decrypt", "hecc.output")]
+    outputs = [op for op in graph.ops if op.name == "hecc.output"]
+    for op in graph.ops:
+        if op.name.startswith("ckks.") and op not in server and op not in decrypts and op.name != "ckks.params":
+            raise HeccError(f"no backend implementation of {op.name}")
+    return inputs, server, decrypts, client, outputs
+
+
+def batches(runs: int, slots: int) -> list[tuple[int, int]]:
+    return [(start, min(start + slots, runs)) for start in range(0, runs, slots)]
+
+
+def run_client_tail(graph: Graph, client: list[Op], env: dict) -> None:
+    """Client-side ops (after decryption) on plaintext arrays with the leading run axis."""
+    from .reference import apply_op
+    for op in client:
+        if op.name == "tensor.constant":
+            env[op.result] = np.asarray(graph.constants[op.attrs["name"]], dtype=np.float64)[None]
+        else:
+            env[op.result] = apply_op(op, [env[v] for v in op.operands])
+
+
+def op_counts(graph: Graph, batch_count: int) -> dict[str, int]:
+    """Primitive CKKS operations the program performs, over all batches."""
+    counts: dict[str, int] = {}
+
+    def add(name, n):
+        counts[name] = counts.get(name, 0) + int(n) * batch_count
+    for op in graph.ops:
+        if op.name == "ckks.linear":
+            matrix = quantized(graph.constants[op.attrs["matrix"]], op.attrs["weight_scale"])
+            nnz = int(np.count_nonzero(matrix))
+            add("multiply_plain", nnz)
+            add("add", nnz - int(np.count_nonzero(matrix.any(axis=1))))
+            if op.attrs.get("bias"):
+                add("add_plain", np.count_nonzero(graph.constants[op.attrs["bias"]]))
+            if op.attrs.get("rescale_terms"):
+                add("rescale", nnz)
+        elif op.name in SERVER_OPS:
+            add(op.name.split(".")[1], op.result.type.count)
+        elif op.name == "hecc.input" and isinstance(op.result.type, CipherType):
+            add("encrypt", op.result.type.count)
+        elif op.name == "ckks.decrypt":
+            add("decrypt", op.operands[0].type.count)
+    return dict(sorted(counts.items()))
+
+
+def quantized(matrix: np.ndarray, weight_scale_bits: int) -> np.ndarray:
+    """The weights as CKKS encodes them at scale 2^weight_scale_bits (rounded to its grid)."""
+    step = 2.0 ** weight_scale_bits
+    return np.round(matrix * step) / step
+
+
+def linear_terms(matrix: np.ndarray):
+    """Per output row: (indices, weights) of its non-zero entries; zero weights are skipped."""
+    return [(np.flatnonzero(row), row[row != 0]) for row in matrix]
+

@@ -1,0 +1,111 @@
+"""The simulator backend: runs ckks IR on float64 slot vectors with CKKS bookkeeping.
+
+A ciphertext tensor is an array (ciphertexts, slots). Levels and scales come from the types; the
+simulator checks at run time that every value x scale fits in the modulus left at its level and
+names the op when it does not (that is where real CKKS would silently return garbage). With
+``noise=True`` it adds the errors real CKKS makes, measured on SEAL (tools: benchmarks): each fresh
+encryption and each rescale adds Gaussian error of std NOISE_PER_N * N / scale to every slot, and
+plaintext weights are rounded to the scale they are encoded at; so it predicts TenSEAL's precision.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import InputError
+from ..ir import Graph, print_op
+from ..params import modulus_bits_at
+from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
+
+NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
+
+
+class Simulator:
+    def __init__(self, graph: Graph, noise: bool = False, seed: int = 0):
+        self.graph = graph
+        self.params = program_params(graph)
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
+        self.names: dict = {}
+        for op in graph.ops:
+            print_op(op, self.names)
+
+    def _noise(self, shape, scale_bits: float) -> np.ndarray:
+        std = NOISE_PER_N * self.params.poly_modulus_degree / 2.0 ** scale_bits
+        return self.rng.normal(0.0, std, shape)
+
+    def _check(self, op, value, array: np.ndarray) -> None:
+        t = value.type
+        peak = float(np.max(np.abs(array))) if array.size else 0.0
+        if peak == 0.0:
+            return
+        bits = math.log2(peak) + t.scale_bits + 1
+        have = modulus_bits_at(self.params.coeff_modulus_bits, t.level)
+        if bits > have:
+            raise InputError(
+                f"overflow in the encrypted program: a value of {peak:.4g} at scale 2^{t.scale_bits} "
+                f"needs {bits:.1f} bits, but level {t.level} has only a {have}-bit modulus. Under "
+                f"encryption this result would be garbage. The input lies outside the range the model "
+                f"was compiled for: recompile with --calibration on inputs like these.\n  at "
+                f"{print_op(op, dict(self.names))}")
+
+    def _linear(self, op, x):
+        matrix = self.graph.constants[op.attrs["matrix"]]
+        w = op.attrs["weight_scale"]
+        if self.noise:
+            matrix = quantized(matrix, w)
+        y = matrix @ x
+        if self.noise and op.attrs.get("rescale_terms"):
+            nnz = np.count_nonzero(matrix, axis=1)[:, None]
+            y = y + self._noise(y.shape, op.result.type.scale_bits) * np.sqrt(nnz)
+        if op.attrs.get("bias"):
+            y = y + self.graph.constants[op.attrs["bias"]][:, None]
+        return y
+
+    def _apply(self, op, env):
+        args = [env[v] for v in op.operands]
+        name = op.name
+        if name == "ckks.linear":
+            return self._linear(op, args[0])
+        if name == "ckks.square":
+            return args[0] * args[0]
+        if name == "ckks.mul":
+            return args[0] * args[1]
+        if name == "ckks.add":
+            return args[0] + args[1]
+        if name == "ckks.sub":
+            return args[0] - args[1]
+        if name == "ckks.rescale" and self.noise:
+            return args[0] + self._noise(args[0].shape, op.result.type.scale_bits)
+        return args[0]  # relinearize, modswitch, noiseless rescale: bookkeeping only
+
+    def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
+        stats = stats or RunStats()
+        runs = stacked[0].shape[0] if stacked else 1
+        pieces = []
+        for lo, hi in batches(runs, self.params.slots):
+            stats.batches += 1
+            env = {}
+            start = time.perf_counter()
+            for op, x in zip(self.inputs, stacked):
+                slots = x[lo:hi].reshape(hi - lo, -1).T.copy()
+                if self.noise:
+                    slots = slots + self._noise(slots.shape, op.result.type.scale_bits)
+                env[op.result] = slots
+                self._check(op, op.result, slots)
+            stats.seconds["encrypt"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for op in self.server:
+                env[op.result] = self._apply(op, env)
+                self._check(op, op.result, env[op.result])
+            stats.seconds["eval"] += time.perf_counter() - start
+            for op in self.decrypts:
+                ct = env[op.operands[0]]
+                env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
+            run_client_tail(self.graph, self.client, env)
+            pieces.append([env[op.operands[0]] for op in self.outputs])
+        stats.eval_wall_seconds = stats.seconds["eval"]
+        return [np.concatenate([p[i] for p in pieces]) for i in range(len(self.outputs))]

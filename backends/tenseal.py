@@ -1,0 +1,250 @@
+"""The TenSEAL backend: lowers ckks IR to SEAL through ``tenseal.sealapi`` (the only module of hecc
+that imports tenseal).
+
+Keys: a secret key, a public key and, when the program relinearizes, relinearization keys; no
+Galois keys (the batch layout never rotates). Bias plaintexts are encoded once per loaded program;
+scalar weights are encoded as they are used (0.008 ms each on this machine, while caching all of
+them would take gigabytes). Inputs beyond one ciphertext's slots run as several batches, spread
+over worker processes (SEAL calls hold the GIL, so threads would not help); each worker inherits
+the keys by fork.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import time
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ..errors import ParameterError
+from ..ir import Graph
+from .common import (RunStats, batches, linear_terms, program_params, quantized, run_client_tail,
+                     split_program)
+
+
+class _Seal:
+    """SEAL objects for one parameter set and one key set."""
+
+    def __init__(self, n: int, chain: list[int], relin: bool):
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(n)
+        try:
+            parms.set_coeff_modulus(seal.CoeffModulus.Create(n, chain))
+        except (ValueError, RuntimeError) as exc:
+            raise ParameterError(f"SEAL cannot make primes {chain} for N={n}: {exc}") from None
+        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if not self.context.parameters_set():
+            raise ParameterError(f"SEAL rejects N={n}, coeff_modulus {chain} at 128-bit security: "
+                                 f"{self.context.parameter_error_message()}")
+        keygen = seal.KeyGenerator(self.context)
+        self.secret_key = keygen.secret_key()
+        self.public_key = seal.PublicKey()
+        keygen.create_public_key(self.public_key)
+        self.relin_keys = None
+        if relin:
+            self.relin_keys = seal.RelinKeys()
+            keygen.create_relin_keys(self.relin_keys)
+        self.encoder = seal.CKKSEncoder(self.context)
+        self.encryptor = seal.Encryptor(self.context, self.public_key)
+        self.encryptor.set_secret_key(self.secret_key)
+        self.evaluator = seal.Evaluator(self.context)
+        self.decryptor = seal.Decryptor(self.context, self.secret_key)
+
+    def eval_key_bytes(self) -> int:
+        if self.relin_keys is None:
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "relin.keys")
+            self.relin_keys.save(path)
+            return os.path.getsize(path)
+
+
+class TensealBackend:
+    def __init__(self, graph: Graph, workers: int | None = None, progress=None):
+        self.graph = graph
+        self.params = program_params(graph)
+        self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
+        self.workers = workers or min(2, os.cpu_count() or 1)
+        self.progress = progress
+        self.terms = {id(op): linear_terms(quantized(graph.constants[op.attrs["matrix"]],
+                                                     op.attrs["weight_scale"]))
+                      for op in self.server if op.name == "ckks.linear"}
+        self.bias_plain: dict[tuple[int, int], object] = {}
+        last_use = {}
+        for index, op in enumerate(self.server + self.decrypts):
+            for v in op.operands:
+                last_use[v] = index
+        self.last_use = last_use
+        self.seal: _Seal | None = None
+
+    # --- one batch -----------------------------------------------------------------------------
+    def _encrypt(self, stacked, lo, hi):
+        s, env = self.seal, {}
+        for op, x in zip(self.inputs, stacked):
+            flat = x[lo:hi].reshape(hi - lo, -1)
+            scale = 2.0 ** op.result.type.scale_bits
+            cts = []
+            for column in flat.T:
+                plain, ct = seal.Plaintext(), seal.Ciphertext()
+                s.encoder.encode(column.tolist(), scale, plain)
+                s.encryptor.encrypt_symmetric(plain, ct)
+                cts.append(ct)
+            env[op.result] = cts
+        return env
+
+    def _linear(self, op, cts):
+        s = self.seal
+        ev, encoder = s.evaluator, s.encoder
+        weight_scale = 2.0 ** op.attrs["weight_scale"]
+        eager = op.attrs.get("rescale_terms", False)
+        bias = self.graph.constants[op.attrs["bias"]] if op.attrs.get("bias") else None
+        plain, tmp = seal.Plaintext(), seal.Ciphertext()
+        out = []
+        for row, (indices, weights) in enumerate(self.terms[id(op)]):
+            acc = None
+            for j, w in zip(indices.tolist(), weights.tolist()):
+                x = cts[j]
+                encoder.encode(w, x.parms_id(), weight_scale, plain)
+                target = seal.Ciphertext() if acc is None else tmp
+                ev.multiply_plain(x, plain, target)
+                if eager:
+                    ev.rescale_to_next_inplace(target)
+                if acc is None:
+                    acc = target
+                else:
+                    ev.add_inplace(acc, tmp)
+            if acc is None:
+                acc = self._zero_like(cts[0], op, eager)
+            if bias is not None and bias[row] != 0:
+                key = (id(op), row)
+                if key not in self.bias_plain:
+                    b = seal.Plaintext()
+                    encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, b)
+                    self.bias_plain[key] = b
+                ev.add_plain_inplace(acc, self.bias_plain[key])
+            out.append(acc)
+        return out
+
+    def _zero_like(self, x, op, eager):
+        """An encryption of zero where a row of the matrix is all zero (e.g. padding)."""
+        s = self.seal
+        probe, plain = seal.Ciphertext(), seal.Plaintext()
+        s.encoder.encode(1.0, x.parms_id(), 2.0 ** op.attrs["weight_scale"], plain)
+        s.evaluator.multiply_plain(x, plain, probe)
+        if eager:
+            s.evaluator.rescale_to_next_inplace(probe)
+        zero = seal.Ciphertext()
+        s.evaluator.sub(probe, probe, zero)
+        return zero
+
+    def _evaluate(self, env):
+        s = self.seal
+        ev = s.evaluator
+        for index, op in enumerate(self.server):
+            args = [env[v] for v in op.operands]
+            name = op.name
+            if name == "ckks.linear":
+                result = self._linear(op, args[0])
+            else:
+                result = []
+                for parts in zip(*args):
+                    out = seal.Ciphertext()
+                    if name == "ckks.square":
+                        ev.square(parts[0], out)
+                    elif name == "ckks.mul":
+                        ev.multiply(parts[0], parts[1], out)
+                    elif name in ("ckks.add", "ckks.sub"):
+                        a, b = parts
+                        if a.scale != b.scale and abs(a.scale / b.scale - 1) < 1e-9:
+                            b.scale = a.scale
+                        (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
+                    elif name == "ckks.relinearize":
+                        ev.relinearize(parts[0], s.relin_keys, out)
+                    elif name == "ckks.rescale":
+                        ev.rescale_to_next(parts[0], out)
+                    elif name == "ckks.modswitch":
+                        ev.mod_switch_to_next(parts[0], out)
+                    result.append(out)
+            env[op.result] = result
+            for v in op.operands:
+                if self.last_use.get(v) == index:
+                    env.pop(v, None)
+        return env
+
+    def _decrypt(self, env, lo, hi):
+        s = self.seal
+        plain = seal.Plaintext()
+        for op in self.decrypts:
+            values = []
+            for ct in env[op.operands[0]]:
+                s.decryptor.decrypt(ct, plain)
+                values.append(np.asarray(s.encoder.decode_double(plain))[: hi - lo])
+            env[op.result] = np.stack(values, axis=1).reshape((hi - lo,) + op.result.type.shape)
+        run_client_tail(self.graph, self.client, env)
+        return [env[op.operands[0]] for op in self.outputs]
+
+    def run_batch(self, stacked, lo, hi):
+        timings = {}
+        start = time.perf_counter()
+        env = self._encrypt(stacked, lo, hi)
+        timings["encrypt"] = time.perf_counter() - start
+        start = time.perf_counter()
+        env = self._evaluate(env)
+        timings["eval"] = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = self._decrypt(env, lo, hi)
+        timings["decrypt"] = time.perf_counter() - start
+        return outputs, timings
+
+    # --- all batches ---------------------------------------------------------------------------
+    def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
+        stats = stats or RunStats()
+        start = time.perf_counter()
+        relin = any(op.name == "ckks.relinearize" for op in self.server)
+        self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin)
+        stats.seconds["keygen"] = time.perf_counter() - start
+        stats.eval_key_bytes = self.seal.eval_key_bytes()
+        runs = stacked[0].shape[0] if stacked else 1
+        spans = batches(runs, self.params.slots)
+        stats.batches = len(spans)
+        workers = min(self.workers, len(spans))
+        stats.workers = workers
+        if workers <= 1:
+            results = []
+            for i, (lo, hi) in enumerate(spans):
+                results.append(self.run_batch(stacked, lo, hi))
+                if self.progress:
+                    self.progress(f"batch {i + 1}/{len(spans)} done")
+            per_worker_eval = [sum(t["eval"] for _, t in results)]
+        else:
+            global _ACTIVE
+            _ACTIVE = (self, stacked)
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(workers) as pool:
+                results = []
+                for i, result in enumerate(pool.imap(_worker_batch, spans)):
+                    results.append(result)
+                    if self.progress:
+                        self.progress(f"batch {i + 1}/{len(spans)} done")
+            _ACTIVE = None
+            per_worker = {}
+            for _, t in results:
+                per_worker[t["pid"]] = per_worker.get(t["pid"], 0.0) + t["eval"]
+            per_worker_eval = list(per_worker.values())
+        for _, t in results:
+            for key in ("encrypt", "eval", "decrypt"):
+                stats.seconds[key] += t[key]
+        stats.eval_wall_seconds = max(per_worker_eval)
+        return [np.concatenate([r[0][i] for r in results]) for i in range(len(self.outputs))]
+
+
+_ACTIVE = None
+
+
+def _worker_batch(span):
+    backend, stacked = _ACTIVE
+    outputs, timings = backend.run_batch(stacked, *span)
+    timings["pid"] = os.getpid()
+    return outputs, timings

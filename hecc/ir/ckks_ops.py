@@ -1,0 +1,102 @@
+"""The ``ckks`` dialect: tensors of CKKS ciphertexts, one ciphertext per tensor element in the
+batch layout (the slots hold different inputs).
+
+Types propagate sizes, levels and scales without demanding that operands agree (a product of two
+size-2 ciphertexts has size 3; a sum takes the larger level and scale), so the IR is well-typed
+before insert-relinearize and align-levels run; the validate pass checks that every op that needs
+size 2 gets it and that the operands of every sum and product agree in level (and scale, for sums).
+
+Levels count primes dropped since encryption; scales are log2 of the nominal scale (a rescale by a
+prime of ``bits`` bits subtracts ``bits``). Relinearize, rescale and modswitch are explicit ops.
+Constants (matrices, biases) are named entries of the constant store, like tensor constants.
+"""
+from __future__ import annotations
+
+from .ops import Attr, define
+from .types import CipherType, TensorType
+
+
+def _cipher(t, size: int | None = None) -> CipherType:
+    if not isinstance(t, CipherType):
+        raise ValueError(f"expected a ciphertext operand, got {t}")
+    if size is not None and t.size != size:
+        raise ValueError(f"expected a ciphertext of size {size}, got size {t.size}"
+                         + (" (relinearize it first)" if t.size == 3 else ""))
+    return t
+
+
+def _linear(types, attrs):
+    x = _cipher(types[0])
+    w = attrs["weight_scale"]
+    if attrs["rescale_terms"]:
+        return [x.but(shape=tuple(attrs["shape"]), level=x.level + 1)]
+    return [x.but(shape=tuple(attrs["shape"]), scale_bits=x.scale_bits + w)]
+
+
+def _same_shape(a, b, what):
+    if a.shape != b.shape:
+        raise ValueError(f"{what} operands have shapes {a.shape} and {b.shape}")
+
+
+def _mul(types, attrs):
+    a, b = _cipher(types[0]), _cipher(types[1])
+    _same_shape(a, b, "mul")
+    return [a.but(level=max(a.level, b.level), scale_bits=a.scale_bits + b.scale_bits,
+                  size=a.size + b.size - 1)]
+
+
+def _square(types, attrs):
+    a = _cipher(types[0])
+    return [a.but(scale_bits=2 * a.scale_bits, size=2 * a.size - 1)]
+
+
+def _add(types, attrs):
+    a, b = _cipher(types[0]), _cipher(types[1])
+    _same_shape(a, b, "add")
+    return [a.but(level=max(a.level, b.level), scale_bits=max(a.scale_bits, b.scale_bits),
+                  size=max(a.size, b.size))]
+
+
+def _relinearize(types, attrs):
+    return [_cipher(types[0], 3).but(size=2)]
+
+
+def _rescale(types, attrs):
+    a = _cipher(types[0], None)
+    if not 0 < attrs["bits"] <= 60:
+        raise ValueError(f"rescale bits must be 1..60, got {attrs['bits']}")
+    return [a.but(level=a.level + 1, scale_bits=a.scale_bits - attrs["bits"])]
+
+
+def _modswitch(types, attrs):
+    a = _cipher(types[0], None)
+    return [a.but(level=a.level + 1)]
+
+
+def _decrypt(types, attrs):
+    a = _cipher(types[0])
+    return [TensorType(a.shape, True)]
+
+
+define("ckks.params", 0, 0,
+       attrs={"poly_modulus_degree": Attr("int"), "coeff_modulus_bits": Attr("ints"),
+              "security": Attr("int", 128), "layout": Attr("str", "batch")},
+       doc="The encryption parameters: ring degree N and the coefficient-modulus bit sizes "
+           "[q0, primes dropped last to first, special prime] in SEAL's order.")
+define("ckks.linear", 1, infer=_linear,
+       attrs={"matrix": Attr("str"), "bias": Attr("str", ""), "shape": Attr("ints"),
+              "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False)},
+       doc="y = matrix @ x + bias over the ciphertexts of x (flattened): multiply-by-plaintext-"
+           "scalar and add trees, zero weights skipped. Weights are encoded at 2^weight_scale, so "
+           "the scale grows by weight_scale; with rescale_terms every product is rescaled first "
+           "(the eager baseline). The bias is encoded at the result's scale.")
+define("ckks.mul", 2, infer=_mul, doc="Elementwise ciphertext product (size 3 result).")
+define("ckks.square", 1, infer=_square, doc="Elementwise ciphertext square (size 3 result).")
+define("ckks.add", 2, infer=_add, doc="Elementwise sum; equal level, scale and size.")
+define("ckks.sub", 2, infer=_add, doc="Elementwise difference; equal level, scale and size.")
+define("ckks.relinearize", 1, infer=_relinearize, doc="Size 3 -> 2 with the relinearization key.")
+define("ckks.rescale", 1, infer=_rescale, attrs={"bits": Attr("int")},
+       doc="Divide by the next prime (of `bits` bits): one level down, scale - bits.")
+define("ckks.modswitch", 1, infer=_modswitch, doc="Drop the next prime: one level down, same scale.")
+define("ckks.decrypt", 1, infer=_decrypt, client_side=True,
+       doc="Decrypt and decode (client-side): the server's result becomes a plaintext tensor.")

@@ -1,0 +1,84 @@
+"""select-parameters: chooses N and the coefficient-modulus chain for the program.
+
+One prime per level transition, of the size the rescales at that level divide by (modswitch-only
+levels get a waterline-sized prime); q0, the prime left at the bottom, just large enough for every
+value at its level (scale + calibrated magnitude + sign + 3 bits of headroom, see hecc.params); a
+special prime as large as the largest data prime. N is the smallest ring degree whose 128-bit
+bound (HomomorphicEncryption.org: 8192 -> 218, 16384 -> 438, 32768 -> 881 bits, all primes
+counted) holds the chain. There is no insecure fallback.
+
+Assumes: ckks IR with rescales, relinearizations and level alignment done; ``graph.meta["max_abs"]``.
+Guarantees: a ``ckks.params`` op first; every ciphertext type's ``slots`` is N/2; raises
+ParameterError naming the depth and modulus needed and the most available when nothing fits.
+Options: scale_bits (26).
+"""
+from __future__ import annotations
+
+import math
+
+from hecc.errors import ParameterError
+from hecc.ir import CipherType, Graph, Op
+from hecc.params import MAX_MODULUS_BITS_128, MAX_PRIME_BITS, min_prime_bits, needed_bits
+from hecc.rewrite import retype
+
+NAME = "select-parameters"
+
+
+def _transition_bits(graph: Graph, depth: int, waterline: int) -> list[int]:
+    bits: dict[int, set[int]] = {}
+    for op in graph.ops:
+        if op.name == "ckks.rescale":
+            bits.setdefault(op.operands[0].type.level, set()).add(op.attrs["bits"])
+        elif op.name == "ckks.linear" and op.attrs.get("rescale_terms"):
+            bits.setdefault(op.operands[0].type.level, set()).add(op.attrs["weight_scale"])
+    out = []
+    for level in range(depth):
+        sizes = bits.get(level, {waterline})
+        if len(sizes) > 1:
+            raise ParameterError(f"rescales from level {level} divide by primes of different sizes "
+                                 f"({sorted(sizes)} bits); use one scale for the whole program")
+        out.append(sizes.pop())
+    return out
+
+
+def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
+    ciphers = [v for op in graph.ops for v in op.results if isinstance(v.type, CipherType)]
+    if not ciphers:
+        raise ParameterError("the program has no encrypted values")
+    depth = max(v.type.level for v in ciphers)
+    primes = _transition_bits(graph, depth, waterline)
+    max_abs = graph.meta.get("max_abs", {})
+    q0 = 20
+    for v in ciphers:
+        above = sum(primes[v.type.level:])
+        q0 = max(q0, math.ceil(needed_bits(v.type.scale_bits, max_abs.get(v, float("nan"))) - above))
+    if q0 > MAX_PRIME_BITS:
+        raise ParameterError(f"the values at the last level need a {q0}-bit bottom prime, more than "
+                             f"{MAX_PRIME_BITS}; lower --weight-scale-bits or --scale-bits")
+    data = [q0] + primes[::-1]
+    chain = data + [max(data)]
+    total = sum(chain)
+    for n, limit in sorted(MAX_MODULUS_BITS_128.items()):
+        if total <= limit and min(chain) >= min_prime_bits(n) and n >= 2048:
+            return n, chain
+    most = max(MAX_MODULUS_BITS_128.values())
+    shown = f" ({chain})" if len(chain) <= 12 else ""
+    raise ParameterError(f"the program needs multiplicative depth {depth} and a {total}-bit modulus"
+                         f"{shown}; the most any 128-bit-secure parameter set offers is {most} bits "
+                         f"(N={max(MAX_MODULUS_BITS_128)}). Use fewer multiplications (lower-degree "
+                         "activations, fewer layers) or smaller scales")
+
+
+def run(graph: Graph, options: dict | None = None) -> Graph:
+    options = dict(options or {})
+    waterline = int(options.get("scale_bits", 26))
+    n, chain = choose_chain(graph, waterline)
+    graph.ops = [op for op in graph.ops if op.name != "ckks.params"]
+    params = Op("ckks.params", [], [], {"poly_modulus_degree": n, "coeff_modulus_bits": chain,
+                                        "security": 128, "layout": "batch"})
+    graph.ops.insert(0, params)
+    for op in graph.ops:
+        if op.name == "hecc.input" and isinstance(op.result.type, CipherType):
+            op.result.type = op.result.type.but(slots=n // 2)
+    retype(graph)
+    return graph

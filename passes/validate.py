@@ -1,0 +1,76 @@
+"""validate: checks a finished ckks program against its parameters (a checking pass: it changes
+nothing).
+
+Checks: one ``ckks.params`` op, first; every ciphertext's level within the chain and its slots
+N/2; products, linear layers and decryption get relinearized (size 2) operands; every rescale divides by the prime of its level; every value x scale inside the modulus left
+at its level (from calibrated ranges, when known); linear-layer constants present with the right
+shapes; the program needs no rotation keys in the batch layout.
+
+Assumes: ckks IR after select-parameters.
+Guarantees: returns the graph unchanged, or raises ParameterError naming the op at fault.
+"""
+from __future__ import annotations
+
+from hecc.errors import ParameterError
+from hecc.ir import CipherType, Graph, print_op
+from hecc.params import modulus_bits_at, needed_bits
+
+NAME = "validate"
+NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.decrypt"}
+
+
+def run(graph: Graph, options: dict | None = None) -> Graph:
+    params = [op for op in graph.ops if op.name == "ckks.params"]
+    if len(params) != 1 or graph.ops[0] is not params[0]:
+        raise ParameterError("a ckks program needs exactly one ckks.params op, first "
+                             "(run select-parameters)")
+    n = params[0].attrs["poly_modulus_degree"]
+    chain = params[0].attrs["coeff_modulus_bits"]
+    depth = len(chain) - 2
+    max_abs = graph.meta.get("max_abs", {})
+    names: dict = {}
+    for op in graph.ops:
+        text = print_op(op, names)
+
+        def fail(why):
+            raise ParameterError(f"{why}\n  {text}")
+        for v in op.results:
+            t = v.type
+            if not isinstance(t, CipherType):
+                continue
+            if t.level > depth:
+                fail(f"level {t.level} is below the last of the {depth + 1} levels of the chain {chain}")
+            if t.slots != n // 2:
+                fail(f"slots {t.slots} do not match N/2 = {n // 2}")
+            if v in max_abs:
+                need = needed_bits(t.scale_bits, max_abs[v])
+                have = modulus_bits_at(chain, t.level)
+                if need > have:
+                    fail(f"overflow: values up to {max_abs[v]:.3g} at scale 2^{t.scale_bits} need "
+                         f"{need:.1f} bits, but level {t.level} has a {have}-bit modulus")
+        if op.name in NEEDS_SIZE_2 and any(v.type.size != 2 for v in op.operands):
+            fail(f"{op.name} needs relinearized (size 2) operands (run insert-relinearize)")
+        if op.name in ("ckks.add", "ckks.sub", "ckks.mul"):
+            a, b = (v.type for v in op.operands)
+            if a.level != b.level:
+                fail(f"operands at levels {a.level} and {b.level} (run align-levels)")
+            if op.name != "ckks.mul" and (a.scale_bits != b.scale_bits or a.size != b.size):
+                fail(f"operands with scales 2^{a.scale_bits} and 2^{b.scale_bits}, sizes {a.size} and "
+                     f"{b.size} (run align-levels and insert-relinearize)")
+        if op.name == "ckks.relinearize" and op.operands[0].type.size != 3:
+            fail("relinearize takes a size-3 ciphertext")
+        if op.name == "ckks.rescale":
+            level = op.operands[0].type.level
+            prime = chain[-2 - level]
+            if op.attrs["bits"] != prime:
+                fail(f"rescale by {op.attrs['bits']} bits at level {level}, but that level's prime "
+                     f"has {prime} bits")
+        if op.name == "ckks.linear":
+            matrix = graph.constants.get(op.attrs["matrix"])
+            rows, cols = op.result.type.count, op.operands[0].type.count
+            if matrix is None or matrix.shape != (rows, cols):
+                fail(f"matrix {op.attrs['matrix']!r} must be a stored {rows}x{cols} array")
+            bias = op.attrs.get("bias", "")
+            if bias and (bias not in graph.constants or graph.constants[bias].shape != (rows,)):
+                fail(f"bias {bias!r} must be a stored array of {rows} values")
+    return graph
