@@ -10,7 +10,7 @@ from ..errors import HeccError
 from ..ir import CipherType, Graph, Op
 
 SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
-              "ckks.rescale", "ckks.modswitch"}
+              "ckks.rescale", "ckks.modswitch", "ckks.concat"}
 
 
 @dataclass
@@ -88,7 +88,7 @@ def op_counts(graph: Graph, batch_count: int) -> dict[str, int]:
                 add("add_plain", np.count_nonzero(graph.constants[op.attrs["bias"]]))
             if op.attrs.get("rescale_terms"):
                 add("rescale", nnz)
-        elif op.name in SERVER_OPS:
+        elif op.name in SERVER_OPS and op.name != "ckks.concat":
             add(op.name.split(".")[1], op.result.type.count)
         elif op.name == "hecc.input" and isinstance(op.result.type, CipherType):
             add("encrypt", op.result.type.count)

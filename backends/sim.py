@@ -78,6 +78,9 @@ class Simulator:
             return args[0] + args[1]
         if name == "ckks.sub":
             return args[0] - args[1]
+        if name == "ckks.concat":
+            parts = [a.reshape(v.type.shape + (-1,)) for a, v in zip(args, op.operands)]
+            return np.concatenate(parts, axis=op.attrs["axis"]).reshape(op.result.type.count, -1)
         if name == "ckks.rescale" and self.noise:
             return args[0] + self._noise(args[0].shape, op.result.type.scale_bits)
         return args[0]  # relinearize, modswitch, noiseless rescale: bookkeeping only

@@ -37,7 +37,7 @@ class _Seal:
         self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
         if not self.context.parameters_set():
             raise ParameterError(f"SEAL rejects N={n}, coeff_modulus {chain} at 128-bit security: "
-                                 f"{self.context.parameter_error_message()}")
+                                 f"{self.context.parameters_error_message()}")
         keygen = seal.KeyGenerator(self.context)
         self.secret_key = keygen.secret_key()
         self.public_key = seal.PublicKey()
@@ -78,6 +78,55 @@ class TensealBackend:
                 last_use[v] = index
         self.last_use = last_use
         self.seal: _Seal | None = None
+        self.align_target: dict[int, float] = {}
+
+    def _plan_scales(self) -> None:
+        """Follow SEAL's exact scales (rescales divide by the real primes, not powers of two) and
+        give every modswitch that feeds a sum the scale of the sum's other operand as its target:
+        it then runs as a multiplication by 1 encoded at target * p / scale, rescaled by p (the
+        prime a modswitch would drop anyway), so the sum needs no approximation."""
+        moduli = [m.value() for m in self.seal.context.key_context_data().parms().coeff_modulus()]
+        data = moduli[:-1]
+
+        def prime(level):
+            return float(data[len(data) - 1 - level])
+        scale = {op.result: 2.0 ** op.result.type.scale_bits for op in self.inputs}
+        for op in self.server:
+            args = [scale[v] for v in op.operands]
+            level = op.operands[0].type.level
+            if op.name == "ckks.linear":
+                s = args[0] * 2.0 ** op.attrs["weight_scale"]
+                scale[op.result] = s / prime(level) if op.attrs.get("rescale_terms") else s
+            elif op.name == "ckks.mul":
+                scale[op.result] = args[0] * args[1]
+            elif op.name == "ckks.square":
+                scale[op.result] = args[0] * args[0]
+            elif op.name == "ckks.rescale":
+                scale[op.result] = args[0] / prime(level)
+            elif op.name in ("ckks.add", "ckks.sub", "ckks.concat"):
+                target = next((a for a, v in zip(args, op.operands) if v.producer.name != "ckks.modswitch"),
+                              args[0])
+                for v in op.operands:
+                    if v.producer.name == "ckks.modswitch" and scale[v] != target:
+                        self.align_target.setdefault(id(v.producer), target)
+                        scale[v] = self.align_target[id(v.producer)]
+                scale[op.result] = target
+            else:
+                scale[op.result] = args[0]
+
+    def _modswitch(self, op, ct, out):
+        s = self.seal
+        target = self.align_target.get(id(op))
+        if target is None:
+            s.evaluator.mod_switch_to_next(ct, out)
+            return
+        moduli = s.context.get_context_data(ct.parms_id()).parms().coeff_modulus()
+        p = float(moduli[-1].value())
+        one = seal.Plaintext()
+        s.encoder.encode(1.0, ct.parms_id(), target * p / ct.scale, one)
+        s.evaluator.multiply_plain(ct, one, out)
+        s.evaluator.rescale_to_next_inplace(out)
+        out.scale = target  # equal up to the last bits of a double
 
     # --- one batch -----------------------------------------------------------------------------
     def _encrypt(self, stacked, lo, hi):
@@ -147,6 +196,9 @@ class TensealBackend:
             name = op.name
             if name == "ckks.linear":
                 result = self._linear(op, args[0])
+            elif name == "ckks.concat":
+                parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
+                result = list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
             else:
                 result = []
                 for parts in zip(*args):
@@ -157,15 +209,15 @@ class TensealBackend:
                         ev.multiply(parts[0], parts[1], out)
                     elif name in ("ckks.add", "ckks.sub"):
                         a, b = parts
-                        if a.scale != b.scale and abs(a.scale / b.scale - 1) < 1e-9:
-                            b.scale = a.scale
+                        if a.scale != b.scale:
+                            b = _adopt_scale(b, a.scale)
                         (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
                     elif name == "ckks.relinearize":
                         ev.relinearize(parts[0], s.relin_keys, out)
                     elif name == "ckks.rescale":
                         ev.rescale_to_next(parts[0], out)
                     elif name == "ckks.modswitch":
-                        ev.mod_switch_to_next(parts[0], out)
+                        self._modswitch(op, parts[0], out)
                     result.append(out)
             env[op.result] = result
             for v in op.operands:
@@ -205,6 +257,7 @@ class TensealBackend:
         relin = any(op.name == "ckks.relinearize" for op in self.server)
         self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin)
         stats.seconds["keygen"] = time.perf_counter() - start
+        self._plan_scales()
         stats.eval_key_bytes = self.seal.eval_key_bytes()
         runs = stacked[0].shape[0] if stacked else 1
         spans = batches(runs, self.params.slots)
@@ -238,6 +291,19 @@ class TensealBackend:
                 stats.seconds[key] += t[key]
         stats.eval_wall_seconds = max(per_worker_eval)
         return [np.concatenate([r[0][i] for r in results]) for i in range(len(self.outputs))]
+
+
+SCALE_TOLERANCE = 1e-2
+
+
+def _adopt_scale(ct, scale):
+    """Give ``ct`` the scale of the other operand of a sum. The two differ only because a rescale
+    divided by a prime, not by the power of two the IR counts (relative 2^-12 for 26-bit primes,
+    2^-40 for 54-bit ones); adopting the scale costs exactly that much relative precision."""
+    if abs(ct.scale / scale - 1) > SCALE_TOLERANCE:
+        raise RuntimeError(f"scales {ct.scale} and {scale} of a sum differ beyond rescale rounding")
+    ct.scale = scale
+    return ct
 
 
 _ACTIVE = None

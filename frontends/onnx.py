@@ -25,6 +25,7 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 
 def load_model(source) -> onnx.ModelProto:
     """Read an ONNX model from a path, bytes or a ModelProto and run the ONNX checker."""
+    label = source if isinstance(source, (str, os.PathLike)) else "the model"
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
@@ -36,15 +37,15 @@ def load_model(source) -> onnx.ModelProto:
                     raise ModelError(f"{source}: no such file")
                 model = onnx.load(os.fspath(source))
         except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-            raise ModelError(f"{source}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            raise ModelError(f"{label}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
                              "export it again with torch.onnx.export or skl2onnx") from None
     if not model.graph.node and not model.graph.output:
-        raise ModelError(f"{source}: the ONNX model has an empty graph (is this really an ONNX file?)")
+        raise ModelError(f"{label}: the ONNX model has an empty graph (is this really an ONNX file?)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelError(f"{source}: the ONNX checker rejects the model: {first}") from None
+        raise ModelError(f"{label}: the ONNX checker rejects the model: {first}") from None
     return model
 
 

@@ -1,12 +1,13 @@
 """align-levels: makes the operands of every binary ciphertext op agree in level and scale.
 
-The operand that has dropped fewer primes is modswitched down to the other's level; for a sum, an
-operand at a lower scale is multiplied by the constant 1 encoded at the missing scale (an identity
+The operand that has dropped fewer primes is modswitched down to the other's level; for a sum or
+a concatenation, an operand at a lower scale is multiplied by the constant 1 encoded at the missing scale (an identity
 ``ckks.linear``), so both sides carry the same scale without losing a level.
 
 Assumes: ckks IR with rescales and relinearizations placed.
-Guarantees: every ckks.add / ckks.sub / ckks.mul has operands of equal level (and, for sums, equal
-scale); raises PassError when scales differ by a fraction of a bit.
+Guarantees: every ckks.add / ckks.sub / ckks.mul / ckks.concat has operands of equal level (and,
+for sums and concatenations, equal scale); raises PassError when scales differ by a fraction of a
+bit.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     new_ops: list[Op] = []
     count = 0
     for op in graph.ops:
-        if op.name in ("ckks.add", "ckks.sub", "ckks.mul"):
+        if op.name in ("ckks.add", "ckks.sub", "ckks.mul", "ckks.concat"):
             target = max(v.type.level for v in op.operands)
             for i, v in enumerate(op.operands):
                 while v.type.level < target:

@@ -141,6 +141,11 @@ class _Lowering:
                 and self.env[op.operands[0]].base is not self.env[op.operands[1]].base:
             a, b = (self.materialize(self.broadcast(v, op.result.type.shape)) for v in op.operands)
             self.set_ct(op.result, self.emit("ckks." + op.name.split(".")[1], [a, b]))
+        elif op.name == "tensor.concat" and len({id(self.env[v].base) for v in op.operands
+                                                 if self.is_secret(v)}) > 1:
+            parts = [self.materialize(v) if self.is_secret(v) else self.encrypted_constant(op, v)
+                     for v in op.operands]
+            self.set_ct(op.result, self.emit("ckks.concat", parts, dict(op.attrs)))
         elif op.name in AFFINE_OPS:
             self.affine(op)
         elif op.name == "tensor.activation":
@@ -153,6 +158,9 @@ class _Lowering:
         self.env[v] = Affine(ct, None, None, v.type.shape)
         self.materialized[v] = ct
         self.max_abs[ct] = self.ranges.get(v, float("nan"))
+
+    def encrypted_constant(self, op: Op, v: Value):
+        self.fail(op, "concatenates encrypted tensors from different sources with a constant")
 
     def broadcast(self, v: Value, shape) -> Value:
         """``v`` broadcast to ``shape`` (an affine map of the same base: a tensor value of its own)."""

@@ -57,6 +57,20 @@ def _add(types, attrs):
                   size=max(a.size, b.size))]
 
 
+def _concat(types, attrs):
+    cs = [_cipher(t) for t in types]
+    axis = attrs["axis"]
+    first = cs[0]
+    if any(len(c.shape) != len(first.shape) or not 0 <= axis < len(first.shape) for c in cs):
+        raise ValueError(f"concat axis {axis} does not fit shapes {[c.shape for c in cs]}")
+    if any(c.shape[:axis] + c.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:] for c in cs):
+        raise ValueError(f"concat shapes {[c.shape for c in cs]} differ off axis {axis}")
+    shape = list(first.shape)
+    shape[axis] = sum(c.shape[axis] for c in cs)
+    return [first.but(shape=tuple(shape), level=max(c.level for c in cs),
+                      scale_bits=max(c.scale_bits for c in cs), size=max(c.size for c in cs))]
+
+
 def _relinearize(types, attrs):
     return [_cipher(types[0], 3).but(size=2)]
 
@@ -94,6 +108,8 @@ define("ckks.mul", 2, infer=_mul, doc="Elementwise ciphertext product (size 3 re
 define("ckks.square", 1, infer=_square, doc="Elementwise ciphertext square (size 3 result).")
 define("ckks.add", 2, infer=_add, doc="Elementwise sum; equal level, scale and size.")
 define("ckks.sub", 2, infer=_add, doc="Elementwise difference; equal level, scale and size.")
+define("ckks.concat", (1, None), infer=_concat, attrs={"axis": Attr("int")},
+       doc="Concatenation of ciphertext tensors (no arithmetic); equal level, scale and size.")
 define("ckks.relinearize", 1, infer=_relinearize, doc="Size 3 -> 2 with the relinearization key.")
 define("ckks.rescale", 1, infer=_rescale, attrs={"bits": Attr("int")},
        doc="Divide by the next prime (of `bits` bits): one level down, scale - bits.")

@@ -1,0 +1,169 @@
+"""The CKKS path: simulator vs reference on polynomial models (the backbone differential test),
+TenSEAL on small batches, parameter errors, and backend coverage of the ckks dialect."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hecc
+from conftest import EXAMPLES, assert_close
+from hecc.backends import sim, tenseal as tenseal_backend
+from hecc.ir import OPS
+
+F = TensorProto.FLOAT
+CRYPTONETS = os.path.join(EXAMPLES, "cryptonets_mnist")
+RNG = np.random.default_rng(5)
+
+
+def _model(nodes, inputs, outputs, inits):
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(n, F, s) for n, s in inputs.items()],
+                              [helper.make_tensor_value_info(n, F, None) for n in outputs],
+                              [numpy_helper.from_array(np.asarray(v) if np.asarray(v).dtype.kind == "i"
+                                                       else np.asarray(v, np.float32), n)
+                               for n, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    return model
+
+
+def n(op, ins, outs, **attrs):
+    return helper.make_node(op, ins, outs, **attrs)
+
+
+# Polynomial models that exercise every lowering: conv + avgpool + BN-like affine, pad and
+# concat, x^3 (mul after square: align-levels), a residual sum of two depths, two inputs.
+POLY_MODELS = {
+    "conv_pool_cube": lambda: _model(
+        [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("AveragePool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         n("Mul", ["p", "s"], ["q"]), n("Add", ["q", "t"], ["r"]), n("Pow", ["r", "three"], ["cube"]),
+         n("Flatten", ["cube"], ["f"]), n("Gemm", ["f", "fw", "fb"], ["y"], transB=1)],
+        {"x": ["N", 1, 6, 6]}, ["y"],
+        {"w": RNG.normal(0, 0.5, (2, 1, 3, 3)), "s": RNG.uniform(0.5, 1.5, (2, 1, 1)), "t": RNG.normal(0, .1, (2, 1, 1)),
+         "three": 3.0, "fw": RNG.normal(0, 0.3, (4, 18)), "fb": RNG.normal(0, 0.1, 4)}),
+    "residual_pad_concat": lambda: _model(
+        [n("MatMul", ["x", "w"], ["h"]), n("Mul", ["h", "h"], ["sq"]), n("Add", ["sq", "h"], ["res"]),
+         n("Pad", ["res", "pads"], ["padded"]), n("Concat", ["padded", "x"], ["cat"], axis=1),
+         n("Mul", ["cat", "cat"], ["y0"]), n("Softmax", ["y0"], ["y"], axis=1)],
+        {"x": ["N", 3]}, ["y0", "y"],
+        {"w": RNG.normal(0, 0.5, (3, 3)), "pads": np.array([0, 1, 0, 2], np.int64)}),
+    "two_inputs_product": lambda: _model(
+        [n("Mul", ["a", "b"], ["p"]), n("Sub", ["p", "a"], ["d"]), n("ReduceSum", ["d", "axes"], ["y"], keepdims=1)],
+        {"a": ["N", 4], "b": ["N", 4]}, ["y"], {"axes": np.array([1], np.int64)}),
+}
+
+
+def _inputs(prog, batch, rng):
+    return {name: rng.uniform(-1, 1, (batch * shape[0],) + shape[1:]) for name, shape in prog.inputs}
+
+
+@pytest.mark.parametrize("name", sorted(POLY_MODELS))
+def test_simulator_equals_reference(name):
+    model = POLY_MODELS[name]()
+    rng = np.random.default_rng(0)
+    probe = hecc.compile(model)
+    calibration = _inputs(probe, 64, rng)
+    prog = hecc.compile(model, calibration=calibration)
+    assert prog.encrypted, prog.artifact.manifest
+    x = _inputs(prog, 20, rng)
+    ref = prog.run(x, backend="reference")
+    out = prog.run(x, backend="sim")
+    for key in ref:
+        assert_close(out[key], ref[key], 1e-6, f"{name} {key}")
+
+
+def test_cryptonets_simulator_equals_reference():
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x)
+    assert prog.parameters["poly_modulus_degree"] == 8192
+    ref = prog.run(x, backend="reference")["logits"]
+    assert_close(prog.run(x, backend="sim")["logits"], ref, 1e-6, "noiseless simulator")
+    noisy = prog.run(x, backend="sim", noise=True)["logits"]
+    assert_close(noisy, ref, 1e-2, "simulator with noise")
+    assert (noisy.argmax(1) == ref.argmax(1)).mean() >= 0.98
+
+
+def test_lazy_rescale_has_one_rescale_per_level_and_fewer_primes_than_eager():
+    model = os.path.join(CRYPTONETS, "model.onnx")
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    lazy = hecc.compile(model, calibration=x)
+    eager = hecc.compile(model, calibration=x, rescale="eager")
+    lazy_ops = [op.name for op in lazy.graph.ops]
+    assert lazy_ops.count("ckks.rescale") == 2 and lazy_ops.count("ckks.square") == 2
+    assert not any(op.attrs.get("rescale_terms") for op in lazy.graph.ops)
+    assert all(op.attrs.get("rescale_terms") for op in eager.graph.ops if op.name == "ckks.linear")
+    assert len(lazy.parameters["coeff_modulus_bits"]) < len(eager.parameters["coeff_modulus_bits"])
+    lazy.run(x[:4], backend="sim")
+    eager.run(x[:4], backend="sim")
+    assert lazy.last_stats["op_counts"]["rescale"] == 945
+    assert eager.last_stats["op_counts"]["rescale"] > 100_000
+
+
+def test_simulator_names_the_op_that_overflows():
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x)
+    with pytest.raises(hecc.InputError, match=r"overflow in the encrypted program.*\n  at %\d+ = \"ckks\."):
+        prog.run(x[:4] * 3000, backend="sim")
+
+
+def test_too_deep_model_gets_parameter_error(tmp_path, run_cli):
+    nodes, prev = [], "x"
+    for i in range(40):
+        nodes.append(n("Mul", [prev, prev], [f"s{i}"]))
+        prev = f"s{i}"
+    nodes.append(n("Identity", [prev], ["y"]))
+    onnx.save(_model(nodes, {"x": ["N", 2]}, ["y"], {}), tmp_path / "deep.onnx")
+    np.save(tmp_path / "cal.npy", np.full((4, 2), 0.99, np.float32))
+    code, _, stderr = run_cli("compile", tmp_path / "deep.onnx", "--calibration", tmp_path / "cal.npy")
+    assert code == 2
+    assert "needs multiplicative depth 40" in stderr and "881 bits" in stderr
+    assert not os.path.exists(tmp_path / "deep.hecc")
+
+
+def test_every_ckks_op_has_an_implementation_in_every_backend():
+    ops = {name for name in OPS if name.startswith("ckks.")} - {"ckks.params"}
+    import inspect
+    sim_source = inspect.getsource(sim.Simulator)
+    tenseal_source = inspect.getsource(tenseal_backend.TensealBackend)
+    for name in ops:
+        if name == "ckks.decrypt":
+            continue
+        assert f'"{name}"' in tenseal_source, f"tenseal backend lacks {name}"
+        if name not in ("ckks.relinearize", "ckks.modswitch"):
+            assert f'"{name}"' in sim_source, f"simulator lacks {name}"
+    assert "ckks.decrypt" in {op for op in ops}
+
+
+def test_tenseal_cryptonets_small_batch_matches_reference():
+    """Real SEAL end to end on 16 MNIST digits (CI runs this)."""
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
+    labels = np.load(os.path.join(CRYPTONETS, "labels.npy"))[:16]
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=np.load(os.path.join(CRYPTONETS, "input.npy")))
+    ref = prog.run(x, backend="reference")["logits"]
+    out = prog.run(x, backend="tenseal")["logits"]
+    assert_close(out, ref, 2e-2, "tenseal vs reference")
+    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+    assert (out.argmax(1) == labels).mean() >= 0.9
+    stats = prog.last_stats
+    assert stats["backend"] == "tenseal" and stats["galois_steps"] == []
+    assert stats["parameters"]["poly_modulus_degree"] == 8192
+    assert stats["eval_key_bytes"] > 0 and stats["seconds"]["eval"] > 0
+
+
+def test_tenseal_runs_every_ckks_op():
+    """mul, sub, modswitch, identity-linear alignment and several batches across two workers."""
+    model = POLY_MODELS["two_inputs_product"]()
+    rng = np.random.default_rng(1)
+    probe = hecc.compile(model)
+    prog = hecc.compile(model, calibration=_inputs(probe, 32, rng))
+    names = {op.name for op in prog.graph.ops}
+    assert {"ckks.mul", "ckks.sub", "ckks.modswitch", "ckks.linear"} <= names
+    slots = prog.parameters["poly_modulus_degree"] // 2
+    x = _inputs(prog, slots + 3, rng)
+    ref = prog.run(x, backend="reference")["y"]
+    out = prog.run(x, backend="tenseal", workers=2)["y"]
+    assert prog.last_stats["batches"] == 2 and prog.last_stats["workers"] == 2
+    assert_close(out, ref, 1e-3, "two inputs")
