@@ -103,7 +103,3 @@ def quantized(matrix: np.ndarray, weight_scale_bits: int) -> np.ndarray:
     return np.round(matrix * step) / step
 
 
-def linear_terms(matrix: np.ndarray):
-    """Per output row: (indices, weights) of its non-zero entries; zero weights are skipped."""
-    return [(np.flatnonzero(row), row[row != 0]) for row in matrix]
-

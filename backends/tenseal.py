@@ -4,9 +4,10 @@ that imports tenseal).
 Keys: a secret key, a public key and, when the program relinearizes, relinearization keys; no
 Galois keys (the batch layout never rotates). Bias plaintexts are encoded once per loaded program;
 scalar weights are encoded as they are used (0.008 ms each on this machine, while caching all of
-them would take gigabytes). Inputs beyond one ciphertext's slots run as several batches, spread
-over worker processes (SEAL calls hold the GIL, so threads would not help); each worker inherits
-the keys by fork.
+them would take gigabytes). SEAL calls hold the GIL, so both cores are used through forked worker
+processes, which inherit keys and ciphertexts: whole batches run side by side while there are
+enough of them, and a remaining batch splits the rows of each large linear layer (and the
+elementwise ops after it) across the workers, which hand their ciphertexts back through /dev/shm.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import tenseal.sealapi as seal
 
 from ..errors import ParameterError
 from ..ir import Graph
-from .common import (RunStats, batches, linear_terms, program_params, quantized, run_client_tail,
-                     split_program)
+from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
 
 
 class _Seal:
@@ -68,9 +68,9 @@ class TensealBackend:
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
         self.workers = workers or min(2, os.cpu_count() or 1)
         self.progress = progress
-        self.terms = {id(op): linear_terms(quantized(graph.constants[op.attrs["matrix"]],
+        self.blocks = {id(op): _block_plan(quantized(graph.constants[op.attrs["matrix"]],
                                                      op.attrs["weight_scale"]))
-                      for op in self.server if op.name == "ckks.linear"}
+                       for op in self.server if op.name == "ckks.linear"}
         self.bias_plain: dict[tuple[int, int], object] = {}
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
@@ -143,37 +143,54 @@ class TensealBackend:
             env[op.result] = cts
         return env
 
-    def _linear(self, op, cts):
+    def _linear(self, op, cts, rows=None):
+        """Rows of y = matrix @ x + bias. Rows go in blocks of BLOCK_ROWS and, within a block,
+        column by column, so each input ciphertext is read once per block while it is in cache
+        (11% faster than row by row on this machine; SEAL's arithmetic is exact, so the order
+        does not change the result)."""
         s = self.seal
         ev, encoder = s.evaluator, s.encoder
+        encode, multiply_plain, add_inplace = encoder.encode, ev.multiply_plain, ev.add_inplace
         weight_scale = 2.0 ** op.attrs["weight_scale"]
         eager = op.attrs.get("rescale_terms", False)
         bias = self.graph.constants[op.attrs["bias"]] if op.attrs.get("bias") else None
+        parms_id = cts[0].parms_id()
         plain, tmp = seal.Plaintext(), seal.Ciphertext()
+        lo, hi = rows if rows is not None else (0, op.result.type.count)
         out = []
-        for row, (indices, weights) in enumerate(self.terms[id(op)]):
-            acc = None
-            for j, w in zip(indices.tolist(), weights.tolist()):
+        for block_lo, plan in self.blocks[id(op)]:
+            if block_lo + BLOCK_ROWS <= lo or block_lo >= hi:
+                continue
+            accs = [None] * BLOCK_ROWS
+            for j, entries in plan:
                 x = cts[j]
-                encoder.encode(w, x.parms_id(), weight_scale, plain)
-                target = seal.Ciphertext() if acc is None else tmp
-                ev.multiply_plain(x, plain, target)
-                if eager:
-                    ev.rescale_to_next_inplace(target)
-                if acc is None:
-                    acc = target
-                else:
-                    ev.add_inplace(acc, tmp)
-            if acc is None:
-                acc = self._zero_like(cts[0], op, eager)
-            if bias is not None and bias[row] != 0:
-                key = (id(op), row)
-                if key not in self.bias_plain:
-                    b = seal.Plaintext()
-                    encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, b)
-                    self.bias_plain[key] = b
-                ev.add_plain_inplace(acc, self.bias_plain[key])
-            out.append(acc)
+                for b, w in entries:
+                    if not lo <= block_lo + b < hi:
+                        continue
+                    encode(w, parms_id, weight_scale, plain)
+                    if accs[b] is None:
+                        accs[b] = seal.Ciphertext()
+                        multiply_plain(x, plain, accs[b])
+                        if eager:
+                            ev.rescale_to_next_inplace(accs[b])
+                    else:
+                        multiply_plain(x, plain, tmp)
+                        if eager:
+                            ev.rescale_to_next_inplace(tmp)
+                        add_inplace(accs[b], tmp)
+            for b in range(BLOCK_ROWS):
+                row = block_lo + b
+                if not lo <= row < hi or row >= op.result.type.count:
+                    continue
+                acc = accs[b] if accs[b] is not None else self._zero_like(cts[0], op, eager)
+                if bias is not None and bias[row] != 0:
+                    key = (id(op), row)
+                    if key not in self.bias_plain:
+                        pt = seal.Plaintext()
+                        encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, pt)
+                        self.bias_plain[key] = pt
+                    ev.add_plain_inplace(acc, self.bias_plain[key])
+                out.append(acc)
         return out
 
     def _zero_like(self, x, op, eager):
@@ -188,42 +205,98 @@ class TensealBackend:
         s.evaluator.sub(probe, probe, zero)
         return zero
 
-    def _evaluate(self, env):
+    def _apply(self, op, args, rows=None):
+        """One server op on lists of ciphertexts (``rows``: only these rows of a linear op)."""
         s = self.seal
         ev = s.evaluator
-        for index, op in enumerate(self.server):
-            args = [env[v] for v in op.operands]
-            name = op.name
-            if name == "ckks.linear":
-                result = self._linear(op, args[0])
-            elif name == "ckks.concat":
-                parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
-                result = list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
+        name = op.name
+        if name == "ckks.linear":
+            return self._linear(op, args[0], rows)
+        if name == "ckks.concat":
+            parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
+            return list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
+        result = []
+        for parts in zip(*args):
+            out = seal.Ciphertext()
+            if name == "ckks.square":
+                ev.square(parts[0], out)
+            elif name == "ckks.mul":
+                ev.multiply(parts[0], parts[1], out)
+            elif name in ("ckks.add", "ckks.sub"):
+                a, b = parts
+                if a.scale != b.scale:
+                    b = _adopt_scale(b, a.scale)
+                (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
+            elif name == "ckks.relinearize":
+                ev.relinearize(parts[0], s.relin_keys, out)
+            elif name == "ckks.rescale":
+                ev.rescale_to_next(parts[0], out)
+            elif name == "ckks.modswitch":
+                self._modswitch(op, parts[0], out)
+            result.append(out)
+        return result
+
+    def _segments(self):
+        """Server ops grouped as [linear op, elementwise ops on its rows...]; a segment's rows are
+        independent, so its work can be split by rows across processes."""
+        segments, current, produced = [], None, set()
+        for op in self.server:
+            if op.name == "ckks.linear":
+                current, produced = [op], {op.result}
+                segments.append(current)
+            elif (current is not None and op.name in ELEMENTWISE
+                  and all(v in produced for v in op.operands)):
+                current.append(op)
+                produced.add(op.result)
             else:
-                result = []
-                for parts in zip(*args):
-                    out = seal.Ciphertext()
-                    if name == "ckks.square":
-                        ev.square(parts[0], out)
-                    elif name == "ckks.mul":
-                        ev.multiply(parts[0], parts[1], out)
-                    elif name in ("ckks.add", "ckks.sub"):
-                        a, b = parts
-                        if a.scale != b.scale:
-                            b = _adopt_scale(b, a.scale)
-                        (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
-                    elif name == "ckks.relinearize":
-                        ev.relinearize(parts[0], s.relin_keys, out)
-                    elif name == "ckks.rescale":
-                        ev.rescale_to_next(parts[0], out)
-                    elif name == "ckks.modswitch":
-                        self._modswitch(op, parts[0], out)
-                    result.append(out)
-            env[op.result] = result
-            for v in op.operands:
-                if self.last_use.get(v) == index:
-                    env.pop(v, None)
+                current = None
+                segments.append([op])
+        return segments
+
+    def _evaluate(self, env, parallel: int = 1):
+        index = 0
+        for segment in self._segments():
+            head = segment[0]
+            work = (sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan)
+                    if head.name == "ckks.linear" else 0)
+            if parallel > 1 and work >= PARALLEL_MIN_PRODUCTS:
+                self._run_segment_parallel(segment, env, parallel)
+            else:
+                for op in segment:
+                    env[op.result] = self._apply(op, [env[v] for v in op.operands])
+            for op in segment:
+                for v in op.operands:
+                    if self.last_use.get(v) == index:
+                        env.pop(v, None)
+                index += 1
         return env
+
+    def _live_out(self, segment):
+        inside = {op.result for op in segment}
+        later = set()
+        for op in self.server + self.decrypts:
+            if op not in segment:
+                later.update(v for v in op.operands if v in inside)
+        return [op.result for op in segment if op.result in later]
+
+    def _run_segment_parallel(self, segment, env, parallel):
+        rows = segment[0].result.type.count
+        bounds = np.linspace(0, rows, parallel + 1).astype(int)
+        chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        live = self._live_out(segment)
+        global _ACTIVE
+        with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+            _ACTIVE = (self, env, segment, live, tmp)
+            with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:
+                pool.map(_worker_segment, chunks)
+            _ACTIVE = None
+            for value_index, value in enumerate(live):
+                cts = []
+                for row in range(rows):
+                    ct = seal.Ciphertext()
+                    ct.load(self.seal.context, os.path.join(tmp, f"{value_index}.{row}"))
+                    cts.append(ct)
+                env[value] = cts
 
     def _decrypt(self, env, lo, hi):
         s = self.seal
@@ -237,13 +310,15 @@ class TensealBackend:
         run_client_tail(self.graph, self.client, env)
         return [env[op.operands[0]] for op in self.outputs]
 
-    def run_batch(self, stacked, lo, hi):
+    def run_batch(self, stacked, lo, hi, parallel: int = 1):
+        """Encrypt, evaluate and decrypt inputs lo..hi; ``parallel`` processes share the rows of
+        each large linear layer (the eval time is then wall time on that many cores)."""
         timings = {}
         start = time.perf_counter()
         env = self._encrypt(stacked, lo, hi)
         timings["encrypt"] = time.perf_counter() - start
         start = time.perf_counter()
-        env = self._evaluate(env)
+        env = self._evaluate(env, parallel)
         timings["eval"] = time.perf_counter() - start
         start = time.perf_counter()
         outputs = self._decrypt(env, lo, hi)
@@ -262,30 +337,27 @@ class TensealBackend:
         runs = stacked[0].shape[0] if stacked else 1
         spans = batches(runs, self.params.slots)
         stats.batches = len(spans)
-        workers = min(self.workers, len(spans))
+        workers = self.workers
         stats.workers = workers
-        if workers <= 1:
-            results = []
-            for i, (lo, hi) in enumerate(spans):
-                results.append(self.run_batch(stacked, lo, hi))
-                if self.progress:
-                    self.progress(f"batch {i + 1}/{len(spans)} done")
-            per_worker_eval = [sum(t["eval"] for _, t in results)]
-        else:
+        rounds = len(spans) // workers * workers if workers > 1 else 0
+        results, per_worker = [], {}
+        if rounds:
             global _ACTIVE
             _ACTIVE = (self, stacked)
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers) as pool:
-                results = []
-                for i, result in enumerate(pool.imap(_worker_batch, spans)):
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for result in pool.imap(_worker_batch, spans[:rounds]):
                     results.append(result)
+                    per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
                     if self.progress:
-                        self.progress(f"batch {i + 1}/{len(spans)} done")
+                        self.progress(f"batch {len(results)}/{len(spans)} done")
             _ACTIVE = None
-            per_worker = {}
-            for _, t in results:
-                per_worker[t["pid"]] = per_worker.get(t["pid"], 0.0) + t["eval"]
-            per_worker_eval = list(per_worker.values())
+        rest_eval = 0.0
+        for lo, hi in spans[rounds:]:
+            results.append(self.run_batch(stacked, lo, hi, parallel=workers))
+            rest_eval += results[-1][1]["eval"]
+            if self.progress:
+                self.progress(f"batch {len(results)}/{len(spans)} done")
+        per_worker_eval = [max(per_worker.values(), default=0.0) + rest_eval]
         for _, t in results:
             for key in ("encrypt", "eval", "decrypt"):
                 stats.seconds[key] += t[key]
@@ -306,7 +378,41 @@ def _adopt_scale(ct, scale):
     return ct
 
 
+BLOCK_ROWS = 8
+
+
+def _block_plan(matrix: np.ndarray):
+    """For each block of BLOCK_ROWS rows: (first row, [(column, [(row in block, weight), ...])])
+    over the non-zero weights (zero weights are skipped)."""
+    plan = []
+    for lo in range(0, matrix.shape[0], BLOCK_ROWS):
+        block = matrix[lo:lo + BLOCK_ROWS]
+        columns = []
+        for j in np.flatnonzero(block.any(axis=0)).tolist():
+            rows = np.flatnonzero(block[:, j])
+            columns.append((j, [(int(b), float(block[b, j])) for b in rows]))
+        plan.append((lo, columns))
+    return plan
+
+
 _ACTIVE = None
+ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinearize", "ckks.rescale",
+               "ckks.modswitch"}
+PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking for
+
+
+def _worker_segment(chunk):
+    backend, env, segment, live, tmp = _ACTIVE
+    local = {}
+    lo, hi = chunk
+    for op in segment:
+        if op.name == "ckks.linear":
+            local[op.result] = backend._apply(op, [env[op.operands[0]]], chunk)
+        else:
+            local[op.result] = backend._apply(op, [local[v] for v in op.operands])
+    for value_index, value in enumerate(live):
+        for row, ct in zip(range(lo, hi), local[value]):
+            ct.save(os.path.join(tmp, f"{value_index}.{row}"))
 
 
 def _worker_batch(span):
