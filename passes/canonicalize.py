@@ -44,13 +44,21 @@ def _per_channel(c: np.ndarray, channels: int, rank: int, axis: int):
     return np.broadcast_to(c.reshape(-1) if c.size > 1 else c.reshape(1), (channels,)).astype(np.float64)
 
 
-def fold_into_conv(rw: Rewriter, op: Op):
-    if op.name not in ("tensor.mul", "tensor.add"):
-        return None
+def _scaled_producer(rw: Rewriter, op: Op, names: tuple, producer: str):
+    """(producer op, constant) when ``op`` (one of ``names``) combines a constant with the only
+    use of a ``producer`` result."""
+    if op.name not in names:
+        return None, None
     x, c = _const_operand(rw, op)
-    if x is None or x.producer.name != "tensor.conv2d" or not rw.single_use(x):
+    if x is None or x.producer.name != producer or not rw.single_use(x):
+        return None, None
+    return x.producer, c
+
+
+def fold_into_conv(rw: Rewriter, op: Op):
+    conv, c = _scaled_producer(rw, op, ("tensor.mul", "tensor.add"), "tensor.conv2d")
+    if conv is None:
         return None
-    conv = x.producer
     w = rw.constant(conv.operands[1])
     out_channels = conv.result.type.shape[1]
     vec = _per_channel(c, out_channels, 4, 1)
@@ -71,16 +79,14 @@ def fold_into_conv(rw: Rewriter, op: Op):
 
 
 def fold_into_matmul(rw: Rewriter, op: Op):
-    if op.name != "tensor.mul":
+    mm, c = _scaled_producer(rw, op, ("tensor.mul",), "tensor.matmul")
+    if mm is None:
         return None
-    x, c = _const_operand(rw, op)
-    if x is None or x.producer.name != "tensor.matmul" or not rw.single_use(x):
-        return None
-    mm = x.producer
     w = rw.constant(mm.operands[1])
-    if w is None or w.ndim != 2 or x.type.rank < 2:
+    rank = mm.result.type.rank
+    if w is None or w.ndim != 2 or rank < 2:
         return None
-    vec = _per_channel(c, w.shape[1], x.type.rank, x.type.rank - 1)
+    vec = _per_channel(c, w.shape[1], rank, rank - 1)
     if vec is None:
         return None
     name = mm.operands[1].producer.attrs["name"]
