@@ -149,6 +149,12 @@ def _normalize(op: Op, x):
     return x / np.where(d == 0, 1.0, d)
 
 
+def chebyshev(coefficients, interval, x):
+    lo, hi = interval
+    t = (2.0 * x - (lo + hi)) / (hi - lo)
+    return np.polynomial.chebyshev.chebval(t, np.asarray(coefficients, dtype=np.float64))
+
+
 def _reduce(op: Op, x):
     fn = np.sum if op.attrs["kind"] == "sum" else np.mean
     return fn(x, axis=_shift(op.attrs["axes"]), keepdims=op.attrs.get("keepdims", True))
@@ -172,6 +178,7 @@ IMPLS = {
     "tensor.pow": lambda op, x: x ** op.attrs["exponent"],
     "tensor.activation": lambda op, x: ACTIVATIONS[op.attrs["kind"]](
         x, op.attrs.get("alpha", 0.0), op.attrs.get("beta", 0.0)),
+    "tensor.poly": lambda op, x: chebyshev(op.attrs["coefficients"], op.attrs["interval"], x),
     "tensor.prelu": _broadcasting(lambda x, s: np.where(x >= 0, x, s * x)),
     "tensor.softmax": lambda op, x: _softmax(x, op.attrs["axis"] + 1),
     "tensor.log_softmax": lambda op, x: _log_softmax(x, op.attrs["axis"] + 1),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import HeccWarning, InputError
 from ..ir import Graph, print_op
 from ..params import modulus_bits_at
 from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
@@ -22,13 +23,26 @@ from .common import RunStats, batches, program_params, quantized, run_client_tai
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
 
 
+def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
+    """max |value| of every ciphertext value of a (not yet parameterized) ckks program on inputs
+    of shape (R, *S): parameter selection sizes the modulus by these."""
+    sim = Simulator(graph, parameterized=False)
+    trace: dict = {}
+    for op, x in zip(sim.inputs, stacked):
+        trace[op.result] = x.reshape(x.shape[0], -1).T
+    for op in sim.server:
+        trace[op.result] = sim._apply(op, trace)
+    return {v: float(np.max(np.abs(a))) if a.size else 0.0 for v, a in trace.items()}
+
+
 class Simulator:
-    def __init__(self, graph: Graph, noise: bool = False, seed: int = 0):
+    def __init__(self, graph: Graph, noise: bool = False, seed: int = 0, parameterized: bool = True):
         self.graph = graph
-        self.params = program_params(graph)
+        self.params = program_params(graph) if parameterized else None
         self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
+        self.outside = self.checked = self.filled = 0
         self.names: dict = {}
         for op in graph.ops:
             print_op(op, self.names)
@@ -63,6 +77,9 @@ class Simulator:
             y = y + self._noise(y.shape, op.result.type.scale_bits) * np.sqrt(nnz)
         if op.attrs.get("bias"):
             y = y + self.graph.constants[op.attrs["bias"]][:, None]
+        if op.attrs.get("checks_interval") and self.params is not None:
+            self.outside += int(np.count_nonzero(np.abs(y[:, : self.filled]) > 1.0))
+            self.checked += y[:, : self.filled].size
         return y
 
     def _apply(self, op, env):
@@ -91,6 +108,7 @@ class Simulator:
         pieces = []
         for lo, hi in batches(runs, self.params.slots):
             stats.batches += 1
+            self.filled = hi - lo
             env = {}
             start = time.perf_counter()
             for op, x in zip(self.inputs, stacked):
@@ -111,4 +129,10 @@ class Simulator:
             run_client_tail(self.graph, self.client, env)
             pieces.append([env[op.operands[0]] for op in self.outputs])
         stats.eval_wall_seconds = stats.seconds["eval"]
+        if self.outside:
+            warnings.warn(
+                f"{self.outside} of {self.checked} activation inputs fell outside the interval their "
+                "polynomial was fitted on; there the polynomial is far from the activation, and under "
+                "encryption those results are silently wrong. Recompile with --calibration on inputs "
+                "like these (or a larger --activation-margin)", HeccWarning, stacklevel=3)
         return [np.concatenate([p[i] for p in pieces]) for i in range(len(self.outputs))]

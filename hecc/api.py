@@ -125,29 +125,35 @@ class Program:
 
 
 def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits: int | None = None,
-            rescale: str = "lazy", print_after_all: TextIO | None = None, progress=None) -> Program:
+            rescale: str = "lazy", activation_degree: int | None = None, approx_error: float = 0.01,
+            activation_margin: float = 0.1, print_after_all: TextIO | None = None, progress=None) -> Program:
     """Compile an ONNX model (path, bytes or onnx.ModelProto) into a ``Program``.
 
     ``calibration``: representative inputs (an array, or a dict by input name) from which value
-    ranges are measured to choose the encryption parameters. ``scale_bits`` is the CKKS scale of
-    encrypted values, ``weight_scale_bits`` that of plaintext weights (default 14; the eager
-    baseline uses ``scale_bits``), ``rescale`` "lazy" (waterline) or "eager" (after every multiply).
-    If the model cannot be compiled for encryption, the program keeps only the tensor stage (for
-    the reference backend) and says why.
+    ranges are measured: the intervals activations are approximated on and the magnitudes that
+    size the encryption parameters. ``scale_bits`` is the CKKS scale of encrypted values,
+    ``weight_scale_bits`` that of plaintext weights (default 14; the eager baseline uses
+    ``scale_bits``), ``rescale`` "lazy" (waterline) or "eager" (after every multiply).
+    Non-polynomial activations become Chebyshev polynomials of degree ``activation_degree`` (or the
+    smallest whose error is within ``approx_error`` of the activation's output range) on the
+    calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
+    encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
-    from .calibrate import value_ranges
+    from .calibrate import max_abs, value_intervals
     from .errors import UnsupportedOpError
     from .frontends.onnx import import_model
     from .passes import CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
     if weight_scale_bits is None:
         weight_scale_bits = scale_bits if rescale == "eager" else 14
-    options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale}
+    options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale,
+               "activation_degree": activation_degree, "approx_error": approx_error,
+               "margin": activation_margin}
     graph = import_model(model)
     result = run_passes(graph, TENSOR_PIPELINE, print_after_all=print_after_all, progress=progress)
     tensor = result.graph
     stages = {"tensor": print_graph(tensor)}
     constants = dict(tensor.constants)
-    extra = {"options": options}
+    extra = {"options": {k: v for k, v in options.items() if v is not None}}
     if calibration is not None and not isinstance(calibration, dict):
         names = [op.attrs["name"] for op in tensor.inputs()]
         if len(names) != 1:
@@ -156,11 +162,17 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
     final = tensor
     try:
         lowered = tensor.copy()
-        lowered.meta["ranges"] = {}
-        ranges = value_ranges(tensor, calibration)
-        lowered.meta["ranges"] = {new: ranges[old] for old, new in zip(_values(tensor), _values(lowered))
-                                  if old in ranges}
+        pairs = list(zip(_values(tensor), _values(lowered)))
+        intervals = value_intervals(tensor, calibration)
+        lowered.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
+        # the magnitudes after approximation: ranges of the polynomial program on the same inputs
+        approximated = run_passes(lowered.copy(), ["approximate-activations"], options).graph
+        ranges = max_abs(value_intervals(approximated, calibration))
+        lowered.meta["ranges"] = {new: ranges[a] for (_, new), a in zip(pairs, _values(approximated))
+                                  if a in ranges}
         ckks = run_passes(lowered, CKKS_PIPELINE, options, print_after_all=print_after_all, progress=progress)
+        _measure_ciphertexts(ckks.graph, calibration)
+        extra["approximations"] = _approximation_report(tensor, approximated, calibration)
         stages["ckks"] = print_graph(ckks.graph)
         done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
                           progress=progress)
@@ -172,6 +184,47 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         extra["not_encrypted_because"] = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
     final.constants = constants
     return Program(artifact.build(stages, final, extra), result)
+
+
+def _measure_ciphertexts(graph: Graph, calibration) -> None:
+    """Replace the lowering's magnitude estimates by the magnitudes the ciphertext program really
+    reaches on the calibration inputs (partial sums of a layer can exceed its result)."""
+    from .backends.sim import ckks_magnitudes
+    from .calibrate import RANDOM_INPUTS
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        calibration = {op.attrs["name"]: rng.uniform(-1, 1, (RANDOM_INPUTS * op.result.type.shape[0],)
+                                                     + op.result.type.shape[1:]) for op in graph.inputs()}
+    stacked, _ = stack_inputs(graph, calibration)
+    measured = ckks_magnitudes(graph, stacked)
+    estimates = graph.meta.setdefault("max_abs", {})
+    for value, peak in measured.items():
+        estimates[value] = peak
+
+
+def _approximation_report(tensor: Graph, approximated: Graph, calibration) -> list[dict]:
+    """Per approximated activation: kind, interval, degree, depth and its max error on the
+    calibration data (the activation's real inputs)."""
+    from .backends.reference import apply_op, evaluate
+    from .runtime import stack_inputs
+    trace: dict = {}
+    if calibration is not None:
+        stacked, _ = stack_inputs(tensor, calibration)
+        evaluate(tensor, stacked, trace)
+    report = []
+    for original, poly in zip(tensor.ops, approximated.ops):
+        if poly.name != "tensor.poly" or original.name != "tensor.activation":
+            continue
+        lo, hi = poly.attrs["interval"]
+        degree = len(poly.attrs["coefficients"]) - 1
+        entry = {"kind": poly.attrs["kind"], "interval": [round(lo, 6), round(hi, 6)], "degree": degree,
+                 "depth": max(degree - 1, 0).bit_length()}
+        x = trace.get(original.operands[0])
+        if x is not None:
+            exact = trace[original.result]
+            entry["max_error_on_calibration"] = float(np.max(np.abs(apply_op(poly, [x]) - exact)))
+        report.append(entry)
+    return report
 
 
 def _values(graph: Graph):

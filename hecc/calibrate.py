@@ -1,5 +1,5 @@
-"""Value ranges from calibration inputs: the largest magnitude each tensor takes, which parameter
-selection needs to keep value x scale inside the modulus."""
+"""Value ranges from calibration inputs: the interval each tensor's values fall in, which activation
+approximation fits its polynomials on and parameter selection sizes the modulus by."""
 from __future__ import annotations
 
 import warnings
@@ -13,9 +13,9 @@ from .runtime import stack_inputs
 RANDOM_INPUTS = 64
 
 
-def value_ranges(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[Value, float]:
-    """max |value| of every tensor value of ``graph`` over ``inputs`` (by input name). Without
-    inputs, uses random inputs uniform in [-1, 1] and warns that the ranges are guesses."""
+def value_intervals(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[Value, tuple[float, float]]:
+    """(min, max) of every float tensor value of ``graph`` over ``inputs`` (by input name).
+    Without inputs, uses random inputs uniform in [-1, 1] and warns that the ranges are guesses."""
     from .backends.reference import evaluate
     if inputs is None:
         rng = np.random.default_rng(0)
@@ -27,5 +27,9 @@ def value_ranges(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[Val
     stacked, _ = stack_inputs(graph, inputs)
     trace: dict[Value, np.ndarray] = {}
     evaluate(graph, stacked, trace)
-    return {v: float(np.max(np.abs(a))) if a.size else 0.0 for v, a in trace.items()
+    return {v: (float(a.min()), float(a.max())) if a.size else (0.0, 0.0) for v, a in trace.items()
             if isinstance(v.type, TensorType) and a.dtype.kind == "f"}
+
+
+def max_abs(intervals: dict[Value, tuple[float, float]]) -> dict[Value, float]:
+    return {v: max(abs(lo), abs(hi)) for v, (lo, hi) in intervals.items()}

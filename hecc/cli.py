@@ -39,6 +39,12 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-bits", type=int, default=26, help="CKKS scale of encrypted values (log2)")
     c.add_argument("--weight-scale-bits", type=int,
                    help="scale of plaintext weights (log2; default 14, or --scale-bits when eager)")
+    c.add_argument("--activation-degree", type=int,
+                   help="degree of the polynomials that replace activations (default: automatic)")
+    c.add_argument("--approx-error", type=float, default=0.01,
+                   help="automatic degree: largest error as a fraction of the activation's range")
+    c.add_argument("--activation-margin", type=float, default=0.1,
+                   help="widen each calibrated interval by this fraction of its width on each side")
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it is not a hecc artifact")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -98,12 +104,19 @@ def _cmd_compile(args) -> int:
         raise UserError("--scale-bits must be between 10 and 60")
     prog = compile_model(args.model, calibration=calibration, scale_bits=args.scale_bits,
                          weight_scale_bits=args.weight_scale_bits, rescale=args.rescale,
+                         activation_degree=args.activation_degree, approx_error=args.approx_error,
+                         activation_margin=args.activation_margin,
                          print_after_all=sys.stderr if args.print_after_all else None)
     prog.save(out)
     if not args.quiet:
         ins = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.inputs)
         outs = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.outputs)
         print(f"compiled {args.model} -> {out} (inputs: {ins}; outputs: {outs})")
+        for a in prog.artifact.manifest.get("approximations", []):
+            err = a.get("max_error_on_calibration")
+            err_text = f", max error {err:.3g} on the calibration data" if err is not None else ""
+            print(f"approximated {a['kind']} by a degree-{a['degree']} polynomial on "
+                  f"[{a['interval'][0]:.4g}, {a['interval'][1]:.4g}] (depth {a['depth']}{err_text})")
         params = prog.parameters
         if params:
             print(f"encryption: CKKS N={params['poly_modulus_degree']}, coefficient modulus "

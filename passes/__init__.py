@@ -3,17 +3,17 @@ the module's file name with dashes (a test checks it). Each module has ``NAME`` 
 ``run(graph, options) -> graph`` and states what it assumes and guarantees in its docstring."""
 from __future__ import annotations
 
-from . import (align_levels, canonicalize, eliminate_dead_code, insert_relinearize, insert_rescale,
-               lower_to_ckks, select_parameters, validate)
+from . import (align_levels, approximate_activations, canonicalize, eliminate_dead_code,
+               insert_relinearize, insert_rescale, lower_to_ckks, select_parameters, validate)
 
 PASSES = {module.NAME: module for module in (
-    canonicalize, eliminate_dead_code, lower_to_ckks, insert_rescale, insert_relinearize,
-    align_levels, select_parameters, validate)}
+    canonicalize, eliminate_dead_code, approximate_activations, lower_to_ckks, insert_rescale,
+    insert_relinearize, align_levels, select_parameters, validate)}
 
 # The passes `hecc compile` runs on tensor IR, in order.
 TENSOR_PIPELINE = ["canonicalize", "eliminate-dead-code"]
 # The tensor -> ckks lowering (the "ckks" stage is the IR right after lower-to-ckks).
-CKKS_PIPELINE = ["lower-to-ckks"]
+CKKS_PIPELINE = ["approximate-activations", "lower-to-ckks"]
 # The passes that make the ckks program executable (the "final" stage).
 FINAL_PIPELINE = ["insert-rescale", "insert-relinearize", "align-levels", "select-parameters",
                   "validate"]

@@ -8,12 +8,20 @@ rescale. So each path has one rescale per multiplicative level, never one per mu
 With ``rescale = "eager"`` (the baseline) every plaintext product inside a linear op is rescaled
 too (``rescale_terms``), as a hand-written program that rescales after every multiply would.
 
+SEAL divides by one prime per level, so all rescales leaving a level must divide by the same number
+of bits. The prime of a level is the largest excess among its products; a product whose excess is
+smaller first multiplies one operand by 1 encoded at 2^(difference) (exact, no level), so it too
+lands exactly on the waterline.
+
 Assumes: ckks IR from lower-to-ckks (no rescale yet); ``graph.meta["max_abs"]`` if present.
 Guarantees: every mul/square result is rescaled (in steps of at most 60 bits) to the waterline;
-rescale values inherit max_abs.
+single-step rescales from one level all divide by the same prime size; rescale values inherit
+max_abs.
 Options: scale_bits (26), rescale ("lazy" | "eager").
 """
 from __future__ import annotations
+
+import numpy as np
 
 from hecc.errors import PassError
 from hecc.ir import Graph, Op
@@ -61,4 +69,36 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
             user.operands = [last if v is value else v for v in user.operands]
     graph.ops = new_ops
     retype(graph)
+    _one_prime_per_level(graph, max_abs)
     return graph
+
+
+def _one_prime_per_level(graph: Graph, max_abs: dict) -> None:
+    single = [op for op in graph.ops if op.name == "ckks.rescale" and op.operands[0].producer is not None
+              and op.operands[0].producer.name in ("ckks.mul", "ckks.square")]
+    widest: dict[int, int] = {}
+    for op in single:
+        level = op.operands[0].type.level
+        widest[level] = max(widest.get(level, 0), op.attrs["bits"])
+    new_ops: list[Op] = []
+    adjust = {id(op.operands[0].producer): (op, widest[op.operands[0].type.level] - op.attrs["bits"])
+              for op in single if op.attrs["bits"] < widest[op.operands[0].type.level]}
+    for op in graph.ops:
+        if id(op) in adjust:
+            rescale, delta = adjust[id(op)]
+            x = op.operands[0]
+            name = graph.unique_constant_name(f"identity{x.type.count}")
+            if f"identity{x.type.count}" in graph.constants:
+                name = f"identity{x.type.count}"
+            graph.constants.setdefault(name, np.eye(x.type.count))
+            up = Op("ckks.linear", [x], [x.type.but(scale_bits=x.type.scale_bits + delta)],
+                    {"matrix": name, "shape": list(x.type.shape), "weight_scale": int(delta)})
+            new_ops.append(up)
+            if x in max_abs:
+                max_abs[up.result] = max_abs[x]
+            other = x if op.name == "ckks.square" else op.operands[1]
+            op.name, op.operands = "ckks.mul", [up.result, other]
+            rescale.attrs["bits"] += int(delta)
+        new_ops.append(op)
+    graph.ops = new_ops
+    retype(graph)

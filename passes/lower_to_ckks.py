@@ -1,17 +1,22 @@
 """lower-to-ckks: tensor IR -> ckks IR in the batch layout (CryptoNets' packing).
 
 Every secret tensor becomes a tensor of ciphertexts, one per element; the slots of each ciphertext
-hold up to N/2 different inputs, so no rotations are ever needed. Chains of affine tensor ops
-(conv2d, matmul, avgpool, reshape, transpose, pad, concat, reduce, add/sub/mul by constants, ...)
-on one secret operand are fused into one ``ckks.linear`` (a multiply-by-plaintext-scalar and add
-tree), emitted only where a nonlinear op or the output needs the values. Products of secret values
-become ``ckks.mul`` / ``ckks.square``; client-side ops run after ``ckks.decrypt``.
+hold up to N/2 different inputs, so no rotations are ever needed. Secret tensors are tracked as
+affine forms of ciphertext tensors (sum_b A_b @ base_b + bias): affine tensor ops (conv2d, matmul,
+avgpool, reshape, transpose, pad, concat, reduce, add/sub/mul by constants, sums of secret values,
+...) only compose these forms, and a form becomes ciphertexts (one ``ckks.linear`` per base, a
+multiply-by-plaintext-scalar and add tree, summed) only where a product or the output needs it. So
+every ciphertext is computed from bases at the waterline scale. Products of secret values become
+``ckks.mul`` / ``ckks.square``; a ``tensor.poly`` becomes its Chebyshev recurrence (the map to
+[-1, 1] fused into the preceding layer); client-side ops run after ``ckks.decrypt``. A linear layer
+whose weights are integers at a smaller scale (the 2 and -1 of the recurrences) gets that smaller,
+exact weight scale.
 
 Assumes: verified tensor IR whose constants have values; ``graph.meta["ranges"]`` (optional) maps
 tensor values to their calibrated max |value|.
 Guarantees: ckks IR with inputs at level 0 and scale 2^scale_bits, no rescale, relinearize or
 modswitch yet (later passes insert them), ``slots`` 0 until parameters are selected;
-``graph.meta["max_abs"]`` maps each ciphertext value to the calibrated max |value| it holds.
+``graph.meta["max_abs"]`` maps each ciphertext value to a bound on the values it holds.
 Options: scale_bits (26), weight_scale_bits (14).
 """
 from __future__ import annotations
@@ -25,25 +30,72 @@ from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 NAME = "lower-to-ckks"
 DEFAULT_SCALE_BITS = 26
 DEFAULT_WEIGHT_SCALE_BITS = 14
+MAX_MATRIX_ENTRIES = 20_000_000  # 160 MB of float64 per fused linear map
+
+AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.matmul", "tensor.conv2d",
+              "tensor.avgpool", "tensor.reshape", "tensor.transpose", "tensor.concat", "tensor.pad",
+              "tensor.reduce"}
 
 
 class Affine:
-    """A secret tensor as an affine function A @ base + b of a ciphertext tensor (A None: identity)."""
+    """A secret tensor as sum_b A_b @ base_b + bias over ciphertext tensors (A None: identity)."""
 
-    __slots__ = ("base", "matrix", "bias", "shape")
+    __slots__ = ("bases", "matrix", "bias", "shape")
 
-    def __init__(self, base: Value, matrix, bias, shape):
-        self.base, self.matrix, self.bias, self.shape = base, matrix, bias, tuple(shape)
+    def __init__(self, bases: list[Value], matrix, bias, shape):
+        self.bases = list(bases)
+        self.matrix, self.bias, self.shape = matrix, bias, tuple(shape)
+
+    @classmethod
+    def of(cls, base: Value) -> "Affine":
+        return cls([base], None, None, base.type.shape)
+
+    @property
+    def width(self) -> int:
+        return sum(b.type.count for b in self.bases)
 
     @property
     def is_base(self) -> bool:
-        return self.matrix is None and self.bias is None and self.shape == self.base.type.shape
+        return (len(self.bases) == 1 and self.matrix is None and self.bias is None
+                and self.shape == self.bases[0].type.shape)
 
     def dense(self):
-        n = self.base.type.count
-        matrix = np.eye(n) if self.matrix is None else self.matrix
+        matrix = np.eye(self.width) if self.matrix is None else self.matrix
         bias = np.zeros(matrix.shape[0]) if self.bias is None else self.bias
         return matrix, bias
+
+    def over(self, bases: list[Value]) -> np.ndarray:
+        """The linear part with one column block per entry of ``bases`` (a superset of ours)."""
+        matrix, _ = self.dense()
+        offsets = np.cumsum([0] + [b.type.count for b in bases])
+        out = np.zeros((matrix.shape[0], offsets[-1]))
+        col = 0
+        for base in self.bases:
+            i = next(i for i, b in enumerate(bases) if b is base)
+            out[:, offsets[i]:offsets[i + 1]] = matrix[:, col:col + base.type.count]
+            col += base.type.count
+        return out
+
+    def parts(self):
+        """(base, its block of the linear part) for each base."""
+        matrix, _ = self.dense()
+        col = 0
+        for base in self.bases:
+            yield base, matrix[:, col:col + base.type.count]
+            col += base.type.count
+
+
+def union_bases(forms) -> list[Value]:
+    bases: list[Value] = []
+    for form in forms:
+        for b in form.bases:
+            if not any(b is c for c in bases):
+                bases.append(b)
+    return bases
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class _Lowering:
@@ -66,35 +118,84 @@ class _Lowering:
     def is_secret(self, v: Value) -> bool:
         return isinstance(self.env[v], Affine)
 
-    def materialize(self, v: Value) -> Value:
-        """The ciphertext tensor holding tensor value ``v`` (emitting its ckks.linear once)."""
-        if v in self.materialized:
-            return self.materialized[v]
-        aff = self.env[v]
-        if aff.is_base:
-            ct = aff.base
-        else:
-            matrix, bias = aff.dense()
-            self.linear_count += 1
-            while f"linear{self.linear_count}.matrix" in self.src.constants:
-                self.linear_count += 1
-            name = f"linear{self.linear_count}"
-            self.out.constants[f"{name}.matrix"] = matrix
-            attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape),
-                     "weight_scale": self.weight_bits}
-            if np.any(bias):
-                self.out.constants[f"{name}.bias"] = bias
-                attrs["bias"] = f"{name}.bias"
-            ct = self.emit("ckks.linear", [aff.base], attrs)
-        self.max_abs.setdefault(ct, self.ranges.get(v, float("nan")))
-        self.materialized[v] = ct
-        return ct
-
     def emit(self, name: str, operands, attrs=None) -> Value:
         opdef = OPS[name]
         full = {k: opdef.attr(attrs or {}, k) for k in opdef.attrs}
         types = opdef.infer([x.type for x in operands], full)
         return self.out.append(name, operands, types, attrs).result
+
+    def materialize(self, v: Value) -> Value:
+        """The ciphertext tensor holding tensor value ``v`` (emitted once)."""
+        if v not in self.materialized:
+            self.materialized[v] = self.mat(self.env[v], self.ranges.get(v, float("nan")))
+        return self.materialized[v]
+
+    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False) -> Value:
+        """Emit the ckks.linear ops (one per base, summed) computing an affine form."""
+        if aff.is_base:
+            return aff.bases[0]
+        _, bias = aff.dense()
+        total = None
+        for i, (base, block) in enumerate(aff.parts()):
+            part_bias = bias if i == 0 else np.zeros_like(bias)
+            if i > 0 and not np.any(block):
+                continue
+            if (block.shape[0] == block.shape[1] and not np.any(part_bias)
+                    and np.array_equal(block, np.eye(block.shape[0])) and aff.shape == base.type.shape):
+                total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
+                continue
+            self.linear_count += 1
+            while f"linear{self.linear_count}.matrix" in self.src.constants:
+                self.linear_count += 1
+            name = f"linear{self.linear_count}"
+            self.out.constants[f"{name}.matrix"] = block.copy()
+            attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape),
+                     "weight_scale": self.exact_weight_scale(block, part_bias)}
+            if np.any(part_bias):
+                self.out.constants[f"{name}.bias"] = part_bias
+                attrs["bias"] = f"{name}.bias"
+            if checks_interval:
+                attrs["checks_interval"] = True
+            ct = self.emit("ckks.linear", [base], attrs)
+            # a rigorous bound for a partial sum; the calibrated range for the whole
+            bound = float(np.max(np.abs(block).sum(axis=1) * self.max_abs.get(base, 1.0) + np.abs(part_bias)))
+            self.max_abs[ct] = bound
+            total = ct if total is None else self._add(total, ct, bound)
+        if np.isfinite(max_abs):
+            self.max_abs[total] = max_abs
+        return total
+
+    def _add(self, total: Value, ct: Value, bound: float) -> Value:
+        previous = self.max_abs.get(total, 1.0)
+        total = self.emit("ckks.add", [total, ct])
+        self.max_abs[total] = previous + bound
+        return total
+
+    def exact_weight_scale(self, matrix, bias) -> int:
+        """The smallest weight scale 2^k (k <= the configured one) at which every weight is an
+        integer: then encoding is exact and the layer adds only k bits of scale."""
+        for k in range(self.weight_bits):
+            if np.all(np.mod(matrix * 2.0 ** k, 1.0) == 0) and np.all(np.mod(bias * 2.0 ** k, 1.0) == 0):
+                return k
+        return self.weight_bits
+
+    def through(self, forms: list, fn, shape) -> Affine:
+        """The affine form of fn applied to ``forms`` (affine forms or constant arrays): fn runs on
+        one offset run plus one run per column of the union of their bases."""
+        bases = union_bases([f for f in forms if isinstance(f, Affine)])
+        n = sum(b.type.count for b in bases)
+        if (n + 1) * int(np.prod(shape, dtype=np.int64)) > MAX_MATRIX_ENTRIES:
+            raise _TooLarge(f"{int(np.prod(shape, dtype=np.int64))} x {n}")
+        args = []
+        for form in forms:
+            if isinstance(form, Affine):
+                matrix, bias = form.over(bases), form.dense()[1]
+                runs = np.concatenate([bias[None], bias[None] + matrix.T], axis=0)
+                args.append(runs.reshape((n + 1,) + form.shape))
+            else:
+                args.append(form[None])
+        y = np.asarray(fn(args)).reshape(n + 1, -1)
+        return Affine(bases, (y[1:] - y[0]).T.copy(), y[0].copy(), shape)
 
     def tensor_operand(self, v: Value) -> Value:
         """``v`` as a plaintext tensor on the client side (decrypting secret values)."""
@@ -104,7 +205,7 @@ class _Lowering:
         if isinstance(item, Affine):
             result = self.emit("ckks.decrypt", [self.materialize(v)])
         elif isinstance(item, np.ndarray):
-            name = self.src_const_name(v)
+            name = v.producer.attrs["name"]
             self.out.constants[name] = item
             result = self.out.append("tensor.constant", [], [v.type], {"name": name}).result
         else:
@@ -112,69 +213,60 @@ class _Lowering:
         self.decrypted[v] = result
         return result
 
-    def src_const_name(self, v: Value) -> str:
-        return v.producer.attrs["name"]
-
     # --- ops -----------------------------------------------------------------------------------
     def lower(self, op: Op) -> None:
         if op.name == "hecc.input":
             t = op.result.type
             ct = self.out.append("hecc.input", [], [CipherType(t.shape, 0, self.scale_bits, 0)],
                                  dict(op.attrs)).result
-            self.env[op.result] = Affine(ct, None, None, t.shape)
+            self.env[op.result] = Affine.of(ct)
             self.max_abs[ct] = self.ranges.get(op.result, float("nan"))
         elif op.name == "tensor.constant":
             self.env[op.result] = np.asarray(self.src.constants[op.attrs["name"]], dtype=np.float64)
         elif op.name == "hecc.output" or OPS[op.name].client_side:
             operands = [self.tensor_operand(v) for v in op.operands]
-            types = [r.type for r in op.results]
-            new = self.out.append(op.name, operands, types, dict(op.attrs))
+            new = self.out.append(op.name, operands, [r.type for r in op.results], dict(op.attrs))
             for old, value in zip(op.results, new.results):
                 self.env[old] = value
         elif not any(self.is_secret(v) for v in op.operands):
             self.env[op.result] = apply_op(op, [self.env[v][None] for v in op.operands])[0]
         elif op.name == "tensor.mul" and all(self.is_secret(v) for v in op.operands):
             self.product(op, *op.operands)
+        elif op.name == "tensor.matmul" and all(self.is_secret(v) for v in op.operands):
+            self.fail(op, "a product of two encrypted matrices has no batch-layout lowering")
         elif op.name == "tensor.pow":
             self.power(op)
-        elif op.name in ("tensor.add", "tensor.sub") and all(self.is_secret(v) for v in op.operands) \
-                and self.env[op.operands[0]].base is not self.env[op.operands[1]].base:
-            a, b = (self.materialize(self.broadcast(v, op.result.type.shape)) for v in op.operands)
-            self.set_ct(op.result, self.emit("ckks." + op.name.split(".")[1], [a, b]))
-        elif op.name == "tensor.concat" and len({id(self.env[v].base) for v in op.operands
-                                                 if self.is_secret(v)}) > 1:
-            parts = [self.materialize(v) if self.is_secret(v) else self.encrypted_constant(op, v)
-                     for v in op.operands]
-            self.set_ct(op.result, self.emit("ckks.concat", parts, dict(op.attrs)))
+        elif op.name == "tensor.poly":
+            self.poly(op)
         elif op.name in AFFINE_OPS:
-            self.affine(op)
+            forms = [self.env[v] for v in op.operands]
+            try:
+                self.env[op.result] = self.through(forms, lambda args: apply_op(op, args),
+                                                   op.result.type.shape)
+            except _TooLarge as exc:
+                self.fail(op, f"its dense linear map ({exc}) is too large for the batch layout of "
+                              "this version")
         elif op.name == "tensor.activation":
-            self.fail(op, f"the {op.attrs['kind']} activation is not a polynomial; it can run only on "
-                          "the reference backend until activation approximation lands")
+            self.fail(op, f"the {op.attrs['kind']} activation is not a polynomial (run "
+                          "approximate-activations first)")
         else:
             self.fail(op, "no CKKS lowering for this op in the batch layout")
 
     def set_ct(self, v: Value, ct: Value) -> None:
-        self.env[v] = Affine(ct, None, None, v.type.shape)
+        self.env[v] = Affine.of(ct)
         self.materialized[v] = ct
         self.max_abs[ct] = self.ranges.get(v, float("nan"))
 
-    def encrypted_constant(self, op: Op, v: Value):
-        self.fail(op, "concatenates encrypted tensors from different sources with a constant")
-
     def broadcast(self, v: Value, shape) -> Value:
-        """``v`` broadcast to ``shape`` (an affine map of the same base: a tensor value of its own)."""
+        """``v`` broadcast to ``shape``, as a tensor value of its own."""
         if tuple(v.type.shape) == tuple(shape):
             return v
         aff = self.env[v]
-        matrix, bias = aff.dense()
-        n = aff.base.type.count
-        runs = np.concatenate([bias[None], bias[None] + matrix.T]).reshape((n + 1,) + aff.shape)
         pad = (1,) * (len(shape) - len(aff.shape))
-        y = np.broadcast_to(runs.reshape((n + 1,) + pad + aff.shape), (n + 1,) + tuple(shape))
-        y = y.reshape(n + 1, -1)
         wide = Value(TensorType(tuple(shape), True))
-        self.env[wide] = Affine(aff.base, (y[1:] - y[0]).T.copy(), y[0].copy(), shape)
+        self.env[wide] = self.through(
+            [aff], lambda runs: np.broadcast_to(runs[0].reshape(runs[0].shape[:1] + pad + aff.shape),
+                                                (runs[0].shape[0],) + tuple(shape)), shape)
         self.ranges[wide] = self.ranges.get(v, float("nan"))
         return wide
 
@@ -205,42 +297,50 @@ class _Lowering:
                 square = self.emit("ckks.square", [square])
         self.set_ct(op.result, result)
 
-    def affine(self, op: Op) -> None:
-        """Compose op with the affine maps of its secret operands, evaluated on basis vectors."""
-        secrets = [self.env[v] for v in op.operands if self.is_secret(v)]
-        base = secrets[0].base
-        if any(s.base is not base for s in secrets):
-            self.fail(op, "combines encrypted tensors from different sources")
-        n = base.type.count
-        if (n + 1) * op.result.type.size > MAX_MATRIX_ENTRIES:
-            self.fail(op, f"its dense linear map ({op.result.type.size} x {n}) is too large for the "
-                          "batch layout of this version")
-        # run 0: the offsets; runs 1..n: offsets plus one column of the linear part
-        args = []
-        for v in op.operands:
-            item = self.env[v]
-            if isinstance(item, Affine):
-                matrix, bias = item.dense()
-                runs = np.concatenate([bias[None], bias[None] + matrix.T], axis=0)
-                args.append(runs.reshape((n + 1,) + item.shape))
+    def poly(self, op: Op) -> None:
+        """sum_k c_k T_k(t), t the input mapped to [-1, 1]: T_k by the doubling recurrences
+        T_2m = 2 T_m^2 - 1 and T_2m+1 = 2 T_m T_m+1 - T_1 (depth ceil(log2 d), d - 1 products);
+        the sum stays an affine form over the T_k."""
+        x = op.operands[0]
+        lo, hi = op.attrs["interval"]
+        coefficients = op.attrs["coefficients"]
+        matrix, bias = self.env[x].dense()
+        alpha, beta = 2.0 / (hi - lo), -(lo + hi) / (hi - lo)
+        t = Affine(self.env[x].bases, matrix * alpha, bias * alpha + beta, self.env[x].shape)
+        terms = {1: t}
+        materialized: dict[int, Value] = {}
+
+        def ct_of(k):
+            if k not in materialized:
+                materialized[k] = self.mat(terms[k], 1.0, checks_interval=(k == 1))
+            return materialized[k]
+        for k in range(2, len(coefficients)):
+            m = k // 2
+            if k % 2 == 0:
+                prod = self.emit("ckks.square", [ct_of(m)])
+                self.max_abs[prod] = 1.0
+                terms[k] = self.combination([(2.0, Affine.of(prod))], -1.0)
             else:
-                args.append(item[None])
-        y = apply_op(op, args).reshape(n + 1, -1)
-        self.env[op.result] = Affine(base, (y[1:] - y[0]).T.copy(), y[0].copy(), op.result.type.shape)
+                prod = self.emit("ckks.mul", [ct_of(m), ct_of(m + 1)])
+                self.max_abs[prod] = 1.0
+                terms[k] = self.combination([(2.0, Affine.of(prod)), (-1.0, t)], 0.0)
+        parts = [(c, terms[k]) for k, c in enumerate(coefficients) if k >= 1 and c != 0]
+        if not parts:
+            self.env[op.result] = np.full(op.result.type.shape, coefficients[0])
+            return
+        self.env[op.result] = self.combination(parts, coefficients[0])
 
-
-MAX_MATRIX_ENTRIES = 20_000_000  # 160 MB of float64 per fused linear layer
-
-AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.matmul", "tensor.conv2d",
-              "tensor.avgpool", "tensor.reshape", "tensor.transpose", "tensor.concat", "tensor.pad",
-              "tensor.reduce"}
+    def combination(self, parts, constant: float) -> Affine:
+        """sum of c * (affine form) + constant, as one affine form over the union of bases."""
+        bases = union_bases([a for _, a in parts])
+        matrix = sum(c * a.over(bases) for c, a in parts)
+        bias = sum(c * a.dense()[1] for c, a in parts) + constant
+        return Affine(bases, matrix, bias, parts[0][1].shape)
 
 
 def run(graph: Graph, options: dict | None = None) -> Graph:
     lowering = _Lowering(graph, dict(options or {}))
     for op in graph.ops:
-        if op.name == "tensor.matmul" and all(lowering.is_secret(v) for v in op.operands):
-            lowering.fail(op, "a product of two encrypted matrices has no batch-layout lowering")
         lowering.lower(op)
     out = lowering.out
     out.meta["max_abs"] = lowering.max_abs

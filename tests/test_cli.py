@@ -122,24 +122,27 @@ def _corrupt(path, tmp_path):
     return out
 
 
-def _relu_model(tmp_path):
-    nodes = [helper.make_node("Relu", ["x"], ["y"], name="act")]
-    graph = helper.make_graph(nodes, "relu", [helper.make_tensor_value_info("x", F, ["N", 4])],
-                              [helper.make_tensor_value_info("y", F, ["N", 4])])
+def _matrix_product_model(tmp_path):
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("a", F, [2, 2]),
+                                            helper.make_tensor_value_info("b", F, [2, 2])],
+                              [helper.make_tensor_value_info("y", F, [2, 2])])
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
-                 tmp_path / "relu.onnx")
+                 tmp_path / "mm.onnx")
 
 
 def test_model_that_cannot_be_encrypted_still_runs_on_reference(tmp_path, run_cli):
-    art = tmp_path / "relu.hecc"
-    code, stdout, _ = run_cli("compile", _relu_model(tmp_path), "-o", art)
-    assert code == 0 and "not compiled for encryption" in stdout and "relu activation" in stdout
-    np.save(tmp_path / "x.npy", np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32))
-    code, stdout, _ = run_cli("run", art, "--input", tmp_path / "x.npy")
-    assert code == 0 and "[[0. 2. 0. 4.]]" in stdout
+    art = tmp_path / "mm.hecc"
+    code, stdout, _ = run_cli("compile", _matrix_product_model(tmp_path), "-o", art)
+    assert code == 0 and "not compiled for encryption" in stdout and "two encrypted matrices" in stdout
+    np.save(tmp_path / "a.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    code, stdout, _ = run_cli("run", art, "--input", f"a={tmp_path / 'a.npy'}", "--input",
+                              f"b={tmp_path / 'a.npy'}")
+    assert code == 0 and "[[ 7. 10.]\n [15. 22.]]" in stdout
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
     for argv, message in [(("inspect", art, "--stage", "ckks"), "has no 'ckks' stage"),
-                          (("run", art, "--input", tmp_path / "x.npy", "--backend", "sim"),
-                           "has no CKKS program")]:
+                          (("run", art, "--input", f"a={tmp_path / 'x.npy'}", "--input",
+                            f"b={tmp_path / 'x.npy'}", "--backend", "sim"), "has no CKKS program")]:
         code, _, stderr = run_cli(*argv)
         assert code == 2 and message in stderr and "Traceback" not in stderr
 

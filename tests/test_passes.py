@@ -104,7 +104,7 @@ def test_golden(case):
     before = graph.copy()
     after = run_passes(graph, [pass_name], options).graph
     assert print_graph(after) == expected
-    if _is_tensor_graph(before) and _is_tensor_graph(after):
+    if _is_tensor_graph(before) and _is_tensor_graph(after) and getattr(PASSES[pass_name], "EXACT", True):
         rng = np.random.default_rng(1)
         inputs = [rng.standard_normal((3,) + op.result.type.shape) for op in before.inputs()]
         for y0, y1 in zip(evaluate(before, inputs), evaluate(after, inputs)):

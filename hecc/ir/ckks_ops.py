@@ -99,11 +99,13 @@ define("ckks.params", 0, 0,
            "[q0, primes dropped last to first, special prime] in SEAL's order.")
 define("ckks.linear", 1, infer=_linear,
        attrs={"matrix": Attr("str"), "bias": Attr("str", ""), "shape": Attr("ints"),
-              "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False)},
+              "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False),
+              "checks_interval": Attr("bool", False)},
        doc="y = matrix @ x + bias over the ciphertexts of x (flattened): multiply-by-plaintext-"
            "scalar and add trees, zero weights skipped. Weights are encoded at 2^weight_scale, so "
            "the scale grows by weight_scale; with rescale_terms every product is rescaled first "
-           "(the eager baseline). The bias is encoded at the result's scale.")
+           "(the eager baseline). The bias is encoded at the result's scale. checks_interval marks the input "
+           "of a polynomial activation mapped to [-1, 1]: the simulator counts values outside it.")
 define("ckks.mul", 2, infer=_mul, doc="Elementwise ciphertext product (size 3 result).")
 define("ckks.square", 1, infer=_square, doc="Elementwise ciphertext square (size 3 result).")
 define("ckks.add", 2, infer=_add, doc="Elementwise sum; equal level, scale and size.")

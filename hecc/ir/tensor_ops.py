@@ -199,6 +199,11 @@ define("tensor.activation", 1, infer=_same,
               "beta": Attr("float", 0.0)},
        doc="A named non-polynomial activation; alpha/beta as in the ONNX op of that name.")
 define("tensor.prelu", 2, infer=_broadcast, doc="x if x >= 0 else slope * x, slope broadcast.")
+define("tensor.poly", 1, infer=_same,
+       attrs={"coefficients": Attr("floats"), "interval": Attr("floats"), "kind": Attr("str", "")},
+       doc="sum_k coefficients[k] * T_k(t), t = (2x - lo - hi) / (hi - lo) for interval [lo, hi]: a "
+           "polynomial in the Chebyshev basis, accurate inside the interval only (kind: the "
+           "activation it approximates).")
 define("tensor.softmax", 1, infer=_softmax_like, attrs={"axis": Attr("int")}, client_side=True,
        doc="Softmax along an axis (client-side, after decryption).")
 define("tensor.log_softmax", 1, infer=_softmax_like, attrs={"axis": Attr("int")}, client_side=True,
