@@ -194,15 +194,18 @@ class TensealBackend:
         return out
 
     def _zero_like(self, x, op, eager):
-        """An encryption of zero where a row of the matrix is all zero (e.g. padding)."""
+        """A fresh encryption of zero at the scale and level the row would have had: a row whose
+        weights all round to zero at the weight scale (padding, negligible terms)."""
         s = self.seal
-        probe, plain = seal.Ciphertext(), seal.Plaintext()
-        s.encoder.encode(1.0, x.parms_id(), 2.0 ** op.attrs["weight_scale"], plain)
-        s.evaluator.multiply_plain(x, plain, probe)
+        scale = x.scale * 2.0 ** op.attrs["weight_scale"]
+        parms_id = x.parms_id()
         if eager:
-            s.evaluator.rescale_to_next_inplace(probe)
+            moduli = s.context.get_context_data(parms_id).parms().coeff_modulus()
+            scale /= float(moduli[-1].value())
+            parms_id = s.context.get_context_data(parms_id).next_context_data().parms_id()
         zero = seal.Ciphertext()
-        s.evaluator.sub(probe, probe, zero)
+        s.encryptor.encrypt_zero(parms_id, zero)
+        zero.scale = scale
         return zero
 
     def _apply(self, op, args, rows=None):

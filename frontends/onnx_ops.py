@@ -374,7 +374,7 @@ _ACTIVATIONS = {"Relu": ("relu", None, None), "LeakyRelu": ("leaky_relu", 0.01, 
                 "HardSigmoid": ("hard_sigmoid", 0.2, 0.5), "Erf": ("erf", None, None)}
 
 
-@importer(*_ACTIVATIONS, doc="non-polynomial: reference backend only until activation approximation lands")
+@importer(*_ACTIVATIONS, doc="replaced by a polynomial fitted on its calibrated range (approximate-activations)")
 def _activation(ctx, inputs, attrs):
     kind, alpha, beta = _ACTIVATIONS[ctx.node.op_type]
     extra = {}

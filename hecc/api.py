@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import TextIO
 
 import numpy as np
 
 from . import artifact
-from .errors import InputError, UserError
+from .errors import HeccWarning, InputError, UserError
 from .ir import Graph, print_graph
 from .pipeline import PipelineResult, run_passes
 from .runtime import input_specs, output_specs, stack_inputs, unstack_outputs
@@ -139,10 +140,10 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
     calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
-    from .calibrate import max_abs, value_intervals
+    from .calibrate import activation_samples, max_abs, value_intervals
     from .errors import UnsupportedOpError
     from .frontends.onnx import import_model
-    from .passes import CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
+    from .passes import APPROXIMATION_PIPELINE, CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
     if weight_scale_bits is None:
         weight_scale_bits = scale_bits if rescale == "eager" else 14
     options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale,
@@ -161,18 +162,26 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         calibration = {names[0]: calibration}
     final = tensor
     try:
-        lowered = tensor.copy()
-        pairs = list(zip(_values(tensor), _values(lowered)))
+        approximated = tensor.copy()
         intervals = value_intervals(tensor, calibration)
-        lowered.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
-        # the magnitudes after approximation: ranges of the polynomial program on the same inputs
-        approximated = run_passes(lowered.copy(), ["approximate-activations"], options).graph
-        ranges = max_abs(value_intervals(approximated, calibration))
-        lowered.meta["ranges"] = {new: ranges[a] for (_, new), a in zip(pairs, _values(approximated))
-                                  if a in ranges}
-        ckks = run_passes(lowered, CKKS_PIPELINE, options, print_after_all=print_after_all, progress=progress)
+        pairs = list(zip(_values(tensor), _values(approximated)))
+        approximated.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
+        samples = activation_samples(tensor, calibration)
+        approximated.meta["samples"] = {new: samples[old] for old, new in pairs if old in samples}
+        approximated = run_passes(approximated, APPROXIMATION_PIPELINE, options,
+                                  print_after_all=print_after_all, progress=progress).graph
+        # the magnitudes the polynomial program reaches on the same inputs size the parameters
+        approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
+        ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
+                          progress=progress)
         _measure_ciphertexts(ckks.graph, calibration)
         extra["approximations"] = _approximation_report(tensor, approximated, calibration)
+        if calibration is None and extra["approximations"]:
+            assumed = "; ".join(f"{a['kind']} on [{a['interval'][0]:.3g}, {a['interval'][1]:.3g}]"
+                                for a in extra["approximations"])
+            warnings.warn(f"activations were approximated on ranges measured on random inputs, which "
+                          f"may not be the ranges your data produces: {assumed}. Pass calibration "
+                          "data (--calibration X.npy)", HeccWarning, stacklevel=2)
         stages["ckks"] = print_graph(ckks.graph)
         done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
                           progress=progress)

@@ -31,5 +31,22 @@ def value_intervals(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[
             if isinstance(v.type, TensorType) and a.dtype.kind == "f"}
 
 
+def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0) -> dict[Value, np.ndarray]:
+    """Up to ``count`` calibration values of each activation's input (None without inputs)."""
+    from .backends.reference import evaluate
+    if inputs is None:
+        return {}
+    stacked, _ = stack_inputs(graph, inputs)
+    trace: dict[Value, np.ndarray] = {}
+    evaluate(graph, stacked, trace)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for op in graph.ops:
+        if op.name == "tensor.activation":
+            values = trace[op.operands[0]].reshape(-1)
+            out[op.operands[0]] = values if values.size <= count else rng.choice(values, count, replace=False)
+    return out
+
+
 def max_abs(intervals: dict[Value, tuple[float, float]]) -> dict[Value, float]:
     return {v: max(abs(lo), abs(hi)) for v, (lo, hi) in intervals.items()}

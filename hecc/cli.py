@@ -52,6 +52,8 @@ def _build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a stage of a compiled artifact")
     i.add_argument("artifact")
     i.add_argument("--stage", default="final", choices=["tensor", "ckks", "final"])
+    i.add_argument("--report", action="store_true",
+                   help="print what the compiler did (parameters, approximations) instead of the IR")
 
     r = sub.add_parser("run", help="run a compiled artifact on inputs")
     r.add_argument("artifact")
@@ -143,7 +145,26 @@ def _named_arrays(items: list[str]) -> dict | np.ndarray:
 
 def _cmd_inspect(args) -> int:
     from .api import load
-    sys.stdout.write(load(args.artifact).ir(args.stage))
+    prog = load(args.artifact)
+    if not args.report:
+        sys.stdout.write(prog.ir(args.stage))
+        return 0
+    manifest = prog.artifact.manifest
+    print(f"stages: {', '.join(prog.stages)}")
+    params = prog.parameters
+    if params:
+        print(f"encryption: CKKS N={params['poly_modulus_degree']}, coefficient modulus "
+              f"{params['coeff_modulus_bits']} bits, 128-bit security, {params['layout']} layout")
+        print(f"multiplicative depth: {len(params['coeff_modulus_bits']) - 2}")
+    else:
+        print(f"not compiled for encryption: {manifest.get('not_encrypted_because', '')}")
+    approximations = manifest.get("approximations", [])
+    if approximations:
+        print("activation        interval                 degree  depth  max error on calibration data")
+        for a in approximations:
+            err = a.get("max_error_on_calibration")
+            print(f"{a['kind']:<17} [{a['interval'][0]:>9.4g}, {a['interval'][1]:>9.4g}]   {a['degree']:>6}  "
+                  f"{a['depth']:>5}  {'-' if err is None else f'{err:.3g}'}")
     return 0
 
 

@@ -12,8 +12,10 @@ PASSES = {module.NAME: module for module in (
 
 # The passes `hecc compile` runs on tensor IR, in order.
 TENSOR_PIPELINE = ["canonicalize", "eliminate-dead-code"]
+# Non-polynomial activations -> polynomials on their calibrated intervals.
+APPROXIMATION_PIPELINE = ["approximate-activations"]
 # The tensor -> ckks lowering (the "ckks" stage is the IR right after lower-to-ckks).
-CKKS_PIPELINE = ["approximate-activations", "lower-to-ckks"]
+CKKS_PIPELINE = ["lower-to-ckks"]
 # The passes that make the ckks program executable (the "final" stage).
 FINAL_PIPELINE = ["insert-rescale", "insert-relinearize", "align-levels", "select-parameters",
                   "validate"]

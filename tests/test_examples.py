@@ -50,3 +50,23 @@ def test_readme_ops_table_is_generated_from_the_import_table():
     from hecc.frontends.onnx_ops import supported_ops_markdown
     with open(os.path.join(os.path.dirname(EXAMPLES), "README.md")) as f:
         assert supported_ops_markdown() in f.read()
+
+
+@pytest.mark.parametrize("name, output", [("relu_cnn_mnist", "logits"), ("sigmoid_mlp_mnist", "logits"),
+                                          ("sklearn_logreg_mnist", "probabilities")])
+def test_example_reference_reproduces_expected(name, output):
+    folder = os.path.join(EXAMPLES, name)
+    x = np.load(os.path.join(folder, "input.npy"))
+    prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x)
+    assert prog.encrypted
+    got = prog.run(x)
+    assert_close(got[output], np.load(os.path.join(folder, "expected.npy")), 1e-5, name)
+    if name.startswith("sklearn"):
+        np.testing.assert_array_equal(got["label"], np.load(os.path.join(folder, "expected_labels.npy")))
+
+
+def test_every_example_has_a_readme_with_an_encrypted_run():
+    for name in os.listdir(EXAMPLES):
+        with open(os.path.join(EXAMPLES, name, "README.md")) as f:
+            text = f.read()
+        assert "hecc compile" in text and "--backend tenseal" in text, name
