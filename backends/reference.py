@@ -36,6 +36,7 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x, a, b: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     "erf": lambda x, a, b: erf(x),
     "silu": lambda x, a, b: x * sigmoid(x),
+    "abs": lambda x, a, b: np.abs(x),
 }
 
 

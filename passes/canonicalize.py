@@ -8,7 +8,10 @@ Guarantees: the same function of the inputs, up to float rounding, with
 - constant scales pushed through adds, and chains of constant adds or muls merged;
 - multiplications by one, additions of zero and reshapes to the same shape removed; consecutive
   reshapes merged;
-- the Erf form of GELU (x * 0.5 * (1 + erf(x / sqrt 2))) replaced by one gelu activation.
+- the Erf form of GELU (x * 0.5 * (1 + erf(x / sqrt 2))) replaced by one gelu activation, and
+  x * sigmoid(x) by one silu activation;
+- PRelu with a constant slope s rewritten as (1 + s)/2 * x + (1 - s)/2 * abs(x), so that only abs
+  needs a polynomial whatever the slopes.
 """
 from __future__ import annotations
 
@@ -172,7 +175,35 @@ def gelu_from_erf(rw: Rewriter, op: Op):
     return None
 
 
-RULES = [fold_into_conv, fold_into_matmul, merge_constant_chain, remove_identity, gelu_from_erf]
+def silu_from_product(rw: Rewriter, op: Op):
+    """x * sigmoid(x) (either order) -> one silu activation."""
+    if op.name != "tensor.mul":
+        return None
+    for x, s in (op.operands, op.operands[::-1]):
+        p = s.producer
+        if p is not None and p.name == "tensor.activation" and p.attrs.get("kind") == "sigmoid" \
+                and p.operands[0] is x:
+            return rw.emit("tensor.activation", [x], {"kind": "silu"})
+    return None
+
+
+def prelu_as_abs(rw: Rewriter, op: Op):
+    """prelu(x, s) = (1 + s)/2 * x + (1 - s)/2 * |x|: one activation (|x|) for every slope, so a
+    per-channel slope needs a single polynomial."""
+    if op.name != "tensor.prelu":
+        return None
+    slope = rw.constant(op.operands[1])
+    if slope is None:
+        return None
+    x = op.operands[0]
+    name = op.operands[1].producer.attrs["name"]
+    linear = rw.emit("tensor.mul", [x, rw.const((1 + slope) / 2, name + ".linear")])
+    magnitude = rw.emit("tensor.activation", [x], {"kind": "abs"})
+    return rw.emit("tensor.add", [linear, rw.emit("tensor.mul", [magnitude, rw.const((1 - slope) / 2, name + ".abs")])])
+
+
+RULES = [fold_into_conv, fold_into_matmul, merge_constant_chain, remove_identity, gelu_from_erf,
+         silu_from_product, prelu_as_abs]
 
 
 def run(graph: Graph, options: dict | None = None) -> Graph:

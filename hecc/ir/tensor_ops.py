@@ -11,7 +11,7 @@ from .ops import Attr, define
 from .types import TensorType
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "elu", "hard_sigmoid",
-               "gelu", "gelu_tanh", "erf", "silu")
+               "gelu", "gelu_tanh", "erf", "silu", "abs")
 
 
 def _tensor(t) -> TensorType:
