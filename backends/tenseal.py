@@ -7,7 +7,7 @@ scalar weights are encoded as they are used (0.008 ms each on this machine, whil
 them would take gigabytes). SEAL calls hold the GIL, so both cores are used through forked worker
 processes, which inherit keys and ciphertexts: whole batches run side by side while there are
 enough of them, and a remaining batch splits the rows of each large linear layer (and the
-elementwise ops after it) across the workers, which hand their ciphertexts back through /dev/shm.
+elementwise ops after it) across the workers, which hand their ciphertexts back through files.
 """
 from __future__ import annotations
 
@@ -288,7 +288,9 @@ class TensealBackend:
         chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         live = self._live_out(segment)
         global _ACTIVE
-        with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        # staged on disk, not /dev/shm: a layer's ciphertexts can be gigabytes at N=16384, and a RAM
+        # copy next to the parent's would double the peak memory
+        with tempfile.TemporaryDirectory() as tmp:
             _ACTIVE = (self, env, segment, live, tmp)
             with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:
                 pool.map(_worker_segment, chunks)

@@ -42,6 +42,16 @@ def test_logistic_regression_mnist_classes_equal_sklearn(mnist_flat, logreg, zip
         assert_close(out["probabilities"], model.predict_proba(x_test), 1e-4, "vs sklearn")
 
 
+def test_logistic_regression_encrypted_classes_equal_sklearn(mnist_flat, logreg):
+    """Through TenSEAL: the scores are computed encrypted, the class decision on the client."""
+    x_train, _, x_test, _ = mnist_flat
+    onx = to_onnx(logreg, x_train[:1], options={"zipmap": False}, target_opset=17)
+    prog = hecc.compile(onx, calibration=x_train[:1000])
+    out = prog.run(x_test, backend="tenseal")
+    np.testing.assert_array_equal(out["label"], logreg.predict(x_test))
+    assert prog.last_stats["op_counts"].get("relinearize", 0) == 0
+
+
 def test_binary_logistic_regression_and_scaler_pipeline(mnist_flat):
     x_train, y_train, x_test, _ = mnist_flat
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
