@@ -140,7 +140,7 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
     calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
-    from .calibrate import activation_samples, max_abs, value_intervals
+    from .calibrate import activation_samples, max_abs, random_inputs, value_intervals
     from .errors import UnsupportedOpError
     from .frontends.onnx import import_model
     from .passes import APPROXIMATION_PIPELINE, CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
@@ -161,7 +161,10 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
             raise InputError(f"the model has {len(names)} inputs; give calibration data as a dict by name")
         calibration = {names[0]: calibration}
     final = tensor
+    guessed = calibration is None
     try:
+        if guessed:
+            calibration = random_inputs(tensor)
         approximated = tensor.copy()
         intervals = value_intervals(tensor, calibration)
         pairs = list(zip(_values(tensor), _values(approximated)))
@@ -176,7 +179,7 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
                           progress=progress)
         _measure_ciphertexts(ckks.graph, calibration)
         extra["approximations"] = _approximation_report(tensor, approximated, calibration)
-        if calibration is None and extra["approximations"]:
+        if guessed and extra["approximations"]:
             assumed = "; ".join(f"{a['kind']} on [{a['interval'][0]:.3g}, {a['interval'][1]:.3g}]"
                                 for a in extra["approximations"])
             warnings.warn(f"activations were approximated on ranges measured on random inputs, which "
@@ -190,7 +193,8 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         stages["final"] = print_graph(final)
         constants.update(final.constants)
     except UnsupportedOpError as exc:
-        extra["not_encrypted_because"] = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        extra["not_encrypted_because"] = "; ".join(f"{op} ({exc.details.get(op, 'no lowering')})"
+                                                   for op in sorted(exc.unsupported))
     final.constants = constants
     return Program(artifact.build(stages, final, extra), result)
 
@@ -199,11 +203,6 @@ def _measure_ciphertexts(graph: Graph, calibration) -> None:
     """Replace the lowering's magnitude estimates by the magnitudes the ciphertext program really
     reaches on the calibration inputs (partial sums of a layer can exceed its result)."""
     from .backends.sim import ckks_magnitudes
-    from .calibrate import RANDOM_INPUTS
-    if calibration is None:
-        rng = np.random.default_rng(0)
-        calibration = {op.attrs["name"]: rng.uniform(-1, 1, (RANDOM_INPUTS * op.result.type.shape[0],)
-                                                     + op.result.type.shape[1:]) for op in graph.inputs()}
     stacked, _ = stack_inputs(graph, calibration)
     measured = ckks_magnitudes(graph, stacked)
     estimates = graph.meta.setdefault("max_abs", {})
@@ -217,9 +216,8 @@ def _approximation_report(tensor: Graph, approximated: Graph, calibration) -> li
     from .backends.reference import apply_op, evaluate
     from .runtime import stack_inputs
     trace: dict = {}
-    if calibration is not None:
-        stacked, _ = stack_inputs(tensor, calibration)
-        evaluate(tensor, stacked, trace)
+    stacked, _ = stack_inputs(tensor, calibration)
+    evaluate(tensor, stacked, trace)
     report = []
     for original, poly in zip(tensor.ops, approximated.ops):
         if poly.name != "tensor.poly" or original.name != "tensor.activation":

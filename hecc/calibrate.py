@@ -13,17 +13,19 @@ from .runtime import stack_inputs
 RANDOM_INPUTS = 64
 
 
-def value_intervals(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[Value, tuple[float, float]]:
-    """(min, max) of every float tensor value of ``graph`` over ``inputs`` (by input name).
-    Without inputs, uses random inputs uniform in [-1, 1] and warns that the ranges are guesses."""
+def random_inputs(graph: Graph) -> dict[str, np.ndarray]:
+    """Stand-in calibration data when the user gives none (uniform in [-1, 1]), with a warning."""
+    warnings.warn("no calibration data; value ranges are estimated from random inputs in [-1, 1]. "
+                  "Pass --calibration X.npy (representative inputs) so the encryption parameters "
+                  "fit the values your model really sees", HeccWarning, stacklevel=3)
+    rng = np.random.default_rng(0)
+    return {op.attrs["name"]: rng.uniform(-1, 1, (RANDOM_INPUTS * op.result.type.shape[0],)
+                                          + op.result.type.shape[1:]) for op in graph.inputs()}
+
+
+def value_intervals(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[Value, tuple[float, float]]:
+    """(min, max) of every float tensor value of ``graph`` over ``inputs`` (by input name)."""
     from .backends.reference import evaluate
-    if inputs is None:
-        rng = np.random.default_rng(0)
-        inputs = {op.attrs["name"]: rng.uniform(-1, 1, (RANDOM_INPUTS * op.result.type.shape[0],)
-                                                + op.result.type.shape[1:]) for op in graph.inputs()}
-        warnings.warn("no calibration data; value ranges are estimated from random inputs in [-1, 1]. "
-                      "Pass --calibration X.npy (representative inputs) so the encryption parameters "
-                      "fit the values your model really sees", HeccWarning, stacklevel=3)
     stacked, _ = stack_inputs(graph, inputs)
     trace: dict[Value, np.ndarray] = {}
     evaluate(graph, stacked, trace)
@@ -32,10 +34,8 @@ def value_intervals(graph: Graph, inputs: dict[str, np.ndarray] | None) -> dict[
 
 
 def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0) -> dict[Value, np.ndarray]:
-    """Up to ``count`` calibration values of each activation's input (None without inputs)."""
+    """Up to ``count`` calibration values of each activation's input."""
     from .backends.reference import evaluate
-    if inputs is None:
-        return {}
     stacked, _ = stack_inputs(graph, inputs)
     trace: dict[Value, np.ndarray] = {}
     evaluate(graph, stacked, trace)

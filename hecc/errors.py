@@ -27,7 +27,7 @@ class UnsupportedOpError(UserError):
 
     def __init__(self, unsupported: dict[str, list[str]], details: dict[str, str] | None = None):
         self.unsupported = unsupported
-        details = details or {}
+        details = self.details = details or {}
         lines = [f"the model uses {len(unsupported)} unsupported op type(s):"]
         for op_type in sorted(unsupported):
             names = ", ".join(unsupported[op_type])

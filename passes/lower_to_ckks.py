@@ -113,7 +113,7 @@ class _Lowering:
 
     # --- helpers -------------------------------------------------------------------------------
     def fail(self, op: Op, why: str):
-        raise UnsupportedOpError({op.name: ["(tensor IR)"]}, {op.name: why})
+        raise UnsupportedOpError({op.name: []}, {op.name: why})
 
     def is_secret(self, v: Value) -> bool:
         return isinstance(self.env[v], Affine)
