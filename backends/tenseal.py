@@ -19,15 +19,16 @@ import time
 import numpy as np
 import tenseal.sealapi as seal
 
-from ..errors import ParameterError
+from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..ir import Graph
 from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
 
 
 class _Seal:
-    """SEAL objects for one parameter set and one key set."""
+    """SEAL objects for one parameter set and one key set: new keys, or keys loaded from bytes
+    (``keys``: "secret", "public", "relin"; a server has no "secret")."""
 
-    def __init__(self, n: int, chain: list[int], relin: bool):
+    def __init__(self, n: int, chain: list[int], relin: bool, keys: dict[str, bytes] | None = None):
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(n)
         try:
@@ -38,27 +39,67 @@ class _Seal:
         if not self.context.parameters_set():
             raise ParameterError(f"SEAL rejects N={n}, coeff_modulus {chain} at 128-bit security: "
                                  f"{self.context.parameters_error_message()}")
-        keygen = seal.KeyGenerator(self.context)
-        self.secret_key = keygen.secret_key()
-        self.public_key = seal.PublicKey()
-        keygen.create_public_key(self.public_key)
-        self.relin_keys = None
-        if relin:
-            self.relin_keys = seal.RelinKeys()
-            keygen.create_relin_keys(self.relin_keys)
+        self.secret_key, self.relin_keys = None, None
+        if keys is None:
+            keygen = seal.KeyGenerator(self.context)
+            self.secret_key = keygen.secret_key()
+            self.public_key = seal.PublicKey()
+            keygen.create_public_key(self.public_key)
+            if relin:
+                self.relin_keys = seal.RelinKeys()
+                keygen.create_relin_keys(self.relin_keys)
+        else:
+            if "secret" in keys:
+                self.secret_key = _load(seal.SecretKey(), self.context, keys["secret"], "secret key")
+            self.public_key = _load(seal.PublicKey(), self.context, keys["public"], "public key")
+            if relin:
+                if "relin" not in keys:
+                    raise KeyFileError("the evaluation keys hold no relinearization keys, which this "
+                                       "program needs; run `hecc keygen` again")
+                self.relin_keys = _load(seal.RelinKeys(), self.context, keys["relin"], "relinearization keys")
         self.encoder = seal.CKKSEncoder(self.context)
         self.encryptor = seal.Encryptor(self.context, self.public_key)
-        self.encryptor.set_secret_key(self.secret_key)
         self.evaluator = seal.Evaluator(self.context)
-        self.decryptor = seal.Decryptor(self.context, self.secret_key)
+        self.decryptor = None
+        if self.secret_key is not None:
+            self.encryptor.set_secret_key(self.secret_key)
+            self.decryptor = seal.Decryptor(self.context, self.secret_key)
+
+    def export(self) -> dict[str, bytes]:
+        out = {"public": _dump(self.public_key)}
+        if self.secret_key is not None:
+            out["secret"] = _dump(self.secret_key)
+        if self.relin_keys is not None:
+            out["relin"] = _dump(self.relin_keys)
+        return out
 
     def eval_key_bytes(self) -> int:
-        if self.relin_keys is None:
-            return 0
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "relin.keys")
-            self.relin_keys.save(path)
-            return os.path.getsize(path)
+        return 0 if self.relin_keys is None else len(_dump(self.relin_keys))
+
+    def load_ciphertext(self, data: bytes):
+        return _load(seal.Ciphertext(), self.context, data, "ciphertext")
+
+
+def _dump(obj) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "obj")
+        obj.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _load(obj, context, data: bytes, what: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "obj")
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            obj.load(context, path)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            error = CiphertextFileError if what == "ciphertext" else KeyFileError
+            raise error(f"the {what} does not load for this program's parameters ({exc}); it is "
+                        "corrupted or was made for another model") from None
+    return obj
 
 
 class TensealBackend:
@@ -79,6 +120,13 @@ class TensealBackend:
         self.last_use = last_use
         self.seal: _Seal | None = None
         self.align_target: dict[int, float] = {}
+
+    def connect(self, keys: dict[str, bytes] | None) -> _Seal:
+        """Set up SEAL for this program: new keys (None) or the given serialized ones."""
+        relin = any(op.name == "ckks.relinearize" for op in self.server)
+        self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin, keys)
+        self._plan_scales()
+        return self.seal
 
     def _plan_scales(self) -> None:
         """Follow SEAL's exact scales (rescales divide by the real primes, not powers of two) and
@@ -334,10 +382,8 @@ class TensealBackend:
     def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
         stats = stats or RunStats()
         start = time.perf_counter()
-        relin = any(op.name == "ckks.relinearize" for op in self.server)
-        self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin)
+        self.connect(None)
         stats.seconds["keygen"] = time.perf_counter() - start
-        self._plan_scales()
         stats.eval_key_bytes = self.seal.eval_key_bytes()
         runs = stacked[0].shape[0] if stacked else 1
         spans = batches(runs, self.params.slots)
@@ -368,6 +414,60 @@ class TensealBackend:
                 stats.seconds[key] += t[key]
         stats.eval_wall_seconds = max(per_worker_eval)
         return [np.concatenate([r[0][i] for r in results]) for i in range(len(self.outputs))]
+
+
+def generate_keys(graph: Graph) -> dict[str, bytes]:
+    """New keys for ``graph``'s parameters: secret, public and (if needed) relinearization keys."""
+    backend = TensealBackend(graph)
+    return backend.connect(None).export()
+
+
+def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked) -> list[list[list[bytes]]]:
+    """Client: per batch, per input, the serialized ciphertexts (symmetric, with the secret key)."""
+    backend = TensealBackend(graph)
+    backend.connect(keys)
+    runs = stacked[0].shape[0]
+    out = []
+    for lo, hi in batches(runs, backend.params.slots):
+        env = backend._encrypt(stacked, lo, hi)
+        out.append([[_dump(ct) for ct in env[op.result]] for op in backend.inputs])
+    return out
+
+
+def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted) -> list[list[list[bytes]]]:
+    """Server: the program on ciphertexts, with no secret key; per batch, per decryption point."""
+    if "secret" in eval_keys:
+        raise KeyFileError("the server was given a secret key; it must never have one")
+    backend = TensealBackend(graph)
+    backend.connect(eval_keys)
+    out = []
+    for batch in encrypted:
+        if len(batch) != len(backend.inputs):
+            raise CiphertextFileError(f"the ciphertexts hold {len(batch)} input(s); the program takes "
+                                      f"{len(backend.inputs)}")
+        env = {}
+        for op, cts in zip(backend.inputs, batch):
+            if len(cts) != op.result.type.count:
+                raise CiphertextFileError(f"input {op.attrs['name']!r} has {len(cts)} ciphertexts; the "
+                                          f"program expects {op.result.type.count}")
+            env[op.result] = [backend.seal.load_ciphertext(c) for c in cts]
+        env = backend._evaluate(env, backend.workers)
+        out.append([[_dump(ct) for ct in env[op.operands[0]]] for op in backend.decrypts])
+    return out
+
+
+def decrypt_batches(graph: Graph, keys: dict[str, bytes], results, sizes: list[int]) -> list:
+    """Client: decrypt the server's results and run the client-side tail; arrays (R, *shape)."""
+    backend = TensealBackend(graph)
+    backend.connect(keys)
+    pieces = []
+    for batch, size in zip(results, sizes):
+        if len(batch) != len(backend.decrypts):
+            raise CiphertextFileError("the result ciphertexts do not match this program's outputs")
+        env = {op.operands[0]: [backend.seal.load_ciphertext(c) for c in cts]
+               for op, cts in zip(backend.decrypts, batch)}
+        pieces.append(backend._decrypt(env, 0, size))
+    return [np.concatenate([p[i] for p in pieces]) for i in range(len(backend.outputs))]
 
 
 SCALE_TOLERANCE = 1e-2

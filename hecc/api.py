@@ -90,6 +90,8 @@ class Program:
             raise UserError(f"this artifact has no CKKS program, so it cannot run on the {backend} "
                             f"backend: {why}. Use --backend reference")
         stacked, runs = stack_inputs(graph, inputs)
+        if backend != "reference":
+            warn_outside_calibration(self, inputs)
         start = time.perf_counter()
         from .backends.common import RunStats, op_counts
         stats = RunStats()
@@ -123,6 +125,22 @@ class Program:
 
     def save(self, path: str) -> None:
         artifact.save(self.artifact, os.fspath(path))
+
+
+def warn_outside_calibration(program: "Program", inputs: dict) -> None:
+    """Warn (with the count) about input values outside the range seen at calibration: the
+    encryption parameters and activation polynomials were sized for that range."""
+    ranges = program.artifact.manifest.get("input_ranges", {})
+    for name, x in inputs.items():
+        if name not in ranges:
+            continue
+        lo, hi = ranges[name]
+        slack = 1e-6 * max(hi - lo, 1e-12)
+        outside = int(np.count_nonzero((np.asarray(x) < lo - slack) | (np.asarray(x) > hi + slack)))
+        if outside:
+            warnings.warn(f"{outside} value(s) of input {name!r} lie outside [{lo:.4g}, {hi:.4g}], the range "
+                          "seen at calibration; encrypted results for them may be wrong. Recompile with "
+                          "--calibration data that covers such inputs", HeccWarning, stacklevel=3)
 
 
 def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits: int | None = None,
@@ -167,6 +185,8 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
             calibration = random_inputs(tensor)
         approximated = tensor.copy()
         intervals = value_intervals(tensor, calibration)
+        extra["input_ranges"] = {op.attrs["name"]: list(intervals[op.result]) for op in tensor.inputs()
+                                 if op.result in intervals}
         pairs = list(zip(_values(tensor), _values(approximated)))
         approximated.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
         samples = activation_samples(tensor, calibration)

@@ -69,6 +69,35 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     r.add_argument("--force", action="store_true", help="overwrite output files of another kind")
 
+    k = sub.add_parser("keygen", help="client: make secret.key and eval.keys for an artifact")
+    k.add_argument("artifact")
+    k.add_argument("--out", required=True, metavar="KEYS/", help="folder for the keys")
+    k.add_argument("--force", action="store_true", help="replace existing keys")
+
+    e = sub.add_parser("encrypt", help="client: encrypt inputs with the secret key")
+    e.add_argument("artifact")
+    e.add_argument("inputs", nargs="+", metavar="[NAME=]X.npy")
+    e.add_argument("--keys", required=True, metavar="KEYS/")
+    e.add_argument("-o", "--output", required=True, metavar="X.ct")
+    e.add_argument("--force", action="store_true")
+
+    v = sub.add_parser("eval", help="server: evaluate encrypted inputs (no secret key)")
+    v.add_argument("artifact")
+    v.add_argument("ciphertexts", metavar="X.ct")
+    v.add_argument("--eval-keys", required=True, metavar="eval.keys")
+    v.add_argument("-o", "--output", required=True, metavar="Y.ct")
+    v.add_argument("--force", action="store_true")
+
+    d = sub.add_parser("decrypt", help="client: decrypt the server's result")
+    d.add_argument("artifact")
+    d.add_argument("ciphertexts", metavar="Y.ct")
+    d.add_argument("--keys", required=True, metavar="KEYS/")
+    d.add_argument("-o", "--output", required=True, metavar="Y.npy|Y.npz")
+    d.add_argument("--output-mode", default="logits", choices=["logits", "argmax"],
+                   help="argmax keeps only the predicted class (share that, not the values)")
+    d.add_argument("--round", type=int, metavar="DIGITS", help="round the decrypted values")
+    d.add_argument("--force", action="store_true")
+
     o = sub.add_parser("opt", help="run passes on textual IR and print the result")
     o.add_argument("file", help="IR text (.hir); - reads stdin")
     o.add_argument("-p", "--passes", required=True, help="comma-separated pass names")
@@ -181,18 +210,7 @@ def _cmd_run(args) -> int:
     import json
     from .api import load
     prog = load(args.artifact)
-    names = [n for n, _ in prog.inputs]
-    inputs = {}
-    for item in args.input:
-        name, sep, path = item.partition("=")
-        if not sep:
-            if len(names) != 1:
-                raise InputError(f"the model has inputs {', '.join(names)}; give each as NAME=X.npy")
-            name, path = names[0], item
-        arr = _load_npy(path)
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{path}: give a .npy file, not .npz")
-        inputs[name] = arr
+    inputs = _input_arrays(prog, args.input)
     if args.output:
         if not args.output.endswith((".npy", ".npz")):
             raise UserError(f"--output {args.output}: use a .npy (first output) or .npz (all outputs) path")
@@ -241,7 +259,75 @@ def _cmd_opt(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt}
+def _is_hecc_file(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "header.json" in zf.namelist()
+    except Exception:  # unreadable: not ours
+        return False
+
+
+def _cmd_keygen(args) -> int:
+    from .api import load
+    from .clientserver import Client
+    secret, evaluation = Client(load(args.artifact), args.out).keygen(force=args.force)
+    print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
+    return 0
+
+
+def _cmd_encrypt(args) -> int:
+    from .api import load
+    from .clientserver import Client
+    prog = load(args.artifact)
+    _check_overwrite(args.output, _is_hecc_file, args.force)
+    Client(prog, args.keys).encrypt(_input_arrays(prog, args.inputs), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .api import load
+    from .clientserver import Server
+    prog = load(args.artifact)
+    _check_overwrite(args.output, _is_hecc_file, args.force)
+    Server(prog, args.eval_keys).evaluate(args.ciphertexts, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_decrypt(args) -> int:
+    from .api import load
+    from .clientserver import Client
+    if not args.output.endswith((".npy", ".npz")):
+        raise UserError(f"-o {args.output}: use a .npy (first output) or .npz (all outputs) path")
+    _check_overwrite(args.output, _is_numpy_file, args.force)
+    outputs = Client(load(args.artifact), args.keys).decrypt(args.ciphertexts, args.output_mode, args.round)
+    if args.output.endswith(".npz"):
+        np.savez(args.output, **outputs)
+    else:
+        np.save(args.output, next(iter(outputs.values())))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _input_arrays(prog, items) -> dict:
+    names = [n for n, _ in prog.inputs]
+    inputs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise InputError(f"the model has inputs {', '.join(names)}; give each as NAME=X.npy")
+            name, path = names[0], item
+        arr = _load_npy(path)
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{path}: give a .npy file, not .npz")
+        inputs[name] = arr
+    return inputs
+
+
+COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt,
+            "keygen": _cmd_keygen, "encrypt": _cmd_encrypt, "eval": _cmd_eval, "decrypt": _cmd_decrypt}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

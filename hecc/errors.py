@@ -53,6 +53,14 @@ class PassError(UserError):
     """An unknown pass name or a pass that cannot apply to the given IR."""
 
 
+class KeyFileError(UserError):
+    """A key file that is corrupted, truncated, of the wrong kind or for another program."""
+
+
+class CiphertextFileError(UserError):
+    """A ciphertext file that is corrupted, truncated or for another program."""
+
+
 class ParameterError(UserError):
     """No secure CKKS parameter set can hold the program."""
 

@@ -205,8 +205,12 @@ class _Lowering:
         if isinstance(item, Affine):
             result = self.emit("ckks.decrypt", [self.materialize(v)])
         elif isinstance(item, np.ndarray):
-            name = v.producer.attrs["name"]
-            self.out.constants[name] = item
+            # a constant output: a stored constant, or a value that turned out not to depend on the
+            # input (a polynomial whose fit is constant, e.g. ReLU of values that are never positive)
+            producer = v.producer
+            name = (producer.attrs["name"] if producer is not None and producer.name == "tensor.constant"
+                    else self.out.unique_constant_name("constant_output"))
+            self.out.constants[name] = np.broadcast_to(item, v.type.shape).copy()
             result = self.out.append("tensor.constant", [], [v.type], {"name": name}).result
         else:
             result = item

@@ -156,10 +156,21 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
     truncated = tmp_path / "truncated.hecc"
     truncated.write_bytes(art.read_bytes()[:200])
     np.save(tmp_path / "wrong.npy", np.zeros((2, 5), np.float32))
+    np.save(tmp_path / "text.npy", np.array([["a", "b", "c", "d"]]))
+    np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf, 0.0, 0.0]], np.float32))
+    onnx_bytes = open(model, "rb").read()
+    (tmp_path / "cut.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
+    dynamic = onnx.load(model)
+    dynamic.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
+    onnx.save(dynamic, tmp_path / "dynamic.onnx")
     np.save(tmp_path / "nan.npy", np.full((2, 4), np.nan, np.float32))
     cases = [
         (("compile", tmp_path / "missing.onnx"), "no such file"),
         (("compile", tmp_path / "garbage.onnx"), "not a readable ONNX model"),
+        (("compile", tmp_path / "cut.onnx"), "not a readable ONNX model"),
+        (("compile", tmp_path / "dynamic.onnx"), "dynamic dimension 'features' at axis 1"),
+        (("run", art, "--input", tmp_path / "text.npy"), "has dtype <U1; expected a float array"),
+        (("run", art, "--input", tmp_path / "inf.npy"), "contains 1 NaN or infinite value(s)"),
         (("compile", model, "-o", tmp_path / "notes.txt"), "exists and is not a file hecc wrote"),
         (("inspect", truncated), "not a hecc artifact or corrupted"),
         (("inspect", _corrupt(art, tmp_path)), "does not match its sha256"),
@@ -179,6 +190,46 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
         assert message in stderr, (argv, stderr)
         assert "Traceback" not in stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_client_server_commands_refuse_bad_files_with_exit_2(tmp_path, tiny, run_cli):
+    model, x, _ = tiny
+    art = tmp_path / "t.hecc"
+    assert run_cli("compile", model, "-o", art, "--calibration", x, "-q")[0] == 0
+    assert run_cli("keygen", art, "--out", tmp_path / "keys")[0] == 0
+    assert run_cli("encrypt", art, x, "--keys", tmp_path / "keys", "-o", tmp_path / "x.ct")[0] == 0
+    (tmp_path / "noise.bin").write_bytes(b"\x00\x01garbage" * 50)
+    (tmp_path / "mine.txt").write_text("mine")
+    cases = [
+        (("keygen", art, "--out", tmp_path / "keys"), "exists; keys are not overwritten"),
+        (("eval", art, tmp_path / "x.ct", "--eval-keys", tmp_path / "keys" / "secret.key", "-o", tmp_path / "y.ct"),
+         "must never receive the secret key"),
+        (("eval", art, tmp_path / "noise.bin", "--eval-keys", tmp_path / "keys" / "eval.keys", "-o", tmp_path / "y.ct"),
+         "not an encrypted-input file, or truncated"),
+        (("eval", art, tmp_path / "x.ct", "--eval-keys", tmp_path / "noise.bin", "-o", tmp_path / "y.ct"),
+         "not an evaluation-key file, or truncated"),
+        (("decrypt", art, tmp_path / "x.ct", "--keys", tmp_path / "keys", "-o", tmp_path / "y.npy"),
+         "is an encrypted-input file, not an encrypted-result file"),
+        (("encrypt", art, x, "--keys", tmp_path / "keys", "-o", tmp_path / "mine.txt"),
+         "exists and is not a file hecc wrote"),
+    ]
+    for argv, message in cases:
+        code, _, stderr = run_cli(*argv)
+        assert code == 2, (argv, stderr)
+        assert message in stderr, (argv, stderr)
+        assert "Traceback" not in stderr
+    assert (tmp_path / "mine.txt").read_text() == "mine"
+
+
+def test_inputs_outside_the_calibrated_range_warn_on_stderr(tmp_path, tiny, run_cli):
+    model, x, _ = tiny
+    art = tmp_path / "t.hecc"
+    assert run_cli("compile", model, "-o", art, "--calibration", x, "-q")[0] == 0
+    far = np.load(x)
+    far[0, :2] = far.max() + 1
+    np.save(tmp_path / "far.npy", far)
+    code, _, stderr = run_cli("run", art, "--input", tmp_path / "far.npy", "--backend", "sim")
+    assert code == 0 and "hecc: warning: 2 value(s) of input 'x' lie outside" in stderr
 
 
 def test_recompiling_over_an_artifact_is_allowed(tmp_path, tiny, run_cli):

@@ -56,7 +56,7 @@ def test_parse_errors_have_line_and_column(text, line, column, message):
     assert str(info.value).startswith(f"t.hir:{line}:{column}: ")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.text(max_size=80))
 def test_random_text_only_raises_parse_error(text):
     try:
@@ -65,7 +65,7 @@ def test_random_text_only_raises_parse_error(text):
         pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.integers(0, 400), st.text(min_size=1, max_size=3))
 def test_corrupted_golden_text_only_raises_parse_error(position, insert):
     with open(GOLDEN[0]) as f:
