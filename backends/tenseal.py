@@ -422,26 +422,31 @@ def generate_keys(graph: Graph) -> dict[str, bytes]:
     return backend.connect(None).export()
 
 
-def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked) -> list[list[list[bytes]]]:
+def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None) -> list[list[list[bytes]]]:
     """Client: per batch, per input, the serialized ciphertexts (symmetric, with the secret key)."""
     backend = TensealBackend(graph)
     backend.connect(keys)
     runs = stacked[0].shape[0]
     out = []
-    for lo, hi in batches(runs, backend.params.slots):
+    spans = batches(runs, backend.params.slots)
+    for i, (lo, hi) in enumerate(spans):
+        if progress:
+            progress(f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
         env = backend._encrypt(stacked, lo, hi)
         out.append([[_dump(ct) for ct in env[op.result]] for op in backend.inputs])
     return out
 
 
-def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted) -> list[list[list[bytes]]]:
+def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progress=None) -> list[list[list[bytes]]]:
     """Server: the program on ciphertexts, with no secret key; per batch, per decryption point."""
     if "secret" in eval_keys:
         raise KeyFileError("the server was given a secret key; it must never have one")
     backend = TensealBackend(graph)
     backend.connect(eval_keys)
     out = []
-    for batch in encrypted:
+    for number, batch in enumerate(encrypted):
+        if progress:
+            progress(f"evaluating batch {number + 1}/{len(encrypted)}")
         if len(batch) != len(backend.inputs):
             raise CiphertextFileError(f"the ciphertexts hold {len(batch)} input(s); the program takes "
                                       f"{len(backend.inputs)}")
@@ -525,3 +530,44 @@ def _worker_batch(span):
     outputs, timings = backend.run_batch(stacked, *span)
     timings["pid"] = os.getpid()
     return outputs, timings
+
+
+def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str, list[float]]:
+    """Seconds per primitive at each level of the chain (index = level), measured with SEAL on
+    this machine: the cost model behind the compile report's predicted latency."""
+    s = _Seal(n, chain, relin=True)
+    ev, encoder = s.evaluator, s.encoder
+    plain, ct = seal.Plaintext(), seal.Ciphertext()
+    scale = 2.0 ** min(16, (chain[0] - 4) // 3)  # squares and products fit even at the last level
+    encoder.encode([0.5] * (n // 2), scale, plain)
+    s.encryptor.encrypt_symmetric(plain, ct)
+    costs = {k: [] for k in ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch",
+                             "encrypt", "decrypt")}
+
+    def timed(fn):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+    depth = len(chain) - 2
+    for level in range(depth + 1):
+        w, tmp, acc, sq = seal.Plaintext(), seal.Ciphertext(), seal.Ciphertext(), seal.Ciphertext()
+        encoder.encode(0.3, ct.parms_id(), scale, w)
+        ev.multiply_plain(ct, w, acc)
+        costs["multiply_plain"].append(timed(lambda: (encoder.encode(0.3, ct.parms_id(), scale, w),
+                                                      ev.multiply_plain(ct, w, tmp))))
+        costs["add"].append(timed(lambda: ev.add_inplace(acc, tmp)))
+        costs["square"].append(timed(lambda: ev.square(ct, sq)))
+        costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))
+        pt = seal.Plaintext()
+        costs["encrypt"].append(timed(lambda: (encoder.encode([0.5] * (n // 2), ct.parms_id(), scale, pt),
+                                               s.encryptor.encrypt_symmetric(pt, tmp))))
+        costs["decrypt"].append(timed(lambda: (s.decryptor.decrypt(ct, pt), encoder.decode_double(pt))))
+        if level < depth:
+            costs["rescale"].append(timed(lambda: ev.rescale_to_next(acc, tmp)))
+            costs["modswitch"].append(timed(lambda: ev.mod_switch_to_next(ct, tmp)))
+            ev.mod_switch_to_next_inplace(ct)
+        else:
+            costs["rescale"].append(0.0)
+            costs["modswitch"].append(0.0)
+    return costs

@@ -28,8 +28,10 @@ class Program:
     """
 
     def __init__(self, art: artifact.Artifact, timings: PipelineResult | None = None):
+        from .pipeline import PassTiming
         self.artifact = art
-        self.timings = timings.timings if timings else []
+        self.timings = timings.timings if timings else [
+            PassTiming(name, seconds) for name, seconds in art.manifest.get("pass_seconds", [])]
         self.last_stats: dict | None = None
 
     @property
@@ -191,8 +193,9 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         approximated.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
         samples = activation_samples(tensor, calibration)
         approximated.meta["samples"] = {new: samples[old] for old, new in pairs if old in samples}
-        approximated = run_passes(approximated, APPROXIMATION_PIPELINE, options,
-                                  print_after_all=print_after_all, progress=progress).graph
+        approx_result = run_passes(approximated, APPROXIMATION_PIPELINE, options,
+                                   print_after_all=print_after_all, progress=progress)
+        approximated = approx_result.graph
         # the magnitudes the polynomial program reaches on the same inputs size the parameters
         approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
         ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
@@ -208,15 +211,36 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         stages["ckks"] = print_graph(ckks.graph)
         done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
                           progress=progress)
-        result.timings += ckks.timings + done.timings
+        result.timings += approx_result.timings + ckks.timings + done.timings
         final = done.graph
         stages["final"] = print_graph(final)
         constants.update(final.constants)
+        extra["predicted_precision"] = _predicted_precision(final, calibration)
     except UnsupportedOpError as exc:
         extra["not_encrypted_because"] = "; ".join(f"{op} ({exc.details.get(op, 'no lowering')})"
                                                    for op in sorted(exc.unsupported))
     final.constants = constants
+    extra["pass_seconds"] = [[t.name, round(t.seconds, 6)] for t in result.timings]
     return Program(artifact.build(stages, final, extra), result)
+
+
+def _predicted_precision(final: Graph, calibration) -> float | None:
+    """Largest CKKS error relative to the largest output, by the simulator's noise model on (up to
+    256 of) the calibration inputs."""
+    from .backends.sim import Simulator
+    small = {k: np.asarray(v)[:256] for k, v in calibration.items()}
+    try:
+        stacked, _ = stack_inputs(final, small)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exact = Simulator(final).run(stacked)
+            noisy = Simulator(final, noise=True).run(stacked)
+    except UserError:
+        return None
+    pairs = [(a, b) for a, b in zip(exact, noisy) if a.dtype.kind == "f" and a.size]
+    if not pairs:
+        return None
+    return float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
 
 
 def _measure_ciphertexts(graph: Graph, calibration) -> None:

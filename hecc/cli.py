@@ -47,13 +47,23 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="widen each calibrated interval by this fraction of its width on each side")
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it is not a hecc artifact")
+    c.add_argument("--report", action="store_true",
+                   help="print the compile report: passes, depth, parameters, op counts, sizes, "
+                        "predicted time and precision (measures this machine's primitives once)")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     i = sub.add_parser("inspect", help="print a stage of a compiled artifact")
     i.add_argument("artifact")
     i.add_argument("--stage", default="final", choices=["tensor", "ckks", "final"])
     i.add_argument("--report", action="store_true",
-                   help="print what the compiler did (parameters, approximations) instead of the IR")
+                   help="print the compile report instead of the IR")
+    i.add_argument("--graph", metavar="OUT.svg", help="draw the IR graph of the stage as SVG")
+    i.add_argument("--levels", metavar="OUT.png", help="plot level and scale along the final program")
+    i.add_argument("--force", action="store_true", help="overwrite picture files of another kind")
+
+    cal = sub.add_parser("calibrate", help="measure this machine's CKKS primitives for an artifact's "
+                                           "parameters (the cost model of the report)")
+    cal.add_argument("artifact")
 
     r = sub.add_parser("run", help="run a compiled artifact on inputs")
     r.add_argument("artifact")
@@ -72,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="client: make secret.key and eval.keys for an artifact")
     k.add_argument("artifact")
     k.add_argument("--out", required=True, metavar="KEYS/", help="folder for the keys")
+    k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.add_argument("--force", action="store_true", help="replace existing keys")
 
     e = sub.add_parser("encrypt", help="client: encrypt inputs with the secret key")
@@ -79,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", metavar="[NAME=]X.npy")
     e.add_argument("--keys", required=True, metavar="KEYS/")
     e.add_argument("-o", "--output", required=True, metavar="X.ct")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     e.add_argument("--force", action="store_true")
 
     v = sub.add_parser("eval", help="server: evaluate encrypted inputs (no secret key)")
@@ -86,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("ciphertexts", metavar="X.ct")
     v.add_argument("--eval-keys", required=True, metavar="eval.keys")
     v.add_argument("-o", "--output", required=True, metavar="Y.ct")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     v.add_argument("--force", action="store_true")
 
     d = sub.add_parser("decrypt", help="client: decrypt the server's result")
@@ -96,6 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output-mode", default="logits", choices=["logits", "argmax"],
                    help="argmax keeps only the predicted class (share that, not the values)")
     d.add_argument("--round", type=int, metavar="DIGITS", help="round the decrypted values")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     d.add_argument("--force", action="store_true")
 
     o = sub.add_parser("opt", help="run passes on textual IR and print the result")
@@ -139,6 +153,9 @@ def _cmd_compile(args) -> int:
                          activation_margin=args.activation_margin,
                          print_after_all=sys.stderr if args.print_after_all else None)
     prog.save(out)
+    if args.report:
+        from .report import render
+        sys.stdout.write(render(prog))
     if not args.quiet:
         ins = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.inputs)
         outs = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.outputs)
@@ -175,25 +192,51 @@ def _named_arrays(items: list[str]) -> dict | np.ndarray:
 def _cmd_inspect(args) -> int:
     from .api import load
     prog = load(args.artifact)
+    if args.graph or args.levels:
+        from .pictures import graph_svg, levels_png
+        if args.graph:
+            _check_overwrite(args.graph, lambda p: p.endswith(".svg"), args.force)
+            stage = prog.artifact.final_stage if args.stage == "final" else args.stage
+            prog.ir(stage)  # a clear error for a missing stage
+            with open(args.graph, "w") as f:
+                f.write(graph_svg(prog.artifact.graph(stage)))
+            print(f"wrote {args.graph}")
+        if args.levels:
+            if not prog.encrypted:
+                raise UserError("this artifact has no CKKS program, so it has no levels to plot")
+            _check_overwrite(args.levels, lambda p: p.endswith(".png"), args.force)
+            levels_png(prog.graph, args.levels)
+            print(f"wrote {args.levels}")
+        return 0
     if not args.report:
         sys.stdout.write(prog.ir(args.stage))
         return 0
-    manifest = prog.artifact.manifest
-    print(f"stages: {', '.join(prog.stages)}")
+    from .report import render
+    sys.stdout.write(render(prog))
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from .api import load
+    from .report import COSTS_PATH, _key
+    import json
+    prog = load(args.artifact)
     params = prog.parameters
-    if params:
-        print(f"encryption: CKKS N={params['poly_modulus_degree']}, coefficient modulus "
-              f"{params['coeff_modulus_bits']} bits, 128-bit security, {params['layout']} layout")
-        print(f"multiplicative depth: {len(params['coeff_modulus_bits']) - 2}")
-    else:
-        print(f"not compiled for encryption: {manifest.get('not_encrypted_because', '')}")
-    approximations = manifest.get("approximations", [])
-    if approximations:
-        print("activation        interval                 degree  depth  max error on calibration data")
-        for a in approximations:
-            err = a.get("max_error_on_calibration")
-            print(f"{a['kind']:<17} [{a['interval'][0]:>9.4g}, {a['interval'][1]:>9.4g}]   {a['degree']:>6}  "
-                  f"{a['depth']:>5}  {'-' if err is None else f'{err:.3g}'}")
+    if params is None:
+        raise UserError("this artifact has no CKKS program, so there is nothing to calibrate")
+    from .backends.tenseal import measure_primitives
+    costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
+    stored = {}
+    if os.path.exists(COSTS_PATH):
+        with open(COSTS_PATH) as f:
+            stored = json.load(f)
+    stored[_key(params)] = costs
+    os.makedirs(os.path.dirname(COSTS_PATH), exist_ok=True)
+    with open(COSTS_PATH, "w") as f:
+        json.dump(stored, f)
+    for name, per_level in costs.items():
+        print(f"{name:<15}" + "  ".join(f"level {i}: {t * 1e3:.3f} ms" for i, t in enumerate(per_level)))
+    print(f"stored in {COSTS_PATH}")
     return 0
 
 
@@ -259,6 +302,10 @@ def _cmd_opt(args) -> int:
     return 0
 
 
+def _progress(args):
+    return None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
+
+
 def _is_hecc_file(path: str) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -270,7 +317,7 @@ def _is_hecc_file(path: str) -> bool:
 def _cmd_keygen(args) -> int:
     from .api import load
     from .clientserver import Client
-    secret, evaluation = Client(load(args.artifact), args.out).keygen(force=args.force)
+    secret, evaluation = Client(load(args.artifact), args.out, _progress(args)).keygen(force=args.force)
     print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
     return 0
 
@@ -280,7 +327,7 @@ def _cmd_encrypt(args) -> int:
     from .clientserver import Client
     prog = load(args.artifact)
     _check_overwrite(args.output, _is_hecc_file, args.force)
-    Client(prog, args.keys).encrypt(_input_arrays(prog, args.inputs), args.output)
+    Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -290,7 +337,7 @@ def _cmd_eval(args) -> int:
     from .clientserver import Server
     prog = load(args.artifact)
     _check_overwrite(args.output, _is_hecc_file, args.force)
-    Server(prog, args.eval_keys).evaluate(args.ciphertexts, args.output)
+    Server(prog, args.eval_keys, _progress(args)).evaluate(args.ciphertexts, args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -301,7 +348,8 @@ def _cmd_decrypt(args) -> int:
     if not args.output.endswith((".npy", ".npz")):
         raise UserError(f"-o {args.output}: use a .npy (first output) or .npz (all outputs) path")
     _check_overwrite(args.output, _is_numpy_file, args.force)
-    outputs = Client(load(args.artifact), args.keys).decrypt(args.ciphertexts, args.output_mode, args.round)
+    outputs = Client(load(args.artifact), args.keys, _progress(args)).decrypt(args.ciphertexts, args.output_mode,
+                                                                            args.round)
     if args.output.endswith(".npz"):
         np.savez(args.output, **outputs)
     else:
@@ -327,7 +375,7 @@ def _input_arrays(prog, items) -> dict:
 
 
 COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt,
-            "keygen": _cmd_keygen, "encrypt": _cmd_encrypt, "eval": _cmd_eval, "decrypt": _cmd_decrypt}
+            "calibrate": _cmd_calibrate, "keygen": _cmd_keygen, "encrypt": _cmd_encrypt, "eval": _cmd_eval, "decrypt": _cmd_decrypt}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -94,9 +94,9 @@ def _require_encrypted(program):
 class Client:
     """The data owner's side: keys, encryption, decryption. Holds the secret key."""
 
-    def __init__(self, program, keys_dir: str):
+    def __init__(self, program, keys_dir: str, progress=None):
         _require_encrypted(program)
-        self.program, self.keys_dir = program, keys_dir
+        self.program, self.keys_dir, self.progress = program, keys_dir, progress
 
     def keygen(self, force: bool = False) -> tuple[str, str]:
         from .backends.tenseal import generate_keys
@@ -107,6 +107,8 @@ class Client:
             if os.path.exists(path) and not force:
                 raise UserError(f"{path} exists; keys are not overwritten (encrypted data made with "
                                 "them could no longer be decrypted). Pass --force to replace them")
+        if self.progress:
+            self.progress("generating keys")
         keys = generate_keys(self.program.graph)
         write_container(secret_path, "secret", self.program, {k: v for k, v in keys.items()})
         write_container(eval_path, "eval", self.program, {k: v for k, v in keys.items() if k != "secret"})
@@ -120,7 +122,7 @@ class Client:
         from .backends.tenseal import encrypt_batches
         stacked, runs = stack_inputs(self.program.graph, inputs)
         warn_outside_calibration(self.program, inputs)
-        batches = encrypt_batches(self.program.graph, self._keys(), stacked)
+        batches = encrypt_batches(self.program.graph, self._keys(), stacked, self.progress)
         slots = self.program.parameters["poly_modulus_degree"] // 2
         sizes = [min(slots, runs - i * slots) for i in range(len(batches))]
         members = {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(batches)
@@ -132,6 +134,8 @@ class Client:
         from .backends.tenseal import decrypt_batches
         header, files = read_container(path, ("output",), self.program)
         results = _unpack(header, files)
+        if self.progress:
+            self.progress(f"decrypting {len(results)} batch(es)")
         outputs = decrypt_batches(self.program.graph, self._keys(), results, header["sizes"])
         named = unstack_outputs(self.program.graph, outputs)
         return shape_outputs(named, output_mode, round_digits)
@@ -140,9 +144,9 @@ class Client:
 class Server:
     """The evaluating side: runs the program on ciphertexts with the evaluation keys only."""
 
-    def __init__(self, program, eval_keys_path: str):
+    def __init__(self, program, eval_keys_path: str, progress=None):
         _require_encrypted(program)
-        self.program = program
+        self.program, self.progress = program, progress
         _, self.keys = read_container(eval_keys_path, ("eval",), program)
         if "secret" in self.keys:
             raise KeyFileError(f"{eval_keys_path} contains a secret key; the server refuses it")
@@ -150,7 +154,7 @@ class Server:
     def evaluate(self, in_path: str, out_path: str) -> None:
         from .backends.tenseal import evaluate_batches
         header, files = read_container(in_path, ("input",), self.program)
-        results = evaluate_batches(self.program.graph, self.keys, _unpack(header, files))
+        results = evaluate_batches(self.program.graph, self.keys, _unpack(header, files), self.progress)
         members = {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(results)
                    for i, cts in enumerate(batch) for j, ct in enumerate(cts)}
         write_container(out_path, "output", self.program, members,

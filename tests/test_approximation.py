@@ -127,4 +127,4 @@ def test_inspect_report(tmp_path, run_cli):
     np.save(tmp_path / "cal.npy", np.repeat(x, 5, axis=0))
     assert run_cli("compile", _gelu_model(), "-o", art, "--calibration", tmp_path / "cal.npy")[0] == 0
     code, stdout, _ = run_cli("inspect", art, "--report")
-    assert code == 0 and "encryption: CKKS N=" in stdout and "gelu" in stdout and "sigmoid" in stdout
+    assert code == 0 and "parameters: CKKS N=" in stdout and "gelu" in stdout and "sigmoid" in stdout
