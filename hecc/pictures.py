@@ -64,6 +64,7 @@ def graph_svg(graph: Graph, include_constants: bool = False) -> str:
 def levels_png(graph: Graph, path: str, title: str = "") -> None:
     """Level and scale (log2) of each ciphertext value, in program order."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     points = [(i, op.name.split(".")[1], v.type) for i, op in enumerate(graph.ops) for v in op.results
@@ -75,6 +76,7 @@ def levels_png(graph: Graph, path: str, title: str = "") -> None:
     left.step(xs, [p[2].level for p in points], where="post", color="#1f77b4", label="level (primes dropped)")
     left.set_xlabel("op index in the program")
     left.set_ylabel("level", color="#1f77b4")
+    left.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right = left.twinx()
     right.plot(xs, [p[2].scale_bits for p in points], "o-", color="#d62728", markersize=3, label="scale (log2)")
     right.set_ylabel("scale bits (log2 of the CKKS scale)", color="#d62728")
