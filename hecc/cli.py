@@ -218,22 +218,11 @@ def _cmd_inspect(args) -> int:
 
 def _cmd_calibrate(args) -> int:
     from .api import load
-    from .report import COSTS_PATH, _key
-    import json
-    prog = load(args.artifact)
-    params = prog.parameters
+    from .report import COSTS_PATH, primitive_costs
+    params = load(args.artifact).parameters
     if params is None:
         raise UserError("this artifact has no CKKS program, so there is nothing to calibrate")
-    from .backends.tenseal import measure_primitives
-    costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
-    stored = {}
-    if os.path.exists(COSTS_PATH):
-        with open(COSTS_PATH) as f:
-            stored = json.load(f)
-    stored[_key(params)] = costs
-    os.makedirs(os.path.dirname(COSTS_PATH), exist_ok=True)
-    with open(COSTS_PATH, "w") as f:
-        json.dump(stored, f)
+    costs = primitive_costs(params, refresh=True)
     for name, per_level in costs.items():
         print(f"{name:<15}" + "  ".join(f"level {i}: {t * 1e3:.3f} ms" for i, t in enumerate(per_level)))
     print(f"stored in {COSTS_PATH}")

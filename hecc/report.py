@@ -8,7 +8,6 @@ level.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
@@ -23,16 +22,19 @@ def _key(params) -> str:
     return f"{params['poly_modulus_degree']}:{','.join(map(str, params['coeff_modulus_bits']))}"
 
 
-def primitive_costs(params, measure: bool = True) -> dict | None:
-    """Stored costs for these parameters, else measured now (and stored)."""
-    stored = {}
-    if os.path.exists(COSTS_PATH):
-        try:
-            with open(COSTS_PATH) as f:
-                stored = json.load(f)
-        except (OSError, ValueError):
-            stored = {}
-    if _key(params) in stored or not measure:
+def _stored_costs() -> dict:
+    try:
+        with open(COSTS_PATH) as f:
+            stored = json.load(f)
+        return stored if isinstance(stored, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def primitive_costs(params, measure: bool = True, refresh: bool = False) -> dict | None:
+    """Stored costs for these parameters; else (or with ``refresh``) measured now and stored."""
+    stored = _stored_costs()
+    if not refresh and (_key(params) in stored or not measure):
         return stored.get(_key(params))
     from .backends.tenseal import measure_primitives
     costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
@@ -42,7 +44,7 @@ def primitive_costs(params, measure: bool = True) -> dict | None:
         with open(COSTS_PATH, "w") as f:
             json.dump(stored, f)
     except OSError:
-        pass
+        pass  # a read-only home: the report still has this run's measurement
     return costs
 
 

@@ -68,3 +68,20 @@ def test_compile_report_prints_the_table(tmp_path):
         assert needle in proc.stdout, needle
     seconds = float(re.search(r"server evaluation ([\d.]+) s on one core", proc.stdout).group(1))
     assert 1 < seconds < 200
+
+
+def test_calibrate_measures_and_stores_primitive_costs(tmp_path):
+    art = tmp_path / "c.hecc"
+    model = os.path.join(EXAMPLES, "cryptonets_mnist", "model.onnx")
+    cal = os.path.join(EXAMPLES, "cryptonets_mnist", "input.npy")
+    assert subprocess.run([HECC, "compile", model, "-o", art, "--calibration", cal, "-q"]).returncode == 0
+    costs = tmp_path / "costs.json"
+    costs.write_text("{not json")
+    env = dict(os.environ, HECC_COSTS=str(costs))
+    proc = subprocess.run([HECC, "calibrate", art], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "multiply_plain" in proc.stdout and "level 2:" in proc.stdout
+    import json
+    stored = json.loads(costs.read_text())
+    (entry,) = stored.values()
+    assert len(entry["relinearize"]) == 3 and all(t > 0 for t in entry["relinearize"])
