@@ -71,14 +71,11 @@ def main():
             "argmax_agreement_with_onnxruntime": float((enc.argmax(1) == scores_plain.argmax(1)).mean()),
             "seconds": seconds, "stats": prog.last_stats,
         }
-        if not prog.artifact.manifest.get("approximations"):
-            pass
         # CKKS error alone: encrypted vs the same polynomial program without noise
         poly = prog.run(x, backend="sim")[out_name]
         entry["ckks_error_measured"] = float(np.abs(enc - poly).max() / scale)
         entry["ckks_error_predicted"] = float(np.abs(sim - poly).max() / scale)
-        if flat:
-            import skl2onnx  # noqa: F401  (the model was made by skl2onnx; labels via onnxruntime)
+        if flat:  # onnxruntime's labels are scikit-learn's (train.py reports it on the whole test set)
             entry["encrypted_labels_equal_sklearn"] = float((enc_all["label"] == plain[0]).mean())
         results[name] = entry
         log(f"{name}: {json.dumps({k: v for k, v in entry.items() if k not in ('stats',)}, default=float)}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ArtifactError, ParseError, VerifyError
-from .ir import Graph, parse, print_graph, verify
+from .ir import Graph, parse, verify
 
 FORMAT = "hecc-artifact"
 FORMAT_VERSION = 1

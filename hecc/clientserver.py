@@ -10,7 +10,6 @@ or corrupted is refused with its own message before any byte reaches SEAL.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -173,7 +172,7 @@ def shape_outputs(named: dict, output_mode: str, round_digits: int | None) -> di
     """What the client keeps: every output, or only the class (argmax of the first output);
     values rounded when they are to be shared (decrypted CKKS values leak key information)."""
     if output_mode == "argmax":
-        name, first = next(iter(named.items()))
+        first = next(iter(named.values()))
         return {"class": np.asarray(first).argmax(axis=-1)}
     if output_mode != "logits":
         raise InputError(f"unknown output mode {output_mode!r}; use logits or argmax")

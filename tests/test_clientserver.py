@@ -1,6 +1,5 @@
 """The client/server split: four separate processes, the server without the secret key, files
 bound to their program, and every kind of bad key or ciphertext file refused with its message."""
-import io
 import os
 import shutil
 import subprocess

@@ -7,7 +7,6 @@ import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
-import pytest
 
 from conftest import EXAMPLES, ROOT
 

@@ -1,7 +1,6 @@
 """Fuzzing: random small graphs of supported ops. The reference backend must equal onnxruntime on
 all of them, and the CKKS simulator must equal onnxruntime on the polynomial ones."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper

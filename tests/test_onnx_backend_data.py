@@ -4,7 +4,6 @@ be refused with a typed hecc error, never a crash."""
 import glob
 import os
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
