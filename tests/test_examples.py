@@ -53,6 +53,7 @@ def test_readme_ops_table_is_generated_from_the_import_table():
 
 
 @pytest.mark.parametrize("name, output", [("relu_cnn_mnist", "logits"), ("sigmoid_mlp_mnist", "logits"),
+                                          ("tenseal_tutorial_mnist", "logits"),
                                           ("sklearn_logreg_mnist", "probabilities")])
 def test_example_reference_reproduces_expected(name, output):
     folder = os.path.join(EXAMPLES, name)
