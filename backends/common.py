@@ -10,7 +10,9 @@ from ..errors import HeccError
 from ..ir import CipherType, Graph, Op
 
 SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
-              "ckks.rescale", "ckks.modswitch", "ckks.concat"}
+              "ckks.rescale", "ckks.modswitch", "ckks.concat", "ckks.rotate", "ckks.mul_plain",
+              "ckks.add_plain", "ckks.extract"}
+SLOTS_CHUNK = 256  # inputs the simulator runs at once in the slots layout
 
 
 @dataclass
@@ -35,6 +37,26 @@ class RunStats:
     eval_key_bytes: int = 0
     eval_wall_seconds: float = 0.0
     workers: int = 1
+
+
+def is_slots(graph: Graph) -> bool:
+    return any(op.attrs.get("layout") for op in graph.inputs())
+
+
+def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1) -> np.ndarray:
+    """The plaintext vectors a mul_plain / add_plain uses, repeated periodically to ``slots``:
+    (count, slots), one row per ciphertext of the operand."""
+    table = graph.constants[op.attrs["plain"]]
+    rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
+    return np.tile(rows, (1, slots // rows.shape[1]))
+
+
+def slot_inputs(graph: Graph, op: Op, x: np.ndarray) -> np.ndarray:
+    """Inputs (R, *shape) laid out in the slots of ``op``'s ciphertexts: (C, R, slots)."""
+    layout = graph.constants[op.attrs["layout"]]
+    flat = x.reshape(x.shape[0], -1)
+    slots = np.where(layout[None] >= 0, flat[:, np.maximum(layout, 0)], 0.0)
+    return np.transpose(slots, (1, 0, 2))
 
 
 def program_params(graph: Graph) -> Params:

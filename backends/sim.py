@@ -18,21 +18,31 @@ import numpy as np
 from ..errors import HeccWarning, InputError
 from ..ir import Graph, print_op
 from ..params import modulus_bits_at
-from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
+from .common import (SLOTS_CHUNK, RunStats, batches, is_slots, plain_rows, program_params, quantized,
+                     run_client_tail, slot_inputs, split_program)
 
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
+ROTATE_NOISE_FACTOR = 4.0  # a rotation's key-switching error, in units of the above (SEAL, 60-bit special prime)
 
 
 def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     """max |value| of every ciphertext value of a (not yet parameterized) ckks program on inputs
     of shape (R, *S): parameter selection sizes the modulus by these."""
     sim = Simulator(graph, parameterized=False)
-    trace: dict = {}
-    for op, x in zip(sim.inputs, stacked):
-        trace[op.result] = x.reshape(x.shape[0], -1).T
-    for op in sim.server:
-        trace[op.result] = sim._apply(op, trace)
-    return {v: float(np.max(np.abs(a))) if a.size else 0.0 for v, a in trace.items()}
+    runs = stacked[0].shape[0] if stacked else 1
+    peaks: dict = {}
+    for lo, hi in batches(runs, SLOTS_CHUNK if sim.slots_layout else runs):
+        trace: dict = {}
+        for op, x in zip(sim.inputs, stacked):
+            trace[op.result] = sim._load(op, x[lo:hi])
+            sim._forget(op, trace, track=True)
+        for op in sim.server:
+            trace[op.result] = sim._apply(op, trace)
+            sim._forget(op, trace, track=True)
+        for v, a in sim.peaks.items():
+            peaks[v] = max(peaks.get(v, 0.0), a)
+        sim.peaks = {}
+    return peaks
 
 
 class Simulator:
@@ -43,6 +53,15 @@ class Simulator:
         self.rng = np.random.default_rng(seed)
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
         self.outside = self.checked = self.filled = 0
+        self.slots_layout = is_slots(graph)
+        self.slots = self.params.slots if self.params else (
+            self.inputs[0].result.type.slots if self.inputs else 0)
+        self.peaks: dict = {}
+        last_use: dict = {}
+        for index, op in enumerate(self.server + self.decrypts):
+            for v in op.operands:
+                last_use[v] = index
+        self.last_use = {v: self.server[i] if i < len(self.server) else None for v, i in last_use.items()}
         self.names: dict = {}
         for op in graph.ops:
             print_op(op, self.names)
@@ -82,9 +101,51 @@ class Simulator:
             self.checked += y[:, : self.filled].size
         return y
 
+    def _load(self, op, x: np.ndarray) -> np.ndarray:
+        """Inputs (R, *shape) as the program's input ciphertexts: (ciphertexts, R) in the batch
+        layout, (ciphertexts, R, slots) in the slots layout."""
+        if self.slots_layout:
+            return slot_inputs(self.graph, op, x)
+        return x.reshape(x.shape[0], -1).T
+
+    def _forget(self, op, env, track: bool = False) -> None:
+        """Drop values no later server op reads in the slots layout (which keeps a whole slot
+        vector per input, so a program's values do not all fit in memory); ``track`` remembers
+        the peak |value| of the op's result first."""
+        value = op.result
+        if track:
+            self.peaks[value] = max(self.peaks.get(value, 0.0),
+                                    float(np.max(np.abs(env[value]))) if env[value].size else 0.0)
+        for v in op.operands:
+            if self.last_use.get(v, "kept") is op and v in env and self.slots_layout:
+                del env[v]
+
+    def _slot_op(self, op, args):
+        name = op.name
+        if name == "ckks.rotate":
+            out = np.roll(args[0], -op.attrs["step"], axis=-1)
+            if self.noise:
+                out = out + self._noise(out.shape, op.result.type.scale_bits) * ROTATE_NOISE_FACTOR
+            return out
+        if name == "ckks.extract":
+            return args[0][op.attrs["index"]: op.attrs["index"] + 1]
+        rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0])[:, None, :]
+        if name == "ckks.mul_plain":
+            if self.noise:
+                rows = quantized(rows, op.attrs["weight_scale"])
+            return args[0] * rows
+        y = args[0] + rows  # add_plain
+        m = op.attrs.get("checks_interval", 0)
+        if m and self.params is not None:
+            self.outside += int(np.count_nonzero(np.abs(y[..., :m]) > 1.0))
+            self.checked += y[..., :m].size
+        return y
+
     def _apply(self, op, env):
         args = [env[v] for v in op.operands]
         name = op.name
+        if name in ("ckks.rotate", "ckks.extract", "ckks.mul_plain", "ckks.add_plain"):
+            return self._slot_op(op, args)
         if name == "ckks.linear":
             return self._linear(op, args[0])
         if name == "ckks.square":
@@ -106,13 +167,13 @@ class Simulator:
         stats = stats or RunStats()
         runs = stacked[0].shape[0] if stacked else 1
         pieces = []
-        for lo, hi in batches(runs, self.params.slots):
-            stats.batches += 1
+        for lo, hi in batches(runs, SLOTS_CHUNK if self.slots_layout else self.params.slots):
+            stats.batches += 1 if not self.slots_layout else hi - lo
             self.filled = hi - lo
             env = {}
             start = time.perf_counter()
             for op, x in zip(self.inputs, stacked):
-                slots = x[lo:hi].reshape(hi - lo, -1).T.copy()
+                slots = self._load(op, x[lo:hi])
                 if self.noise:
                     slots = slots + self._noise(slots.shape, op.result.type.scale_bits)
                 env[op.result] = slots
@@ -122,10 +183,15 @@ class Simulator:
             for op in self.server:
                 env[op.result] = self._apply(op, env)
                 self._check(op, op.result, env[op.result])
+                self._forget(op, env)
             stats.seconds["eval"] += time.perf_counter() - start
             for op in self.decrypts:
                 ct = env[op.operands[0]]
-                env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
+                if self.slots_layout:
+                    m = op.result.type.size
+                    env[op.result] = ct[0, :, :m].reshape((hi - lo,) + op.result.type.shape)
+                else:
+                    env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
             run_client_tail(self.graph, self.client, env)
             pieces.append([env[op.operands[0]] for op in self.outputs])
         stats.eval_wall_seconds = stats.seconds["eval"]

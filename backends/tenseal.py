@@ -21,14 +21,16 @@ import tenseal.sealapi as seal
 
 from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..ir import Graph
-from .common import RunStats, batches, program_params, quantized, run_client_tail, split_program
+from .common import (RunStats, batches, is_slots, plain_rows, program_params, quantized, run_client_tail,
+                     slot_inputs, split_program)
 
 
 class _Seal:
     """SEAL objects for one parameter set and one key set: new keys, or keys loaded from bytes
     (``keys``: "secret", "public", "relin"; a server has no "secret")."""
 
-    def __init__(self, n: int, chain: list[int], relin: bool, keys: dict[str, bytes] | None = None):
+    def __init__(self, n: int, chain: list[int], relin: bool, keys: dict[str, bytes] | None = None,
+                 galois_steps: list[int] | None = None):
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(n)
         try:
@@ -39,15 +41,20 @@ class _Seal:
         if not self.context.parameters_set():
             raise ParameterError(f"SEAL rejects N={n}, coeff_modulus {chain} at 128-bit security: "
                                  f"{self.context.parameters_error_message()}")
-        self.secret_key, self.relin_keys = None, None
+        self.secret_key, self.relin_keys, self.galois_keys, self.keygen = None, None, None, None
+        self.galois_steps = list(galois_steps or [])
+        self.relin = relin
         if keys is None:
-            keygen = seal.KeyGenerator(self.context)
+            keygen = self.keygen = seal.KeyGenerator(self.context)
             self.secret_key = keygen.secret_key()
             self.public_key = seal.PublicKey()
             keygen.create_public_key(self.public_key)
             if relin:
                 self.relin_keys = seal.RelinKeys()
                 keygen.create_relin_keys(self.relin_keys)
+            if self.galois_steps:
+                self.galois_keys = seal.GaloisKeys()
+                keygen.create_galois_keys(self.galois_elements(), self.galois_keys)
         else:
             if "secret" in keys:
                 self.secret_key = _load(seal.SecretKey(), self.context, keys["secret"], "secret key")
@@ -57,6 +64,16 @@ class _Seal:
                     raise KeyFileError("the evaluation keys hold no relinearization keys, which this "
                                        "program needs; run `hecc keygen` again")
                 self.relin_keys = _load(seal.RelinKeys(), self.context, keys["relin"], "relinearization keys")
+            if self.galois_steps:
+                if "galois" not in keys:
+                    raise KeyFileError("the evaluation keys hold no rotation (Galois) keys, which this "
+                                       "program needs; run `hecc keygen` again")
+                self.galois_keys = _load(seal.GaloisKeys(), self.context, keys["galois"], "rotation keys")
+                missing = [s for s, e in zip(self.galois_steps, self.galois_elements())
+                           if not self.galois_keys.has_key(e)]
+                if missing:
+                    raise KeyFileError(f"the rotation keys lack steps {missing} that this program "
+                                       "uses; they were made for another program: run `hecc keygen`")
         self.encoder = seal.CKKSEncoder(self.context)
         self.encryptor = seal.Encryptor(self.context, self.public_key)
         self.evaluator = seal.Evaluator(self.context)
@@ -65,16 +82,37 @@ class _Seal:
             self.encryptor.set_secret_key(self.secret_key)
             self.decryptor = seal.Decryptor(self.context, self.secret_key)
 
+    def galois_elements(self) -> list[int]:
+        """SEAL's Galois element for each rotation step: 3^step mod 2N."""
+        n = self.context.key_context_data().parms().poly_modulus_degree()
+        return [pow(3, step % (n // 2), 2 * n) for step in self.galois_steps]
+
     def export(self) -> dict[str, bytes]:
+        """Serialized keys. Keys made here are saved seeded (SEAL regenerates the random half of
+        each key-switching key from a seed when loading): half the bytes."""
         out = {"public": _dump(self.public_key)}
         if self.secret_key is not None:
             out["secret"] = _dump(self.secret_key)
+        if self.keygen is not None:
+            if self.relin:
+                out["relin"] = _dump(self.keygen.create_relin_keys())
+            if self.galois_steps:
+                out["galois"] = _dump(self.keygen.create_galois_keys(self.galois_elements()))
+            self.relin_keys = _load(seal.RelinKeys(), self.context, out["relin"], "relinearization keys") \
+                if self.relin else None
+            if self.galois_steps:
+                self.galois_keys = _load(seal.GaloisKeys(), self.context, out["galois"], "rotation keys")
+            return out
         if self.relin_keys is not None:
             out["relin"] = _dump(self.relin_keys)
+        if self.galois_keys is not None:
+            out["galois"] = _dump(self.galois_keys)
         return out
 
     def eval_key_bytes(self) -> int:
-        return 0 if self.relin_keys is None else len(_dump(self.relin_keys))
+        """Bytes of the evaluation keys (relinearization and rotation), serialized seeded."""
+        keys = self.export()
+        return sum(len(keys[k]) for k in ("relin", "galois") if k in keys)
 
     def load_ciphertext(self, data: bytes):
         return _load(seal.Ciphertext(), self.context, data, "ciphertext")
@@ -113,6 +151,8 @@ class TensealBackend:
                                                      op.attrs["weight_scale"]))
                        for op in self.server if op.name == "ckks.linear"}
         self.bias_plain: dict[tuple[int, int], object] = {}
+        self.slots_layout = is_slots(graph)
+        self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
             for v in op.operands:
@@ -124,7 +164,9 @@ class TensealBackend:
     def connect(self, keys: dict[str, bytes] | None) -> _Seal:
         """Set up SEAL for this program: new keys (None) or the given serialized ones."""
         relin = any(op.name == "ckks.relinearize" for op in self.server)
-        self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin, keys)
+        steps = next(op.attrs.get("galois_steps", []) for op in self.graph.ops if op.name == "ckks.params")
+        self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin, keys,
+                          steps)
         self._plan_scales()
         return self.seal
 
@@ -151,6 +193,8 @@ class TensealBackend:
                 scale[op.result] = args[0] * args[0]
             elif op.name == "ckks.rescale":
                 scale[op.result] = args[0] / prime(level)
+            elif op.name == "ckks.mul_plain":
+                scale[op.result] = args[0] * 2.0 ** op.attrs["weight_scale"]
             elif op.name in ("ckks.add", "ckks.sub", "ckks.concat"):
                 target = next((a for a, v in zip(args, op.operands) if v.producer.name != "ckks.modswitch"),
                               args[0])
@@ -177,18 +221,31 @@ class TensealBackend:
         out.scale = target  # equal up to the last bits of a double
 
     # --- one batch -----------------------------------------------------------------------------
-    def _encrypt(self, stacked, lo, hi):
+    def spans(self, runs: int) -> list[tuple[int, int]]:
+        """The runs that share ciphertexts: up to N/2 in the batch layout, one in the slots layout."""
+        return batches(runs, 1 if self.slots_layout else self.params.slots)
+
+    def _encrypt(self, stacked, lo, hi, seeded: bool = False):
+        """Encrypt runs lo..hi of every input, symmetrically (the client holds the secret key).
+        ``seeded``: SEAL's serializable form, which saves the random half of each ciphertext as a
+        seed (half the bytes; for files, it cannot be computed on)."""
         s, env = self.seal, {}
+
+        def encrypt(vector, scale):
+            plain = seal.Plaintext()
+            s.encoder.encode(vector, scale, plain)
+            if seeded:
+                return s.encryptor.encrypt_symmetric(plain)
+            ct = seal.Ciphertext()
+            s.encryptor.encrypt_symmetric(plain, ct)
+            return ct
         for op, x in zip(self.inputs, stacked):
-            flat = x[lo:hi].reshape(hi - lo, -1)
             scale = 2.0 ** op.result.type.scale_bits
-            cts = []
-            for column in flat.T:
-                plain, ct = seal.Plaintext(), seal.Ciphertext()
-                s.encoder.encode(column.tolist(), scale, plain)
-                s.encryptor.encrypt_symmetric(plain, ct)
-                cts.append(ct)
-            env[op.result] = cts
+            if self.slots_layout:
+                vectors = list(slot_inputs(self.graph, op, x[lo:hi])[:, 0])
+            else:
+                vectors = [column.tolist() for column in x[lo:hi].reshape(hi - lo, -1).T]
+            env[op.result] = [encrypt(v, scale) for v in vectors]
         return env
 
     def _linear(self, op, cts, rows=None):
@@ -263,6 +320,10 @@ class TensealBackend:
         name = op.name
         if name == "ckks.linear":
             return self._linear(op, args[0], rows)
+        if name == "ckks.extract":
+            return [args[0][op.attrs["index"]]]
+        if name in ("ckks.mul_plain", "ckks.add_plain"):
+            return [self._plain_op(op, ct, c) for c, ct in enumerate(args[0])]
         if name == "ckks.concat":
             parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
             return list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
@@ -284,8 +345,29 @@ class TensealBackend:
                 ev.rescale_to_next(parts[0], out)
             elif name == "ckks.modswitch":
                 self._modswitch(op, parts[0], out)
+            elif name == "ckks.rotate":
+                ev.rotate_vector(parts[0], op.attrs["step"], s.galois_keys, out)
             result.append(out)
         return result
+
+    def _plain_op(self, op, ct, c: int):
+        """mul_plain / add_plain on one ciphertext; the encoded vector is cached per program
+        (encoding costs three times the product)."""
+        s = self.seal
+        scale = 2.0 ** op.attrs["weight_scale"] if op.name == "ckks.mul_plain" else ct.scale
+        key = (op.attrs["plain"], op.attrs.get("row", 0) + c, tuple(ct.parms_id()), scale)
+        plain = self.plains.get(key)
+        if plain is None:
+            vector = plain_rows(self.graph, op, self.params.slots, c + 1)[c]
+            plain = seal.Plaintext()
+            s.encoder.encode(vector, ct.parms_id(), scale, plain)
+            self.plains[key] = plain
+        out = seal.Ciphertext()
+        if op.name == "ckks.mul_plain":
+            s.evaluator.multiply_plain(ct, plain, out)
+        else:
+            s.evaluator.add_plain(ct, plain, out)
+        return out
 
     def _segments(self):
         """Server ops grouped as [linear op, elementwise ops on its rows...]; a segment's rows are
@@ -358,8 +440,13 @@ class TensealBackend:
             values = []
             for ct in env[op.operands[0]]:
                 s.decryptor.decrypt(ct, plain)
-                values.append(np.asarray(s.encoder.decode_double(plain))[: hi - lo])
-            env[op.result] = np.stack(values, axis=1).reshape((hi - lo,) + op.result.type.shape)
+                values.append(np.asarray(s.encoder.decode_double(plain)))
+            if self.slots_layout:
+                size = op.result.type.size
+                env[op.result] = values[0][:size].reshape((hi - lo,) + op.result.type.shape)
+            else:
+                env[op.result] = np.stack([v[: hi - lo] for v in values], axis=1).reshape(
+                    (hi - lo,) + op.result.type.shape)
         run_client_tail(self.graph, self.client, env)
         return [env[op.operands[0]] for op in self.outputs]
 
@@ -386,7 +473,7 @@ class TensealBackend:
         stats.seconds["keygen"] = time.perf_counter() - start
         stats.eval_key_bytes = self.seal.eval_key_bytes()
         runs = stacked[0].shape[0] if stacked else 1
-        spans = batches(runs, self.params.slots)
+        spans = self.spans(runs)
         stats.batches = len(spans)
         workers = self.workers
         stats.workers = workers
@@ -428,11 +515,11 @@ def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None
     backend.connect(keys)
     runs = stacked[0].shape[0]
     out = []
-    spans = batches(runs, backend.params.slots)
+    spans = backend.spans(runs)
     for i, (lo, hi) in enumerate(spans):
         if progress:
             progress(f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
-        env = backend._encrypt(stacked, lo, hi)
+        env = backend._encrypt(stacked, lo, hi, seeded=True)
         out.append([[_dump(ct) for ct in env[op.result]] for op in backend.inputs])
     return out
 
@@ -535,14 +622,15 @@ def _worker_batch(span):
 def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str, list[float]]:
     """Seconds per primitive at each level of the chain (index = level), measured with SEAL on
     this machine: the cost model behind the compile report's predicted latency."""
-    s = _Seal(n, chain, relin=True)
+    s = _Seal(n, chain, relin=True, galois_steps=[1])
     ev, encoder = s.evaluator, s.encoder
     plain, ct = seal.Plaintext(), seal.Ciphertext()
     scale = 2.0 ** min(16, (chain[0] - 4) // 3)  # squares and products fit even at the last level
     encoder.encode([0.5] * (n // 2), scale, plain)
     s.encryptor.encrypt_symmetric(plain, ct)
     costs = {k: [] for k in ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch",
-                             "encrypt", "decrypt")}
+                             "encrypt", "decrypt", "rotate", "multiply_vector", "add_plain")}
+    vector = seal.Plaintext()
 
     def timed(fn):
         start = time.perf_counter()
@@ -557,6 +645,12 @@ def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str,
         costs["multiply_plain"].append(timed(lambda: (encoder.encode(0.3, ct.parms_id(), scale, w),
                                                       ev.multiply_plain(ct, w, tmp))))
         costs["add"].append(timed(lambda: ev.add_inplace(acc, tmp)))
+        # the slots layout: weight vectors encoded once per program, rotations with a Galois key
+        encoder.encode([0.3] * (n // 2), ct.parms_id(), scale, vector)
+        costs["multiply_vector"].append(timed(lambda: ev.multiply_plain(ct, vector, tmp)))
+        encoder.encode([0.3] * (n // 2), ct.parms_id(), ct.scale, vector)
+        costs["add_plain"].append(timed(lambda: ev.add_plain(ct, vector, tmp)))
+        costs["rotate"].append(timed(lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)))
         costs["square"].append(timed(lambda: ev.square(ct, sq)))
         costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))
         pt = seal.Plaintext()

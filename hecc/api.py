@@ -20,24 +20,53 @@ from .pipeline import PipelineResult, run_passes
 from .runtime import input_specs, output_specs, stack_inputs, unstack_outputs
 
 
+LAYOUTS = ("batch", "slots")
+# the stages of each layout's CKKS program: right after the lowering, and the program that runs
+STAGES = {"batch": ("ckks", "final"), "slots": ("ckks-slots", "final-slots")}
+
+
 class Program:
     """A compiled model: its IR at every stage and the constants; runs on a chosen backend.
 
-    ``stages`` are ``tensor`` (after the tensor passes) and, when the model could be lowered,
-    ``ckks`` (right after the lowering) and ``final`` (the executable CKKS program).
+    ``stages`` are ``tensor`` (after the tensor passes) and, for each layout the model was
+    compiled for, its CKKS program right after the lowering and the executable one: ``ckks`` and
+    ``final`` (batch layout), ``ckks-slots`` and ``final-slots`` (slots layout). ``layout`` is the
+    layout this object's ``graph``, ``ir`` and client/server steps use (``with_layout`` gives
+    another); ``run`` picks per call under ``layout="auto"``.
     """
 
-    def __init__(self, art: artifact.Artifact, timings: PipelineResult | None = None):
+    def __init__(self, art: artifact.Artifact, timings: PipelineResult | None = None,
+                 layout: str | None = None):
         from .pipeline import PassTiming
         self.artifact = art
         self.timings = timings.timings if timings else [
             PassTiming(name, seconds) for name, seconds in art.manifest.get("pass_seconds", [])]
         self.last_stats: dict | None = None
+        available = self.layouts
+        if layout is not None and layout not in available:
+            raise UserError(f"this artifact has no {layout} layout; it was compiled for "
+                            f"{', '.join(available) or 'no encrypted layout'} (compile with --layout {layout})")
+        self.layout = layout or (available[0] if available else None)
+
+    @property
+    def layouts(self) -> list[str]:
+        """The layouts this artifact holds an executable CKKS program for."""
+        order = self.artifact.manifest.get("layouts", LAYOUTS)
+        return [name for name in order if STAGES[name][1] in self.artifact.stages]
+
+    def with_layout(self, layout: str) -> "Program":
+        other = Program(self.artifact, layout=layout)
+        other.timings = self.timings
+        return other
+
+    @property
+    def final_stage(self) -> str:
+        return STAGES[self.layout][1] if self.layout else "tensor"
 
     @property
     def graph(self) -> Graph:
-        """The last stage's IR."""
-        return self.artifact.graph()
+        """The IR of the program that runs (this layout's final stage)."""
+        return self.artifact.graph(self.final_stage)
 
     @property
     def stages(self) -> list[str]:
@@ -45,7 +74,7 @@ class Program:
 
     @property
     def encrypted(self) -> bool:
-        return "final" in self.artifact.stages
+        return self.layout is not None
 
     @property
     def inputs(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -57,28 +86,70 @@ class Program:
 
     @property
     def parameters(self) -> dict | None:
-        """poly_modulus_degree and coeff_modulus_bits of the CKKS program (None without one)."""
+        """poly_modulus_degree, coeff_modulus_bits, layout and galois_steps of the CKKS program
+        (None without one)."""
         for op in self.graph.ops:
             if op.name == "ckks.params":
                 return dict(op.attrs)
         return None
 
-    def ir(self, stage: str = "final") -> str:
-        """The IR text of ``stage`` ('final' is the last stage)."""
+    def stage_name(self, stage: str) -> str:
+        """``final`` and ``ckks`` name this layout's stages; other names are taken as they are."""
         if stage == "final":
-            stage = self.artifact.final_stage
+            return self.final_stage
+        if stage == "ckks" and self.layout:
+            return STAGES[self.layout][0]
+        return stage
+
+    def ir(self, stage: str = "final") -> str:
+        """The IR text of ``stage`` ('final': the program that runs, in this layout)."""
+        stage = self.stage_name(stage)
         if stage not in self.artifact.stages:
             why = self.artifact.manifest.get("not_encrypted_because")
             raise UserError(f"this program has no {stage!r} stage; it has {', '.join(self.stages)}"
                             + (f" (it could not be compiled for encryption: {why})" if why else ""))
         return self.artifact.stages[stage]
 
+    def estimate(self, runs: int, layout: str | None = None, measure: bool = True) -> dict | None:
+        """Predicted seconds to encrypt, evaluate and decrypt ``runs`` inputs in ``layout`` on this
+        machine (two workers), from the measured primitive costs; None without costs."""
+        from .report import estimate_run, primitive_costs
+        prog = self if layout in (None, self.layout) else self.with_layout(layout)
+        costs = primitive_costs(prog.parameters, measure)
+        return None if costs is None else estimate_run(prog.graph, runs, costs)
+
+    def choose_layout(self, runs: int, measure: bool = True) -> str | None:
+        """The layout with the smaller predicted total time for ``runs`` inputs."""
+        if len(self.layouts) < 2:
+            return self.layout
+        totals = {}
+        for layout in self.layouts:
+            estimate = self.estimate(runs, layout, measure)
+            if estimate is None:
+                return self.layout
+            totals[layout] = estimate["total"]
+        return min(totals, key=totals.get)
+
     def run(self, inputs, backend: str = "reference", noise: bool = False, workers: int | None = None,
-            progress=None) -> dict[str, np.ndarray]:
+            progress=None, layout: str = "auto") -> dict[str, np.ndarray]:
         """Run on plaintext ``inputs`` (an array for a one-input model, or a dict by input name),
         each with a leading batch dimension; returns every output by name. ``reference`` runs the
         tensor IR in numpy; ``sim`` simulates the CKKS program (``noise`` adds CKKS's errors);
-        ``tenseal`` encrypts, evaluates and decrypts with SEAL. Statistics land in ``last_stats``."""
+        ``tenseal`` encrypts, evaluates and decrypts with SEAL. ``layout``: ``auto`` (the layout
+        predicted fastest for this many inputs, when the artifact has both), ``batch`` or
+        ``slots``. Statistics land in ``last_stats``."""
+        if layout not in ("auto",) + LAYOUTS:
+            raise UserError(f"unknown layout {layout!r}; choose auto, batch or slots")
+        if backend != "reference" and self.encrypted:
+            if layout == "auto":
+                runs = stack_inputs(self.artifact.graph("tensor"), inputs if isinstance(inputs, dict)
+                                    else {self.inputs[0][0]: inputs})[1]
+                layout = self.choose_layout(runs, measure=backend == "tenseal")
+            if layout != self.layout:
+                prog = self.with_layout(layout)
+                out = prog.run(inputs, backend, noise, workers, progress, layout)
+                self.last_stats = prog.last_stats
+                return out
         if not isinstance(inputs, dict):
             names = [n for n, _ in self.inputs]
             if len(names) != 1:
@@ -107,8 +178,8 @@ class Program:
             from .backends.tenseal import TensealBackend
             results = TensealBackend(graph, workers=workers, progress=progress).run(stacked, stats)
         self.last_stats = {
-            "backend": backend, "layout": "batch" if self.encrypted and backend != "reference" else None,
-            "inputs": int(runs * (graph.inputs()[0].result.type.shape[0] if graph.inputs() else 1)),
+            "backend": backend, "layout": self.layout if backend != "reference" else None,
+            "inputs": int(runs * (input_specs(graph)[0][1][0] if graph.inputs() else 1)),
             "batches": stats.batches, "workers": stats.workers,
             "seconds": {**{k: round(v, 6) for k, v in stats.seconds.items()},
                         "eval_wall": round(stats.eval_wall_seconds, 6),
@@ -121,7 +192,7 @@ class Program:
                 "parameters": {"poly_modulus_degree": params["poly_modulus_degree"],
                                "coeff_modulus_bits": params["coeff_modulus_bits"],
                                "scale_bits": self.artifact.manifest.get("options", {}).get("scale_bits")},
-                "galois_steps": [],
+                "galois_steps": params.get("galois_steps", []),
                 "op_counts": op_counts(graph, stats.batches)})
         return unstack_outputs(graph, results)
 
@@ -145,16 +216,22 @@ def warn_outside_calibration(program: "Program", inputs: dict) -> None:
                           "--calibration data that covers such inputs", HeccWarning, stacklevel=3)
 
 
-def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits: int | None = None,
-            rescale: str = "lazy", activation_degree: int | None = None, approx_error: float = 0.01,
-            activation_margin: float = 0.1, print_after_all: TextIO | None = None, progress=None) -> Program:
+def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 26,
+            weight_scale_bits: int | None = None, rescale: str = "lazy",
+            max_rotation_keys: int | None = None, activation_degree: int | None = None,
+            approx_error: float = 0.01, activation_margin: float = 0.1,
+            print_after_all: TextIO | None = None, progress=None) -> Program:
     """Compile an ONNX model (path, bytes or onnx.ModelProto) into a ``Program``.
 
     ``calibration``: representative inputs (an array, or a dict by input name) from which value
     ranges are measured: the intervals activations are approximated on and the magnitudes that
-    size the encryption parameters. ``scale_bits`` is the CKKS scale of encrypted values,
-    ``weight_scale_bits`` that of plaintext weights (default 14; the eager baseline uses
-    ``scale_bits``), ``rescale`` "lazy" (waterline) or "eager" (after every multiply).
+    size the encryption parameters. ``layout``: "batch" (one input per slot: throughput),
+    "slots" (one input in the slots of a ciphertext: latency) or "auto" (both; ``run`` picks by
+    the number of inputs). ``scale_bits`` is the CKKS scale of encrypted values,
+    ``weight_scale_bits`` that of plaintext weights (batch: 14, the eager baseline and the slots
+    layout: ``scale_bits``), ``rescale`` "lazy" (waterline) or "eager" (after every multiply,
+    batch layout only). ``max_rotation_keys`` bounds the slots layout's Galois keys (rotations
+    are then composed of the chosen steps).
     Non-polynomial activations become Chebyshev polynomials of degree ``activation_degree`` (or the
     smallest whose error is within ``approx_error`` of the activation's output range) on the
     calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
@@ -163,12 +240,12 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
     from .calibrate import activation_samples, max_abs, random_inputs, value_intervals
     from .errors import UnsupportedOpError
     from .frontends.onnx import import_model
-    from .passes import APPROXIMATION_PIPELINE, CKKS_PIPELINE, FINAL_PIPELINE, TENSOR_PIPELINE
-    if weight_scale_bits is None:
-        weight_scale_bits = scale_bits if rescale == "eager" else 14
+    from .passes import APPROXIMATION_PIPELINE, TENSOR_PIPELINE
+    if rescale == "eager" and layout == "auto":
+        layout = "batch"  # the eager baseline exists for the batch layout
     options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale,
                "activation_degree": activation_degree, "approx_error": approx_error,
-               "margin": activation_margin}
+               "margin": activation_margin, "max_rotation_keys": max_rotation_keys}
     graph = import_model(model)
     result = run_passes(graph, TENSOR_PIPELINE, print_after_all=print_after_all, progress=progress)
     tensor = result.graph
@@ -181,6 +258,11 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
             raise InputError(f"the model has {len(names)} inputs; give calibration data as a dict by name")
         calibration = {names[0]: calibration}
     final = tensor
+    layouts: list[str] = []
+    if layout not in ("auto",) + LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; choose auto, batch or slots")
+    # auto: both programs; the batch one first, whose ring size seeds the slots layout's
+    wanted = LAYOUTS if layout == "auto" else (layout,)
     guessed = calibration is None
     try:
         if guessed:
@@ -198,9 +280,6 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
         approximated = approx_result.graph
         # the magnitudes the polynomial program reaches on the same inputs size the parameters
         approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
-        ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
-                          progress=progress)
-        _measure_ciphertexts(ckks.graph, calibration)
         extra["approximations"] = _approximation_report(tensor, approximated, calibration)
         if guessed and extra["approximations"]:
             assumed = "; ".join(f"{a['kind']} on [{a['interval'][0]:.3g}, {a['interval'][1]:.3g}]"
@@ -208,27 +287,75 @@ def compile(model, *, calibration=None, scale_bits: int = 26, weight_scale_bits:
             warnings.warn(f"activations were approximated on ranges measured on random inputs, which "
                           f"may not be the ranges your data produces: {assumed}. Pass calibration "
                           "data (--calibration X.npy)", HeccWarning, stacklevel=2)
-        stages["ckks"] = print_graph(ckks.graph)
-        done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
-                          progress=progress)
-        result.timings += approx_result.timings + ckks.timings + done.timings
-        final = done.graph
-        stages["final"] = print_graph(final)
-        constants.update(final.constants)
-        extra["predicted_precision"] = _predicted_precision(final, calibration)
+        result.timings += approx_result.timings
+        reasons, slots = {}, None
+        for name in wanted:
+            try:
+                graph, timings = _lower(approximated, calibration, dict(options, layout=name), slots,
+                                        print_after_all, progress)
+            except UnsupportedOpError as exc:
+                reasons[name] = "; ".join(f"{op} ({exc.details.get(op, 'no lowering')})"
+                                          for op in sorted(exc.unsupported))
+                continue
+            lowered, final = graph
+            slots = slots or next(op.attrs["poly_modulus_degree"] // 2 for op in final.ops
+                                  if op.name == "ckks.params")
+            result.timings += timings
+            stages[STAGES[name][0]] = lowered
+            stages[STAGES[name][1]] = print_graph(final)
+            constants.update(final.constants)
+            layouts.append(name)
+            extra.setdefault("predicted_precision", {})[name] = _predicted_precision(final, calibration)
+            if "rotation_keys" in final.meta:
+                extra["rotation_keys"] = final.meta["rotation_keys"]
+        if not layouts:  # the first layout's reason: the batch layout's, under auto
+            extra["not_encrypted_because"] = reasons[wanted[0]]
+        elif reasons:
+            extra["layout_unavailable"] = reasons
     except UnsupportedOpError as exc:
         extra["not_encrypted_because"] = "; ".join(f"{op} ({exc.details.get(op, 'no lowering')})"
                                                    for op in sorted(exc.unsupported))
+    extra["layouts"] = layouts
+    final = tensor
     final.constants = constants
     extra["pass_seconds"] = [[t.name, round(t.seconds, 6)] for t in result.timings]
     return Program(artifact.build(stages, final, extra), result)
 
 
+def _lower(approximated: Graph, calibration, options: dict, slots: int | None, print_after_all,
+           progress):
+    """The CKKS program of one layout: (the graph right after lowering, the final graph) and the
+    pass timings. The slots layout is laid out for a slot count first (the batch program's, if
+    any, else 4096) and again for more slots when its parameters need a larger ring."""
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    from .passes.select_parameters import SlotsMismatch
+    if options["layout"] == "slots":
+        options["slots"] = slots or 4096
+        if options["rescale"] == "eager":
+            raise UserError("--rescale eager is the batch layout's baseline; the slots layout "
+                            "rescales every linear map already")
+    elif options.get("weight_scale_bits") is None:  # slots: vectors take the waterline scale
+        options["weight_scale_bits"] = options["scale_bits"] if options["rescale"] == "eager" else 14
+    while True:
+        ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
+                          progress=progress)
+        _measure_ciphertexts(ckks.graph, calibration, options["layout"] == "slots")
+        lowered = print_graph(ckks.graph)
+        try:
+            done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
+                              progress=progress)
+        except SlotsMismatch as exc:
+            options["slots"] = exc.n // 2
+            continue
+        return (lowered, done.graph), ckks.timings + done.timings
+
+
 def _predicted_precision(final: Graph, calibration) -> float | None:
     """Largest CKKS error relative to the largest output, by the simulator's noise model on (up to
-    256 of) the calibration inputs."""
+    256, in the slots layout 64, of) the calibration inputs."""
+    from .backends.common import is_slots
     from .backends.sim import Simulator
-    small = {k: np.asarray(v)[:256] for k, v in calibration.items()}
+    small = {k: np.asarray(v)[:64 if is_slots(final) else 256] for k, v in calibration.items()}
     try:
         stacked, _ = stack_inputs(final, small)
         with warnings.catch_warnings():
@@ -243,15 +370,23 @@ def _predicted_precision(final: Graph, calibration) -> float | None:
     return float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
 
 
-def _measure_ciphertexts(graph: Graph, calibration) -> None:
+SLOTS_SAMPLE = 512  # calibration inputs the slots layout simulates (a slot vector per input)
+
+
+def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None:
     """Replace the lowering's magnitude estimates by the magnitudes the ciphertext program really
-    reaches on the calibration inputs (partial sums of a layer can exceed its result)."""
+    reaches on the calibration inputs (partial sums of a layer can exceed its result). The slots
+    layout simulates the first SLOTS_SAMPLE inputs and keeps the larger of that and the estimate
+    (the calibrated range of the tensor a value holds, over all the inputs)."""
     from .backends.sim import ckks_magnitudes
+    if slots:
+        calibration = {k: np.asarray(v)[:SLOTS_SAMPLE] for k, v in calibration.items()}
     stacked, _ = stack_inputs(graph, calibration)
     measured = ckks_magnitudes(graph, stacked)
     estimates = graph.meta.setdefault("max_abs", {})
     for value, peak in measured.items():
-        estimates[value] = peak
+        before = estimates.get(value, float("nan"))
+        estimates[value] = max(peak, before) if slots and np.isfinite(before) else peak
 
 
 def _approximation_report(tensor: Graph, approximated: Graph, calibration) -> list[dict]:

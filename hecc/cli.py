@@ -31,8 +31,12 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", metavar="X.npy", action="append",
                    help="representative inputs ([NAME=]X.npy, leading batch dimension) whose value "
                         "ranges size the encryption parameters")
-    c.add_argument("--layout", default="batch", choices=["batch"],
-                   help="how tensors live in ciphertext slots (batch: one input per slot)")
+    c.add_argument("--layout", default="auto", choices=["auto", "batch", "slots"],
+                   help="how tensors live in ciphertext slots: batch (one input per slot; "
+                        "throughput), slots (one input in the slots of one ciphertext; latency) or "
+                        "auto (both; `hecc run` picks by the number of inputs; default)")
+    c.add_argument("--max-rotation-keys", type=int, metavar="K",
+                   help="slots layout: at most K Galois keys; other rotations are composed of them")
     c.add_argument("--rescale", default="lazy", choices=["lazy", "eager"],
                    help="lazy: rescale once per multiplicative level (default); eager: after every "
                         "multiply (a baseline)")
@@ -55,6 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a stage of a compiled artifact")
     i.add_argument("artifact")
     i.add_argument("--stage", default="final", choices=["tensor", "ckks", "final"])
+    i.add_argument("--layout", choices=["batch", "slots"],
+                   help="which layout's program (default: the artifact's first)")
     i.add_argument("--report", action="store_true",
                    help="print the compile report instead of the IR")
     i.add_argument("--graph", metavar="OUT.svg", help="draw the IR graph of the stage as SVG")
@@ -72,6 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="Y.npy|Y.npz",
                    help="write the first output (.npy) or every output by name (.npz)")
     r.add_argument("--backend", default="reference", choices=["reference", "sim", "tenseal"])
+    r.add_argument("--layout", default="auto", choices=["auto", "batch", "slots"],
+                   help="sim/tenseal: which compiled layout runs (auto: the one predicted fastest "
+                        "for this many inputs)")
     r.add_argument("--stats", metavar="S.json", help="write run statistics as JSON")
     r.add_argument("--noise", action="store_true", help="sim backend: add CKKS-like encryption and "
                    "rescale errors to predict TenSEAL's precision")
@@ -81,12 +90,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keygen", help="client: make secret.key and eval.keys for an artifact")
     k.add_argument("artifact")
+    k.add_argument("--layout", choices=["batch", "slots"],
+                   help="the layout to use (default: the artifact's first)")
     k.add_argument("--out", required=True, metavar="KEYS/", help="folder for the keys")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.add_argument("--force", action="store_true", help="replace existing keys")
 
     e = sub.add_parser("encrypt", help="client: encrypt inputs with the secret key")
     e.add_argument("artifact")
+    e.add_argument("--layout", choices=["batch", "slots"],
+                   help="the layout to use (default: that of the keys)")
     e.add_argument("inputs", nargs="+", metavar="[NAME=]X.npy")
     e.add_argument("--keys", required=True, metavar="KEYS/")
     e.add_argument("-o", "--output", required=True, metavar="X.ct")
@@ -95,6 +108,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="server: evaluate encrypted inputs (no secret key)")
     v.add_argument("artifact")
+    v.add_argument("--layout", choices=["batch", "slots"],
+                   help="the layout to use (default: that of the keys)")
     v.add_argument("ciphertexts", metavar="X.ct")
     v.add_argument("--eval-keys", required=True, metavar="eval.keys")
     v.add_argument("-o", "--output", required=True, metavar="Y.ct")
@@ -103,6 +118,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decrypt", help="client: decrypt the server's result")
     d.add_argument("artifact")
+    d.add_argument("--layout", choices=["batch", "slots"],
+                   help="the layout to use (default: that of the keys)")
     d.add_argument("ciphertexts", metavar="Y.ct")
     d.add_argument("--keys", required=True, metavar="KEYS/")
     d.add_argument("-o", "--output", required=True, metavar="Y.npy|Y.npz")
@@ -147,7 +164,10 @@ def _cmd_compile(args) -> int:
         raise UserError("--weight-scale-bits must be between 1 and 60")
     if not 10 <= args.scale_bits <= 60:
         raise UserError("--scale-bits must be between 10 and 60")
-    prog = compile_model(args.model, calibration=calibration, scale_bits=args.scale_bits,
+    if args.max_rotation_keys is not None and args.max_rotation_keys < 1:
+        raise UserError("--max-rotation-keys must be at least 1")
+    prog = compile_model(args.model, calibration=calibration, layout=args.layout,
+                         max_rotation_keys=args.max_rotation_keys, scale_bits=args.scale_bits,
                          weight_scale_bits=args.weight_scale_bits, rescale=args.rescale,
                          activation_degree=args.activation_degree, approx_error=args.approx_error,
                          activation_margin=args.activation_margin,
@@ -165,14 +185,17 @@ def _cmd_compile(args) -> int:
             err_text = f", max error {err:.3g} on the calibration data" if err is not None else ""
             print(f"approximated {a['kind']} by a degree-{a['degree']} polynomial on "
                   f"[{a['interval'][0]:.4g}, {a['interval'][1]:.4g}] (depth {a['depth']}{err_text})")
-        params = prog.parameters
-        if params:
-            print(f"encryption: CKKS N={params['poly_modulus_degree']}, coefficient modulus "
-                  f"{params['coeff_modulus_bits']} bits, 128-bit security, {params['layout']} layout "
-                  f"({params['poly_modulus_degree'] // 2} inputs per ciphertext)")
-        else:
+        for layout in prog.layouts:
+            params = prog.with_layout(layout).parameters
+            per = (f"{params['poly_modulus_degree'] // 2} inputs per ciphertext" if layout == "batch" else
+                   f"one input per ciphertext, {len(params.get('galois_steps', []))} rotation keys")
+            print(f"encryption ({layout} layout): CKKS N={params['poly_modulus_degree']}, coefficient "
+                  f"modulus {params['coeff_modulus_bits']} bits, 128-bit security ({per})")
+        if not prog.layouts:
             why = prog.artifact.manifest.get("not_encrypted_because", "")
             print(f"not compiled for encryption: {why}\nthe artifact runs on --backend reference only")
+        for layout, why in prog.artifact.manifest.get("layout_unavailable", {}).items():
+            print(f"no {layout} layout: {why}")
     return 0
 
 
@@ -191,12 +214,12 @@ def _named_arrays(items: list[str]) -> dict | np.ndarray:
 
 def _cmd_inspect(args) -> int:
     from .api import load
-    prog = load(args.artifact)
+    prog = _with_layout(load(args.artifact), args.layout, None)
     if args.graph or args.levels:
         from .pictures import graph_svg, levels_png
         if args.graph:
             _check_overwrite(args.graph, lambda p: p.endswith(".svg"), args.force)
-            stage = prog.artifact.final_stage if args.stage == "final" else args.stage
+            stage = prog.stage_name(args.stage)
             prog.ir(stage)  # a clear error for a missing stage
             with open(args.graph, "w") as f:
                 f.write(graph_svg(prog.artifact.graph(stage)))
@@ -253,7 +276,7 @@ def _cmd_run(args) -> int:
     if args.backend == "tenseal" and not args.quiet:
         sys.stderr.write("hecc: generating keys, encrypting, evaluating and decrypting with SEAL...\n")
     outputs = prog.run(inputs, backend=args.backend, noise=args.noise, workers=args.workers,
-                       progress=progress)
+                       progress=progress, layout=args.layout)
     if args.output and args.output.endswith(".npz"):
         np.savez(args.output, **outputs)
     elif args.output:
@@ -303,10 +326,22 @@ def _is_hecc_file(path: str) -> bool:
         return False
 
 
+def _with_layout(prog, layout: str | None, key_file: str | None):
+    """The artifact's program in ``layout``; by default the layout the keys were made for (or
+    the artifact's first)."""
+    from .clientserver import file_layout
+    if layout is None and key_file is not None:
+        layout = file_layout(key_file)
+        if layout not in prog.layouts:
+            layout = None
+    return prog.with_layout(layout) if layout else prog
+
+
 def _cmd_keygen(args) -> int:
     from .api import load
     from .clientserver import Client
-    secret, evaluation = Client(load(args.artifact), args.out, _progress(args)).keygen(force=args.force)
+    prog = _with_layout(load(args.artifact), args.layout, None)
+    secret, evaluation = Client(prog, args.out, _progress(args)).keygen(force=args.force)
     print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
     return 0
 
@@ -314,7 +349,7 @@ def _cmd_keygen(args) -> int:
 def _cmd_encrypt(args) -> int:
     from .api import load
     from .clientserver import Client
-    prog = load(args.artifact)
+    prog = _with_layout(load(args.artifact), args.layout, os.path.join(args.keys, "secret.key"))
     _check_overwrite(args.output, _is_hecc_file, args.force)
     Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output)
     print(f"wrote {args.output}")
@@ -324,7 +359,7 @@ def _cmd_encrypt(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import load
     from .clientserver import Server
-    prog = load(args.artifact)
+    prog = _with_layout(load(args.artifact), args.layout, args.eval_keys)
     _check_overwrite(args.output, _is_hecc_file, args.force)
     Server(prog, args.eval_keys, _progress(args)).evaluate(args.ciphertexts, args.output)
     print(f"wrote {args.output}")
@@ -337,7 +372,8 @@ def _cmd_decrypt(args) -> int:
     if not args.output.endswith((".npy", ".npz")):
         raise UserError(f"-o {args.output}: use a .npy (first output) or .npz (all outputs) path")
     _check_overwrite(args.output, _is_numpy_file, args.force)
-    outputs = Client(load(args.artifact), args.keys, _progress(args)).decrypt(args.ciphertexts, args.output_mode,
+    prog = _with_layout(load(args.artifact), args.layout, os.path.join(args.keys, "secret.key"))
+    outputs = Client(prog, args.keys, _progress(args)).decrypt(args.ciphertexts, args.output_mode,
                                                                             args.round)
     if args.output.endswith(".npz"):
         np.savez(args.output, **outputs)

@@ -27,14 +27,15 @@ DESCRIBE = {"secret": "the client's secret key file", "eval": "an evaluation-key
 
 
 def fingerprint(program) -> str:
+    """sha256 over the program that runs (the final IR of the program's layout) and the weights."""
     members = program.artifact.manifest.get("members") or {}
-    text = program.artifact.stages.get("final", "")
+    text = program.artifact.stages.get(program.final_stage, "")
     return hashlib.sha256((text + json.dumps(members, sort_keys=True)).encode()).hexdigest()
 
 
 def write_container(path: str, kind: str, program, members: dict[str, bytes], extra: dict | None = None):
     header = {"format": KINDS[kind], "format_version": VERSION, "kind": kind, "hecc_version": __version__,
-              "program": fingerprint(program), **(extra or {}),
+              "program": fingerprint(program), "program_layout": program.layout, **(extra or {}),
               "members": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}}
     tmp = f"{path}.tmp-{os.getpid()}"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
@@ -83,6 +84,17 @@ def read_container(path: str, kinds: tuple[str, ...], program) -> tuple[dict, di
     return header, files
 
 
+def file_layout(path: str) -> str | None:
+    """The layout of the program a key or ciphertext file was made for (None if unreadable:
+    reading it properly then gives the precise error)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            layout = json.loads(zf.read("header.json")).get("program_layout")
+        return layout if isinstance(layout, str) else None
+    except Exception:  # any unreadable file: read_container reports it
+        return None
+
+
 def _require_encrypted(program):
     if not program.encrypted:
         why = program.artifact.manifest.get("not_encrypted_because", "")
@@ -122,8 +134,9 @@ class Client:
         stacked, runs = stack_inputs(self.program.graph, inputs)
         warn_outside_calibration(self.program, inputs)
         batches = encrypt_batches(self.program.graph, self._keys(), stacked, self.progress)
-        slots = self.program.parameters["poly_modulus_degree"] // 2
-        sizes = [min(slots, runs - i * slots) for i in range(len(batches))]
+        params = self.program.parameters
+        per = 1 if params.get("layout") == "slots" else params["poly_modulus_degree"] // 2
+        sizes = [min(per, runs - i * per) for i in range(len(batches))]
         members = {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(batches)
                    for i, cts in enumerate(batch) for j, ct in enumerate(cts)}
         write_container(out_path, "input", self.program, members,

@@ -16,6 +16,9 @@ from .ir import CipherType
 
 COSTS_PATH = os.environ.get("HECC_COSTS", os.path.join(os.path.expanduser("~"), ".cache", "hecc", "costs.json"))
 WORKER_SPEEDUP = 1.7  # measured: one batch split over two workers runs 1.7x faster (CryptoNets)
+WORKERS = 2
+PRIMITIVES = ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch", "encrypt",
+              "decrypt", "rotate", "multiply_vector", "add_plain")
 
 
 def _key(params) -> str:
@@ -34,8 +37,10 @@ def _stored_costs() -> dict:
 def primitive_costs(params, measure: bool = True, refresh: bool = False) -> dict | None:
     """Stored costs for these parameters; else (or with ``refresh``) measured now and stored."""
     stored = _stored_costs()
-    if not refresh and (_key(params) in stored or not measure):
-        return stored.get(_key(params))
+    entry = stored.get(_key(params))
+    complete = isinstance(entry, dict) and all(k in entry for k in PRIMITIVES)
+    if not refresh and (complete or not measure):
+        return entry if complete else None
     from .backends.tenseal import measure_primitives
     costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
     stored[_key(params)] = costs
@@ -70,6 +75,10 @@ def level_counts(graph) -> dict[str, dict[int, int]]:
             add("add", op.operands[0].type.level, op.result.type.count)
         elif op.name in ("ckks.relinearize", "ckks.rescale", "ckks.modswitch"):
             add(op.name.split(".")[1], op.operands[0].type.level, op.result.type.count)
+        elif op.name in ("ckks.rotate", "ckks.add_plain"):
+            add(op.name.split(".")[1], op.operands[0].type.level, op.result.type.count)
+        elif op.name == "ckks.mul_plain":
+            add("multiply_vector", op.operands[0].type.level, op.result.type.count)
         elif op.name == "hecc.input" and isinstance(op.result.type, CipherType):
             add("encrypt", 0, op.result.type.count)
         elif op.name == "ckks.decrypt":
@@ -87,6 +96,25 @@ def predict_seconds(graph, costs) -> dict[str, float]:
     return total
 
 
+def estimate_run(graph, runs: int, costs) -> dict:
+    """Predicted wall seconds for ``runs`` inputs on WORKERS cores: the batch layout runs
+    ceil(runs / slots) batches (a lone batch splits its layers over the workers), the slots layout
+    one input per worker at a time."""
+    per = predict_seconds(graph, costs)
+    params = next(op.attrs for op in graph.ops if op.name == "ckks.params")
+    if params.get("layout") == "slots":
+        rounds = -(-runs // WORKERS)
+        phases = {k: v * rounds for k, v in per.items()}
+    else:
+        count = -(-runs // (params["poly_modulus_degree"] // 2))
+        rounds = -(-count // WORKERS) if count > 1 else 1
+        phases = {k: v * rounds for k, v in per.items()}
+        if count == 1:
+            phases["eval"] = per["eval"] / WORKER_SPEEDUP
+    phases["total"] = sum(phases.values())
+    return phases
+
+
 def ciphertext_bytes(graph) -> tuple[int, int]:
     """Bytes of the ciphertexts sent to and returned by the server, for one batch."""
     n = next(op.attrs["poly_modulus_degree"] for op in graph.ops if op.name == "ckks.params")
@@ -100,60 +128,104 @@ def ciphertext_bytes(graph) -> tuple[int, int]:
     return sent, returned
 
 
-def eval_key_bytes(params) -> int:
-    """Relinearization keys: one key-switching key of (data primes) x 2 polynomials over the
-    full modulus (data primes + special)."""
-    n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
-    data = len(chain) - 1
-    return data * 2 * n * len(chain) * 8
+def eval_key_bytes(graph) -> tuple[int, int]:
+    """(bytes, key count) of the evaluation keys, as hecc keygen saves them (seeded): generated
+    with SEAL for the program's parameters and measured."""
+    from .backends.common import program_params
+    from .backends.tenseal import _Seal
+    params = program_params(graph)
+    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
+    relin = any(op.name == "ckks.relinearize" for op in graph.ops)
+    seal = _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin, galois_steps=steps)
+    return seal.eval_key_bytes(), len(steps) + int(relin)
 
 
 def render(program, measure: bool = True) -> str:
     lines = []
-    params = program.parameters
     lines.append("passes".ljust(28) + "seconds")
     for t in program.timings:
         lines.append(f"  {t.name:<26}{t.seconds:.3f}")
     lines.append("")
-    if params is None:
+    if not program.layouts:
         why = program.artifact.manifest.get("not_encrypted_because", "")
         lines.append(f"not compiled for encryption: {why}")
         return "\n".join(lines) + "\n"
-    graph = program.graph
-    n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
-    depth = len(chain) - 2
-    lines.append(f"parameters: CKKS N={n}, coefficient modulus {chain} ({sum(chain)} bits; the "
-                 f"HomomorphicEncryption.org table allows {_table(n)} at 128-bit security), "
-                 f"{n // 2} inputs per batch")
-    lines.append(f"multiplicative depth: {depth} levels")
-    counts = level_counts(graph)
-    lines.append("operations per batch: " + ", ".join(
-        f"{k} {sum(v.values())}" for k, v in sorted(counts.items())))
-    lines.append("rotations: 0 (batch layout), Galois keys: none")
-    sent, returned = ciphertext_bytes(graph)
-    lines.append(f"evaluation keys: {eval_key_bytes(params) / 1e6:.1f} MB (relinearization); ciphertexts "
-                 f"per batch: {sent / 1e6:.1f} MB in, {returned / 1e6:.2f} MB out")
     for a in program.artifact.manifest.get("approximations", []):
         err = a.get("max_error_on_calibration")
         lines.append(f"activation {a['kind']}: degree {a['degree']} on [{a['interval'][0]:.4g}, "
                      f"{a['interval'][1]:.4g}], depth {a['depth']}"
                      + (f", max error {err:.3g} on the calibration data" if err is not None else ""))
-    precision = program.artifact.manifest.get("predicted_precision")
+    estimates = {}
+    for layout in program.layouts:
+        lines.append("")
+        estimates[layout] = _render_layout(program.with_layout(layout), lines, measure)
+    for layout, why in program.artifact.manifest.get("layout_unavailable", {}).items():
+        lines.append(f"\nno {layout} layout: {why}")
+    if len(estimates) == 2 and all(estimates.values()):
+        lines.append("")
+        for runs in (1, 64, 4096):
+            both = {k: v(runs) for k, v in estimates.items()}
+            pick = min(both, key=both.get)
+            lines.append(f"{runs} input(s): batch {both['batch']:.2f} s, slots {both['slots']:.2f} s "
+                         f"predicted -> `hecc run --layout auto` picks {pick}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_layout(program, lines: list[str], measure: bool):
+    """The report of one layout's program; returns runs -> predicted seconds (None without costs)."""
+    params = program.parameters
+    graph = program.graph
+    layout = params.get("layout", "batch")
+    n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
+    depth = len(chain) - 2
+    unit = "batch" if layout == "batch" else "input"
+    lines.append(f"{layout} layout: CKKS N={n}, coefficient modulus {chain} ({sum(chain)} bits; the "
+                 f"HomomorphicEncryption.org table allows {_table(n)} at 128-bit security), "
+                 + (f"{n // 2} inputs per batch" if layout == "batch" else "one input per ciphertext"))
+    lines.append(f"  multiplicative depth: {depth} levels")
+    counts = level_counts(graph)
+    lines.append(f"  operations per {unit}: " + ", ".join(
+        f"{k} {sum(v.values())}" for k, v in sorted(counts.items())))
+    key_bytes, key_count = eval_key_bytes(graph)
+    steps = params.get("galois_steps", [])
+    if layout == "batch":
+        lines.append("  rotations: 0, Galois keys: none")
+    else:
+        info = program.artifact.manifest.get("rotation_keys", {})
+        lines.append(f"  rotations per input: {sum(counts.get('rotate', {}).values())}, Galois keys: "
+                     f"{len(steps)} (steps {', '.join(map(str, steps))})")
+    sent, returned = ciphertext_bytes(graph)
+    lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
+                 f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
+    precision = program.artifact.manifest.get("predicted_precision", {})
+    precision = precision.get(layout) if isinstance(precision, dict) else precision
     if precision is not None:
-        lines.append(f"predicted precision: max CKKS error {precision:.2g} x the largest output "
+        lines.append(f"  predicted precision: max CKKS error {precision:.2g} x the largest output "
                      "(simulator noise model on the calibration data)")
     costs = primitive_costs(params, measure)
     if costs is None:
-        lines.append("predicted time: run `hecc calibrate` to measure this machine's primitives")
-    else:
-        t = predict_seconds(graph, costs)
+        lines.append("  predicted time: run `hecc calibrate` to measure this machine's primitives")
+        return None
+    t = predict_seconds(graph, costs)
+    if layout == "batch":
         two = t["eval"] / WORKER_SPEEDUP
-        lines.append(f"predicted time per batch on this machine: encrypt {t['encrypt']:.2f} s, server "
+        lines.append(f"  predicted time per batch on this machine: encrypt {t['encrypt']:.2f} s, server "
                      f"evaluation {t['eval']:.2f} s on one core ({two:.2f} s on two), decrypt "
                      f"{t['decrypt']:.3f} s")
-        lines.append(f"predicted throughput: {n // 2 / (t['eval'] / 2) * 3600:,.0f} predictions/hour "
+        lines.append(f"  predicted throughput: {n // 2 / (t['eval'] / 2) * 3600:,.0f} predictions/hour "
                      f"with full batches on two cores; latency for one input {two:.2f} s")
-    return "\n".join(lines) + "\n"
+    else:
+        lines.append(f"  predicted time per input on this machine: encrypt {t['encrypt'] * 1e3:.0f} ms, "
+                     f"server evaluation {t['eval'] * 1e3:.0f} ms (one core), decrypt "
+                     f"{t['decrypt'] * 1e3:.1f} ms; throughput {WORKERS * 3600 / t['eval']:,.0f} "
+                     "predictions/hour on two cores")
+        extra = info.get("rotations", 0) - info.get("rotations_without_budget", 0)
+        if extra:
+            rotate = float(np.mean(costs["rotate"]))
+            lines.append(f"  key budget: {len(steps)} keys instead of {len(info.get('steps_used', []))}; "
+                         f"{info['rotations']} rotations instead of {info['rotations_without_budget']} "
+                         f"(+{extra * rotate * 1e3:.0f} ms per input predicted)")
+    return lambda runs: estimate_run(graph, runs, costs)["total"]
 
 
 def _table(n):

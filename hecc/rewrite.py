@@ -121,3 +121,21 @@ def remove_dead_ops(graph: Graph) -> bool:
     for name in [n for n in graph.constants if n not in used]:
         del graph.constants[name]
     return changed
+
+
+def is_slots_layout(graph: Graph) -> bool:
+    """Whether ``graph`` is a ckks program in the slots layout (its inputs carry a slot layout)."""
+    return any(op.attrs.get("layout") for op in graph.inputs())
+
+
+def scale_up(graph: Graph, x: Value, delta: int, matrix_name: str) -> Op:
+    """An op multiplying ciphertext ``x`` by 1 encoded at 2^delta: the scale grows by ``delta``
+    bits exactly, at no level. Batch layout: an identity ``ckks.linear`` (its matrix stored under
+    ``matrix_name``); slots layout: a ``ckks.mul_plain`` by a vector of ones."""
+    t = x.type.but(scale_bits=x.type.scale_bits + delta)
+    if is_slots_layout(graph):
+        graph.constants.setdefault("ones", np.ones((1, 1)))
+        return Op("ckks.mul_plain", [x], [t], {"plain": "ones", "weight_scale": int(delta)})
+    graph.constants.setdefault(matrix_name, np.eye(x.type.count))
+    return Op("ckks.linear", [x], [t], {"matrix": matrix_name, "shape": list(x.type.shape),
+                                        "weight_scale": int(delta)})

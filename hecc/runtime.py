@@ -14,7 +14,10 @@ from .ir import Graph
 
 
 def input_specs(graph: Graph) -> list[tuple[str, tuple[int, ...]]]:
-    return [(op.attrs["name"], op.result.type.shape) for op in graph.inputs()]
+    """(name, tensor shape) of each input; a slots-layout input states its shape (its type is the
+    shape of its ciphertext tensor)."""
+    return [(op.attrs["name"], tuple(op.attrs["shape"]) if op.attrs.get("layout") else op.result.type.shape)
+            for op in graph.inputs()]
 
 
 def output_specs(graph: Graph) -> list[tuple[str, tuple[int, ...]]]:

@@ -11,11 +11,9 @@ bit.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from hecc.errors import PassError
 from hecc.ir import Graph, Op
-from hecc.rewrite import retype
+from hecc.rewrite import retype, scale_up
 
 NAME = "align-levels"
 
@@ -44,10 +42,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
                     if diff != int(diff):
                         raise PassError(f"cannot align scales 2^{scales[0]} and 2^{scales[1]}")
                     count += 1
-                    name = graph.unique_constant_name(f"align{count}.matrix")
-                    graph.constants[name] = np.eye(v.type.count)
-                    one = Op("ckks.linear", [v], [v.type.but(scale_bits=high)],
-                             {"matrix": name, "shape": list(v.type.shape), "weight_scale": int(diff)})
+                    one = scale_up(graph, v, int(diff), graph.unique_constant_name(f"align{count}.matrix"))
                     new_ops.append(one)
                     max_abs[one.result] = max_abs.get(v, float("nan"))
                     op.operands[i] = one.result

@@ -5,6 +5,9 @@ prime of (scale - waterline) bits brings it back to the waterline 2^scale_bits. 
 plaintext weights (``ckks.linear``) are never rescaled on their own: their products are summed at
 scale 2^(waterline + weight_scale) and that sum is rescaled only as part of the next product's
 rescale. So each path has one rescale per multiplicative level, never one per multiply.
+In the slots layout weights are vectors, encoded at the waterline scale (a vector's encoding error
+is about sqrt(N) / scale per slot), so a linear map's result (a sum of ``ckks.mul_plain``,
+rotations and sums) is rescaled too, where something other than those ops uses it.
 With ``rescale = "eager"`` (the baseline) every plaintext product inside a linear op is rescaled
 too (``rescale_terms``), as a hand-written program that rescales after every multiply would.
 
@@ -21,13 +24,14 @@ Options: scale_bits (26), rescale ("lazy" | "eager").
 """
 from __future__ import annotations
 
-import numpy as np
 
 from hecc.errors import PassError
 from hecc.ir import Graph, Op
-from hecc.rewrite import retype, retype_op
+from hecc.rewrite import is_slots_layout, retype, retype_op, scale_up
 
 NAME = "insert-rescale"
+# slots-layout ops a linear map is made of: they keep the scale of the weighted sum
+LINEAR_SLOT_OPS = {"ckks.mul_plain", "ckks.add", "ckks.sub", "ckks.rotate", "ckks.add_plain"}
 MAX_PRIME_BITS = 60
 
 
@@ -44,13 +48,21 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         retype(graph)
     max_abs = graph.meta.setdefault("max_abs", {})
     users = graph.users()
+    slots = is_slots_layout(graph)
     new_ops: list[Op] = []
     for op in graph.ops:
         new_ops.append(op)
         retype_op(op)  # operands may have been rescaled above
-        if op.name not in ("ckks.mul", "ckks.square"):
+        if op.name in ("ckks.mul", "ckks.square"):
+            value = op.result
+            rescaled = users.get(value, [])
+        elif slots and op.name in LINEAR_SLOT_OPS:
+            value = op.result
+            rescaled = [u for u in users.get(value, []) if u.name not in LINEAR_SLOT_OPS]
+            if not rescaled:
+                continue
+        else:
             continue
-        value = op.result
         excess = value.type.scale_bits - waterline
         last = value
         while excess > 0:
@@ -65,7 +77,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
             if last in max_abs:
                 max_abs[rescale.result] = max_abs[last]
             last, excess = rescale.result, excess - bits
-        for user in users.get(value, []):
+        for user in rescaled:
             user.operands = [last if v is value else v for v in user.operands]
     graph.ops = new_ops
     retype(graph)
@@ -90,9 +102,7 @@ def _one_prime_per_level(graph: Graph, max_abs: dict) -> None:
             name = graph.unique_constant_name(f"identity{x.type.count}")
             if f"identity{x.type.count}" in graph.constants:
                 name = f"identity{x.type.count}"
-            graph.constants.setdefault(name, np.eye(x.type.count))
-            up = Op("ckks.linear", [x], [x.type.but(scale_bits=x.type.scale_bits + delta)],
-                    {"matrix": name, "shape": list(x.type.shape), "weight_scale": int(delta)})
+            up = scale_up(graph, x, int(delta), name)
             new_ops.append(up)
             if x in max_abs:
                 max_abs[up.result] = max_abs[x]

@@ -8,6 +8,11 @@ bound (HomomorphicEncryption.org: 8192 -> 218, 16384 -> 438, 32768 -> 881 bits, 
 counted) holds the chain. There is no insecure fallback.
 
 Assumes: ckks IR with rescales, relinearizations and level alignment done; ``graph.meta["max_abs"]``.
+In the slots layout the lowering already fixed the slot count, so N is 2 x slots (SlotsMismatch
+when the chain needs a larger ring: lower again), and a program that rotates gets a 60-bit special
+prime as large as the 128-bit bound allows, up to 60 bits (it divides the key-switching error of
+rotations at the waterline scale).
+
 Guarantees: a ``ckks.params`` op first; every ciphertext type's ``slots`` is N/2; raises
 ParameterError naming the depth and modulus needed and the most available when nothing fits.
 Options: scale_bits (26).
@@ -19,7 +24,7 @@ import math
 from hecc.errors import ParameterError
 from hecc.ir import CipherType, Graph, Op
 from hecc.params import MAX_MODULUS_BITS_128, MAX_PRIME_BITS, min_prime_bits, needed_bits
-from hecc.rewrite import retype
+from hecc.rewrite import is_slots_layout, retype
 
 NAME = "select-parameters"
 
@@ -56,10 +61,16 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
         raise ParameterError(f"the values at the last level need a {q0}-bit bottom prime, more than "
                              f"{MAX_PRIME_BITS}; lower --weight-scale-bits or --scale-bits")
     data = [q0] + primes[::-1]
+    # the special prime divides the key-switching error: relinearization happens at a high scale,
+    # where one the size of the data primes suffices, but a rotation may act on a value at the
+    # waterline
+    rotates = any(op.name == "ckks.rotate" for op in graph.ops)
     chain = data + [max(data)]
     total = sum(chain)
     for n, limit in sorted(MAX_MODULUS_BITS_128.items()):
         if total <= limit and min(chain) >= min_prime_bits(n) and n >= 2048:
+            if rotates:  # as large as the security bound allows
+                chain[-1] = max(chain[-1], min(MAX_PRIME_BITS, limit - sum(data)))
             return n, chain
     most = max(MAX_MODULUS_BITS_128.values())
     shown = f" ({chain})" if len(chain) <= 12 else ""
@@ -69,13 +80,28 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
                          "activations, fewer layers) or smaller scales")
 
 
+class SlotsMismatch(ParameterError):
+    """The program was laid out for fewer slots than the parameters it needs give."""
+
+    def __init__(self, n: int, slots: int):
+        super().__init__(f"the program was laid out for {slots} slots but needs N={n} "
+                         f"({n // 2} slots); lower it again with slots={n // 2}")
+        self.n = n
+
+
 def run(graph: Graph, options: dict | None = None) -> Graph:
     options = dict(options or {})
     waterline = int(options.get("scale_bits", 26))
     n, chain = choose_chain(graph, waterline)
+    slots_layout = is_slots_layout(graph)
+    if slots_layout:
+        laid_out = graph.inputs()[0].result.type.slots
+        if n // 2 > laid_out:
+            raise SlotsMismatch(n, laid_out)
+        n = 2 * laid_out  # a larger ring only adds security
     graph.ops = [op for op in graph.ops if op.name != "ckks.params"]
     params = Op("ckks.params", [], [], {"poly_modulus_degree": n, "coeff_modulus_bits": chain,
-                                        "security": 128, "layout": "batch"})
+                                        "security": 128, "layout": "slots" if slots_layout else "batch"})
     graph.ops.insert(0, params)
     for op in graph.ops:
         if op.name == "hecc.input" and isinstance(op.result.type, CipherType):

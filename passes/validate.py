@@ -4,7 +4,9 @@ nothing).
 Checks: one ``ckks.params`` op, first; every ciphertext's level within the chain and its slots
 N/2; products, linear layers and decryption get relinearized (size 2) operands; every rescale divides by the prime of its level; every value x scale inside the modulus left
 at its level (from calibrated ranges, when known); linear-layer constants present with the right
-shapes; the program needs no rotation keys in the batch layout.
+shapes; in the slots layout, plaintext vectors present with a period that divides the slots and
+every rotation step among the Galois keys (``galois_steps``) when they are set; the batch layout
+never rotates.
 
 Assumes: ckks IR after select-parameters.
 Guarantees: returns the graph unchanged, or raises ParameterError naming the op at fault.
@@ -16,7 +18,8 @@ from hecc.ir import CipherType, Graph, print_op
 from hecc.params import modulus_bits_at, needed_bits
 
 NAME = "validate"
-NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.decrypt", "ckks.rescale"}
+NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.decrypt", "ckks.rescale", "ckks.rotate",
+                "ckks.mul_plain", "ckks.add_plain", "ckks.extract"}
 
 
 def run(graph: Graph, options: dict | None = None) -> Graph:
@@ -65,6 +68,19 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
             if op.attrs["bits"] != prime:
                 fail(f"rescale by {op.attrs['bits']} bits at level {level}, but that level's prime "
                      f"has {prime} bits")
+        if op.name == "ckks.rotate":
+            if params[0].attrs.get("layout") != "slots":
+                fail("the batch layout has no rotations")
+            steps = params[0].attrs.get("galois_steps", [])
+            if steps and op.attrs["step"] not in steps:
+                fail(f"rotation by {op.attrs['step']} has no Galois key (keys: {steps})")
+        if op.name in ("ckks.mul_plain", "ckks.add_plain"):
+            table = graph.constants.get(op.attrs["plain"])
+            count = op.operands[0].type.count
+            if (table is None or table.ndim != 2 or (n // 2) % table.shape[1]
+                    or op.attrs.get("row", 0) + count > table.shape[0]):
+                fail(f"plaintext {op.attrs['plain']!r} must be a stored array with rows "
+                     f"{op.attrs.get('row', 0)}..{op.attrs.get('row', 0) + count - 1} whose length divides {n // 2}")
         if op.name == "ckks.linear":
             matrix = graph.constants.get(op.attrs["matrix"])
             rows, cols = op.result.type.count, op.operands[0].type.count

@@ -114,7 +114,7 @@ def test_relu_cnn_example_accuracy_in_the_simulator():
     folder = os.path.join(EXAMPLES, "relu_cnn_mnist")
     x = np.load(os.path.join(folder, "input.npy"))
     labels = np.load(os.path.join(folder, "labels.npy"))
-    prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x, activation_degree=8)
+    prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x, activation_degree=8, layout="batch")
     assert prog.parameters["poly_modulus_degree"] == 16384
     assert "BatchNormalization" not in prog.ir("tensor")
     out = prog.run(x, backend="sim", noise=True)["logits"]
@@ -127,4 +127,4 @@ def test_inspect_report(tmp_path, run_cli):
     np.save(tmp_path / "cal.npy", np.repeat(x, 5, axis=0))
     assert run_cli("compile", _gelu_model(), "-o", art, "--calibration", tmp_path / "cal.npy")[0] == 0
     code, stdout, _ = run_cli("inspect", art, "--report")
-    assert code == 0 and "parameters: CKKS N=" in stdout and "gelu" in stdout and "sigmoid" in stdout
+    assert code == 0 and "batch layout: CKKS N=" in stdout and "gelu" in stdout and "sigmoid" in stdout

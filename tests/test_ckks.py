@@ -89,8 +89,9 @@ def test_cryptonets_simulator_equals_reference():
 def test_lazy_rescale_has_one_rescale_per_level_and_fewer_primes_than_eager():
     model = os.path.join(CRYPTONETS, "model.onnx")
     x = np.load(os.path.join(CRYPTONETS, "input.npy"))
-    lazy = hecc.compile(model, calibration=x)
+    lazy = hecc.compile(model, calibration=x, layout="batch")
     eager = hecc.compile(model, calibration=x, rescale="eager")
+    assert eager.layouts == ["batch"]  # the eager baseline is a batch-layout one
     lazy_ops = [op.name for op in lazy.graph.ops]
     assert lazy_ops.count("ckks.rescale") == 2 and lazy_ops.count("ckks.square") == 2
     assert not any(op.attrs.get("rescale_terms") for op in lazy.graph.ops)
@@ -138,19 +139,40 @@ def test_every_ckks_op_has_an_implementation_in_every_backend():
 
 
 def test_tenseal_cryptonets_small_batch_matches_reference():
-    """Real SEAL end to end on 16 MNIST digits (CI runs this)."""
+    """Real SEAL end to end on 16 MNIST digits in both layouts (CI runs this)."""
     x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
     labels = np.load(os.path.join(CRYPTONETS, "labels.npy"))[:16]
     prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=np.load(os.path.join(CRYPTONETS, "input.npy")))
+    assert prog.layouts == ["batch", "slots"]
     ref = prog.run(x, backend="reference")["logits"]
-    out = prog.run(x, backend="tenseal")["logits"]
-    assert_close(out, ref, 2e-2, "tenseal vs reference")
-    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
-    assert (out.argmax(1) == labels).mean() >= 0.9
-    stats = prog.last_stats
-    assert stats["backend"] == "tenseal" and stats["galois_steps"] == []
-    assert stats["parameters"]["poly_modulus_degree"] == 8192
-    assert stats["eval_key_bytes"] > 0 and stats["seconds"]["eval"] > 0
+    for layout, tolerance in (("batch", 2e-2), ("slots", 1e-3)):
+        out = prog.run(x, backend="tenseal", layout=layout)["logits"]
+        assert_close(out, ref, tolerance, f"tenseal ({layout}) vs reference")
+        np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+        assert (out.argmax(1) == labels).mean() >= 0.9
+        stats = prog.last_stats
+        assert stats["backend"] == "tenseal" and stats["layout"] == layout
+        assert stats["parameters"]["poly_modulus_degree"] == 8192
+        assert stats["eval_key_bytes"] > 0 and stats["seconds"]["eval"] > 0
+        if layout == "batch":
+            assert stats["galois_steps"] == [] and stats["batches"] == 1
+        else:  # one input per ciphertext; the Galois keys are the steps the program rotates by
+            steps = {op.attrs["step"] for op in prog.with_layout("slots").graph.ops if op.name == "ckks.rotate"}
+            assert stats["galois_steps"] == sorted(steps) and stats["batches"] == 16
+            assert stats["op_counts"]["rotate"] == 16 * sum(
+                op.name == "ckks.rotate" for op in prog.with_layout("slots").graph.ops)
+
+
+def test_auto_layout_picks_slots_for_one_input_and_batch_for_4096():
+    """From the cost model (primitives measured on this machine once, then stored)."""
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x)
+    assert prog.choose_layout(1) == "slots" and prog.choose_layout(4096) == "batch"
+    one, full = prog.estimate(1, "slots"), prog.estimate(4096, "batch")
+    assert one["total"] < prog.estimate(1, "batch")["total"]
+    assert full["total"] < prog.estimate(4096, "slots")["total"]
+    prog.run(x[:1], backend="sim")
+    assert prog.last_stats["layout"] == "slots"
 
 
 def test_tenseal_runs_every_ckks_op():
@@ -168,3 +190,49 @@ def test_tenseal_runs_every_ckks_op():
     out = prog.run(x, backend="tenseal", workers=2)["y"]
     assert prog.last_stats["batches"] == 2 and prog.last_stats["workers"] == 2
     assert_close(out, ref, 1e-3, "two inputs")
+
+
+TUTORIAL = os.path.join(os.path.dirname(__file__), "..", "examples", "tenseal_tutorial_mnist")
+
+
+def test_rotation_key_budget_keeps_the_slots_program_correct_in_sim_and_tenseal():
+    x = np.load(os.path.join(TUTORIAL, "input.npy"))
+    free = hecc.compile(os.path.join(TUTORIAL, "model.onnx"), calibration=x, layout="slots")
+    tight = hecc.compile(os.path.join(TUTORIAL, "model.onnx"), calibration=x, layout="slots",
+                         max_rotation_keys=4)
+    steps = tight.parameters["galois_steps"]
+    assert len(steps) <= 4 < len(free.parameters["galois_steps"])
+    rotations = [op.attrs["step"] for op in tight.graph.ops if op.name == "ckks.rotate"]
+    assert set(rotations) <= set(steps)
+    assert len(rotations) > sum(op.name == "ckks.rotate" for op in free.graph.ops)
+    ref = tight.run(x[:4])["logits"]
+    for backend in ("sim", "tenseal"):
+        out = tight.run(x[:4], backend=backend)["logits"]
+        assert_close(out, ref, 1e-3, f"{backend} with 4 rotation keys")
+        np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+    info = tight.artifact.manifest["rotation_keys"]
+    assert info["rotations"] == len(rotations) and info["rotations_without_budget"] < info["rotations"]
+
+
+def test_slots_layout_skips_zero_diagonals_of_a_block_pruned_layer():
+    """MOFHEI's point: weights pruned in blocks aligned with the packing (here: whole generalized
+    diagonals of the second layer) cost no products."""
+    rng = np.random.default_rng(3)
+    first = rng.normal(0, 0.2, (64, 64)).astype(np.float32)
+    dense = rng.normal(0, 0.3, (16, 64)).astype(np.float32)
+    rows, cols = np.indices(dense.shape)
+    pruned = np.where((cols - rows) % 64 >= 8, 0, dense).astype(np.float32)  # a band: 8 diagonals
+    xs = rng.uniform(-1, 1, (8, 64)).astype(np.float32)
+    counts = {}
+    for name, w in (("dense", dense), ("pruned", pruned)):
+        nodes = [helper.make_node("Gemm", ["x", "a"], ["h"], transB=1),
+                 helper.make_node("Mul", ["h", "h"], ["s"]),
+                 helper.make_node("Gemm", ["s", "w"], ["y"], transB=1)]
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                                  [numpy_helper.from_array(first, "a"), numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        prog = hecc.compile(model.SerializeToString(), calibration=xs, layout="slots")
+        assert_close(prog.run(xs, backend="sim")["y"], prog.run(xs)["y"], 1e-9, name)
+        counts[name] = sum(op.name == "ckks.mul_plain" for op in prog.graph.ops)
+    assert counts["pruned"] == 1 + 8 < counts["dense"]  # the input layer, then one product per diagonal

@@ -51,19 +51,21 @@ def _hecc(*args, cwd):
     return proc
 
 
-def test_four_processes_and_a_server_without_the_secret_key(setup):
+@pytest.mark.parametrize("layout", ["batch", "slots"])
+def test_four_processes_and_a_server_without_the_secret_key(setup, layout):
+    """keygen picks the layout; encrypt, eval and decrypt follow the keys."""
     root, x = setup
-    client, server = root / "client", root / "server"
+    client, server = root / f"client-{layout}", root / f"server-{layout}"
     client.mkdir()
     server.mkdir()
     shutil.copy(root / "a.hecc", client / "a.hecc")
-    assert _hecc("keygen", "a.hecc", "--out", "keys", cwd=client).returncode == 0
+    assert _hecc("keygen", "a.hecc", "--out", "keys", "--layout", layout, cwd=client).returncode == 0
     assert _hecc("encrypt", "a.hecc", root / "x.npy", "--keys", "keys", "-o", "x.ct", cwd=client).returncode == 0
     # the server gets the artifact, the evaluation keys and the ciphertexts, nothing else
     for name, source in (("a.hecc", client / "a.hecc"), ("eval.keys", client / "keys" / "eval.keys"),
                          ("x.ct", client / "x.ct")):
         shutil.copy(source, server / name)
-    hidden = root / "vault"
+    hidden = root / f"vault-{layout}"
     os.rename(client, hidden)  # the secret key is out of the server process's reach
     try:
         proc = _hecc("eval", "a.hecc", "x.ct", "--eval-keys", "eval.keys", "-o", "y.ct", cwd=server)
@@ -75,7 +77,10 @@ def test_four_processes_and_a_server_without_the_secret_key(setup):
     assert _hecc("decrypt", "a.hecc", "y.ct", "--keys", "keys", "-o", "y.npy", cwd=client).returncode == 0
     split = np.load(client / "y.npy")
     assert _hecc("run", "a.hecc", "--input", root / "x.npy", "--backend", "tenseal", "--output", "r.npy",
-                 "-q", cwd=client).returncode == 0
+                 "--layout", layout, "-q", cwd=client).returncode == 0
+    keys = read_container(str(client / "keys" / "eval.keys"), ("eval",),
+                          hecc.load(str(client / "a.hecc")).with_layout(layout))[1]
+    assert ("galois" in keys) == (layout == "slots")
     together = np.load(client / "r.npy")
     np.testing.assert_array_equal(split.argmax(1), together.argmax(1))
     assert np.abs(split - together).max() <= 1e-3 * np.abs(together).max()

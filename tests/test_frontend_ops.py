@@ -157,11 +157,11 @@ def test_comparisons_outside_the_softplus_pattern_are_refused():
     model = make_model([node("Relu", ["x"], ["r"]), node("Greater", ["x", "t"], ["g"]),
                         node("Where", ["g", "x", "r"])], {"x": [1, 6]}, [("y", F)], C("t", 20.0))
     with pytest.raises(hecc.UnsupportedOpError, match="Where.*encrypted condition"):
-        hecc.compile(model)
+        hecc.compile(model, layout="batch")
     model = make_model([node("Greater", ["x", "t"], ["g"]), node("Cast", ["g"], to=F)],
                        {"x": [1, 6]}, [("y", F)], C("t", 0.0))
     with pytest.raises(hecc.UnsupportedOpError, match="Cast"):
-        hecc.compile(model)
+        hecc.compile(model, layout="batch")
 
 
 def test_every_importer_has_a_case():
@@ -182,7 +182,7 @@ def test_op_matches_onnxruntime(case):
     per_run = [session.run(None, f) for f in run_feeds]
     expected = {n: np.concatenate([r[i] for r in per_run]) for i, n in enumerate(names)}
     feeds = {n: np.concatenate([f[n] for f in run_feeds]) for n in shapes}
-    got = hecc.compile(model).run(feeds)
+    got = hecc.compile(model, layout="batch").run(feeds)
     assert sorted(got) == sorted(names)
     for name in names:
         if expected[name].dtype.kind in "iu":

@@ -61,9 +61,27 @@ def test_random_graph_reference_and_simulator_match_onnxruntime(case):
     x = np.random.default_rng(seed).uniform(-1, 1, (8, WIDTH)).astype(np.float32)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     try:
-        prog = hecc.compile(model, calibration=x)
+        prog = hecc.compile(model, calibration=x, layout="batch")
     except hecc.ParameterError:
         return  # deep enough to need more than 881 bits: refused with a typed error, as it must be
     assert_close(prog.run(x)["y"], expected, 1e-5, f"reference {ops}")
     if polynomial and prog.encrypted:
         assert_close(prog.run(x, backend="sim")["y"], expected, 1e-5, f"simulator {ops}")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_random_graph_in_the_slots_layout_matches_onnxruntime(case):
+    """The slots layout's rotations, diagonals and input layouts on random graphs."""
+    ops, seed = case
+    model, polynomial = _build(ops, seed)
+    if not polynomial:
+        return
+    x = np.random.default_rng(seed).uniform(-1, 1, (4, WIDTH)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    try:
+        prog = hecc.compile(model, calibration=x, layout="slots")
+    except hecc.ParameterError:
+        return
+    assert prog.layouts == ["slots"]
+    assert_close(prog.run(x, backend="sim")["y"], expected, 1e-5, f"slots simulator {ops}")

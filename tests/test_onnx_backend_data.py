@@ -64,11 +64,11 @@ def test_backend_case(case):
     model = os.path.join(case, "model.onnx")
     if name not in SUPPORTED:
         with pytest.raises(hecc.UserError):
-            prog = hecc.compile(model)
+            prog = hecc.compile(model, layout="batch")
             for ins, _ in zip(*_load_case(case)):
                 prog.run(dict(zip([n for n, _ in prog.inputs], ins)))
         return
-    prog = hecc.compile(model)
+    prog = hecc.compile(model, layout="batch")
     names = [n for n, _ in prog.inputs]
     for ins, outs in zip(*_load_case(case)):
         got = prog.run(dict(zip(names, ins)))

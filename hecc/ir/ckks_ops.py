@@ -1,5 +1,11 @@
-"""The ``ckks`` dialect: tensors of CKKS ciphertexts, one ciphertext per tensor element in the
-batch layout (the slots hold different inputs).
+"""The ``ckks`` dialect: tensors of CKKS ciphertexts.
+
+In the batch layout a ciphertext tensor has one ciphertext per tensor element and the slots hold
+different inputs (``ckks.linear`` mixes ciphertexts with scalar weights). In the slots layout one
+input lives in the slots of one ciphertext (shape ()), or of a few (the input, shape (C,), split by
+``ckks.extract``); a value of n elements is stored periodically (element i in every slot s with
+s mod p = i, p a power of two >= n), and linear maps are ``ckks.rotate``, ``ckks.mul_plain``
+by plaintext vectors and sums. Elementwise ops are the same in both layouts.
 
 Types propagate sizes, levels and scales without demanding that operands agree (a product of two
 size-2 ciphertexts has size 3; a sum takes the larger level and scale), so the IR is well-typed
@@ -89,14 +95,43 @@ def _modswitch(types, attrs):
 
 def _decrypt(types, attrs):
     a = _cipher(types[0])
+    if attrs["shape"]:
+        if a.shape != ():
+            raise ValueError(f"a slots-layout decrypt takes one ciphertext, got shape {a.shape}")
+        return [TensorType(tuple(attrs["shape"]), True)]
     return [TensorType(a.shape, True)]
+
+
+def _same_cipher(types, attrs):
+    return [_cipher(types[0])]
+
+
+def _rotate(types, attrs):
+    a = _cipher(types[0])
+    if attrs["step"] <= 0 or (a.slots and attrs["step"] >= a.slots):
+        raise ValueError(f"rotation step {attrs['step']} must lie in 1..slots-1")
+    return [a]
+
+
+def _mul_plain(types, attrs):
+    a = _cipher(types[0])
+    return [a.but(scale_bits=a.scale_bits + attrs["weight_scale"])]
+
+
+def _extract(types, attrs):
+    a = _cipher(types[0])
+    if len(a.shape) != 1 or not 0 <= attrs["index"] < a.shape[0]:
+        raise ValueError(f"cannot extract ciphertext {attrs['index']} of shape {a.shape}")
+    return [a.but(shape=())]
 
 
 define("ckks.params", 0, 0,
        attrs={"poly_modulus_degree": Attr("int"), "coeff_modulus_bits": Attr("ints"),
-              "security": Attr("int", 128), "layout": Attr("str", "batch")},
+              "security": Attr("int", 128), "layout": Attr("str", "batch"),
+              "galois_steps": Attr("ints", [])},
        doc="The encryption parameters: ring degree N and the coefficient-modulus bit sizes "
-           "[q0, primes dropped last to first, special prime] in SEAL's order.")
+           "[q0, primes dropped last to first, special prime] in SEAL's order; the layout; the "
+           "rotation steps that get Galois keys (set by minimize-rotation-keys).")
 define("ckks.linear", 1, infer=_linear,
        attrs={"matrix": Attr("str"), "bias": Attr("str", ""), "shape": Attr("ints"),
               "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False),
@@ -116,5 +151,21 @@ define("ckks.relinearize", 1, infer=_relinearize, doc="Size 3 -> 2 with the reli
 define("ckks.rescale", 1, infer=_rescale, attrs={"bits": Attr("int")},
        doc="Divide by the next prime (of `bits` bits): one level down, scale - bits.")
 define("ckks.modswitch", 1, infer=_modswitch, doc="Drop the next prime: one level down, same scale.")
-define("ckks.decrypt", 1, infer=_decrypt, client_side=True,
-       doc="Decrypt and decode (client-side): the server's result becomes a plaintext tensor.")
+define("ckks.decrypt", 1, infer=_decrypt, client_side=True, attrs={"shape": Attr("ints", [])},
+       doc="Decrypt and decode (client-side): the server's result becomes a plaintext tensor. "
+           "With `shape` (slots layout) the tensor is read from the first slots of one ciphertext.")
+define("ckks.rotate", 1, infer=_rotate, attrs={"step": Attr("int")},
+       doc="Slots layout: rotate the slots left by `step` (slot s receives slot s + step, cyclic), "
+           "with the Galois key of that step.")
+define("ckks.mul_plain", 1, infer=_mul_plain,
+       attrs={"plain": Attr("str"), "row": Attr("int", 0), "weight_scale": Attr("int")},
+       doc="Slots layout: multiply by the plaintext vector in row `row` of the constant `plain` "
+           "(repeated periodically over the slots; ciphertext c of a tensor takes row `row` + c), "
+           "encoded at 2^weight_scale: the scale grows by weight_scale.")
+define("ckks.add_plain", 1, infer=_same_cipher,
+       attrs={"plain": Attr("str"), "row": Attr("int", 0), "checks_interval": Attr("int", 0)},
+       doc="Slots layout: add the plaintext vector in row `row` of `plain` (repeated periodically), "
+           "encoded at the ciphertext's scale. checks_interval > 0 marks the input of a polynomial "
+           "activation mapped to [-1, 1], valid in its first checks_interval slots.")
+define("ckks.extract", 1, infer=_extract, attrs={"index": Attr("int")},
+       doc="Slots layout: ciphertext `index` of a tensor of ciphertexts (no arithmetic).")

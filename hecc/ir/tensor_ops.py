@@ -165,8 +165,10 @@ def _softmax_like(types, attrs):
 
 _WINDOW = {"strides": Attr("ints"), "pads": Attr("ints")}
 
-define("hecc.input", 0, attrs={"name": Attr("str")},
-       doc="An encrypted model input; inputs are numbered in program order.")
+define("hecc.input", 0, attrs={"name": Attr("str"), "shape": Attr("ints", []), "layout": Attr("str", "")},
+       doc="An encrypted model input; inputs are numbered in program order. In the slots layout "
+           "`layout` names an int array (ciphertexts x slots) giving the flat index of the element "
+           "of the input tensor (of shape `shape`) that each slot holds, -1 for zero.")
 define("hecc.output", 1, 0, attrs={"name": Attr("str")},
        doc="A model output; the operand is what the client receives.")
 define("tensor.constant", 0, attrs={"name": Attr("str")},
