@@ -22,7 +22,7 @@ from .common import (SLOTS_CHUNK, RunStats, batches, is_slots, plain_rows, progr
                      run_client_tail, slot_inputs, split_program)
 
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
-ROTATE_NOISE_FACTOR = 4.0  # a rotation's key-switching error, in units of the above (SEAL, 60-bit special prime)
+ROTATE_NOISE_FACTOR = 1.0  # a rotation's key-switching error, in units of the above (SEAL, data primes far below the special prime)
 
 
 def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:

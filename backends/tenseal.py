@@ -313,8 +313,17 @@ class TensealBackend:
         zero.scale = scale
         return zero
 
-    def _apply(self, op, args, rows=None):
-        """One server op on lists of ciphertexts (``rows``: only these rows of a linear op)."""
+    def _dies_here(self, op, index: int) -> bool:
+        """Whether a sum may overwrite its first operand: in the slots layout (where no two values
+        share a ciphertext object) when nothing reads that operand after this op."""
+        if not self.slots_layout or op.name not in ("ckks.add", "ckks.sub"):
+            return False
+        first = op.operands[0]
+        return first is not op.operands[1] and self.last_use.get(first) == index
+
+    def _apply(self, op, args, rows=None, reuse: bool = False):
+        """One server op on lists of ciphertexts (``rows``: only these rows of a linear op;
+        ``reuse``: a sum may write into its first operand, which is dead after it)."""
         s = self.seal
         ev = s.evaluator
         name = op.name
@@ -338,7 +347,11 @@ class TensealBackend:
                 a, b = parts
                 if a.scale != b.scale:
                     b = _adopt_scale(b, a.scale)
-                (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
+                if reuse:
+                    (ev.add_inplace if name == "ckks.add" else ev.sub_inplace)(a, b)
+                    out = a
+                else:
+                    (ev.add if name == "ckks.add" else ev.sub)(a, b, out)
             elif name == "ckks.relinearize":
                 ev.relinearize(parts[0], s.relin_keys, out)
             elif name == "ckks.rescale":
@@ -395,8 +408,9 @@ class TensealBackend:
             if parallel > 1 and work >= PARALLEL_MIN_PRODUCTS:
                 self._run_segment_parallel(segment, env, parallel)
             else:
-                for op in segment:
-                    env[op.result] = self._apply(op, [env[v] for v in op.operands])
+                for offset, op in enumerate(segment):
+                    env[op.result] = self._apply(op, [env[v] for v in op.operands],
+                                                 reuse=self._dies_here(op, index + offset))
             for op in segment:
                 for v in op.operands:
                     if self.last_use.get(v) == index:

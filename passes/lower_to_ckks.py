@@ -1,6 +1,7 @@
-"""lower-to-ckks: tensor IR -> ckks IR in the batch layout (CryptoNets' packing).
+"""lower-to-ckks: tensor IR -> ckks IR in the batch layout (CryptoNets' packing) or the slots
+layout (LoLa's packing; see ``_SlotsLowering``).
 
-Every secret tensor becomes a tensor of ciphertexts, one per element; the slots of each ciphertext
+Batch layout: every secret tensor becomes a tensor of ciphertexts, one per element; the slots of each ciphertext
 hold up to N/2 different inputs, so no rotations are ever needed. Secret tensors are tracked as
 affine forms of ciphertext tensors (sum_b A_b @ base_b + bias): affine tensor ops (conv2d, matmul,
 avgpool, reshape, transpose, pad, concat, reduce, add/sub/mul by constants, sums of secret values,
@@ -14,9 +15,15 @@ exact weight scale.
 
 Assumes: verified tensor IR whose constants have values; ``graph.meta["ranges"]`` (optional) maps
 tensor values to their calibrated max |value|.
+Slots layout: the same affine forms, over ciphertexts that each hold a whole tensor of one input;
+a form becomes a diagonal-method map (``ckks.rotate``, ``ckks.mul_plain``, ``ckks.add``,
+``ckks.add_plain``), and each input's slot layout (``hecc.input`` ``layout``) is chosen at its first
+use. A linear map too large for one ciphertext raises UnsupportedOpError.
+
 Guarantees: ckks IR with inputs at level 0 and scale 2^scale_bits, no rescale, relinearize or
-modswitch yet (later passes insert them), ``slots`` 0 until parameters are selected;
-``graph.meta["max_abs"]`` maps each ciphertext value to a bound on the values it holds.
+modswitch yet (later passes insert them), ``slots`` 0 until parameters are selected (slots layout:
+the given slot count, which select-parameters keeps); ``graph.meta["max_abs"]`` maps each
+ciphertext value to a bound on the values it holds.
 Options: layout ("batch" | "slots"), scale_bits (26), weight_scale_bits (batch: 14; slots: the
 scale_bits), slots (the slots layout's slot count, N/2; 4096).
 """
@@ -420,15 +427,16 @@ class _SlotsLowering(_Lowering):
     never read with a non-zero weight). Periodic storage makes every rotation cyclic within the
     data, so a linear map (any fused chain of affine tensor ops: conv, dense, pooling, flatten,
     BN) is the generalized diagonal method: sum_k D_k * rotate(x, k) over the non-zero diagonals
-    (zero diagonals, e.g. pruned blocks, are skipped), baby-step giant-step with the giant steps
-    in Horner form, and, when the output is shorter than the input period, a rotate-and-sum over
-    its blocks. The input is laid out by the client, who may copy pixels: for the first linear
-    map it is either periodic, or expanded (im2col-style: tap t of output i in slot t*q + i, over
-    as many ciphertexts as the taps need), whichever the plan costs say is cheaper; then that map
-    is C products and log2(slots/q) rotations. Baby steps rotate the previous baby by the
-    difference and giant steps are in Horner form, so a map needs few distinct steps (keys) for
-    the same number of rotations (SEAL has no hoisting to lose). During the lowering a ciphertext value has the
-    shape of the tensor it holds; at the end every value but the inputs becomes one ciphertext.
+    (zero diagonals, e.g. pruned blocks, are skipped), baby-step giant-step, and, when the output
+    is shorter than the input period, a rotate-and-sum over its blocks. Baby steps rotate the
+    previous baby and giant steps are in Horner form, so a map needs few distinct steps (keys)
+    for the same number of rotations (SEAL has no hoisting to lose); the output period is chosen
+    by the plan costs, a new key counting as a cost. The input is laid out by the client, who
+    may copy pixels: for the first linear map it is either periodic, or expanded (im2col-style:
+    tap t of output i in slot t*q + i, over as many ciphertexts as the taps need), whichever the
+    plan costs say is cheaper; then that map is C products and log2(slots/q) rotations. During
+    the lowering a ciphertext value has the shape of the tensor it holds; at the end every value
+    but the inputs becomes one ciphertext.
     """
 
     def __init__(self, graph: Graph, options: dict):

@@ -49,6 +49,11 @@ def test_pictures_are_made_and_well_formed(tmp_path):
             assert any(t and re.search(r"level 1\s+2\^26", t) for t in texts)
         else:
             assert "conv2d" in texts and "matmul" in texts
+    svg = tmp_path / "slots.svg"
+    proc = subprocess.run([HECC, "inspect", art, "--layout", "slots", "--graph", svg], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    texts = [t.text for t in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}text")]
+    assert "rotate" in texts and "mul_plain" in texts and "linear" not in texts
     png = tmp_path / "levels.png"
     assert subprocess.run([HECC, "inspect", art, "--levels", png]).returncode == 0
     data = png.read_bytes()
@@ -63,7 +68,9 @@ def test_compile_report_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for needle in ("lower-to-ckks", "multiplicative depth: 2", "N=8192", "multiply_plain 105935",
                    "rescale 945", "evaluation keys:", "predicted precision", "predicted time per batch",
-                   "predicted throughput"):
+                   "predicted throughput", "slots layout: CKKS N=8192", "rotations per input: 42",
+                   "Galois keys: 8", "predicted time per input", "1 input(s):", "picks slots",
+                   "4096 input(s):", "picks batch"):
         assert needle in proc.stdout, needle
     seconds = float(re.search(r"server evaluation ([\d.]+) s on one core", proc.stdout).group(1))
     assert 1 < seconds < 200
