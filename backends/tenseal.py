@@ -489,6 +489,7 @@ class TensealBackend:
         runs = stacked[0].shape[0] if stacked else 1
         spans = self.spans(runs)
         stats.batches = len(spans)
+        unit = "input" if self.slots_layout else "batch"
         workers = self.workers
         stats.workers = workers
         rounds = len(spans) // workers * workers if workers > 1 else 0
@@ -501,14 +502,14 @@ class TensealBackend:
                     results.append(result)
                     per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
                     if self.progress:
-                        self.progress(f"batch {len(results)}/{len(spans)} done")
+                        self.progress(f"{unit} {len(results)}/{len(spans)} done")
             _ACTIVE = None
         rest_eval = 0.0
         for lo, hi in spans[rounds:]:
             results.append(self.run_batch(stacked, lo, hi, parallel=workers))
             rest_eval += results[-1][1]["eval"]
             if self.progress:
-                self.progress(f"batch {len(results)}/{len(spans)} done")
+                self.progress(f"{unit} {len(results)}/{len(spans)} done")
         per_worker_eval = [max(per_worker.values(), default=0.0) + rest_eval]
         for _, t in results:
             for key in ("encrypt", "eval", "decrypt"):
@@ -532,7 +533,8 @@ def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None
     spans = backend.spans(runs)
     for i, (lo, hi) in enumerate(spans):
         if progress:
-            progress(f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
+            progress(f"encrypting input {i + 1}/{len(spans)}" if backend.slots_layout else
+                     f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
         env = backend._encrypt(stacked, lo, hi, seeded=True)
         out.append([[_dump(ct) for ct in env[op.result]] for op in backend.inputs])
     return out
@@ -547,7 +549,7 @@ def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progr
     out = []
     for number, batch in enumerate(encrypted):
         if progress:
-            progress(f"evaluating batch {number + 1}/{len(encrypted)}")
+            progress(f"evaluating {'input' if backend.slots_layout else 'batch'} {number + 1}/{len(encrypted)}")
         if len(batch) != len(backend.inputs):
             raise CiphertextFileError(f"the ciphertexts hold {len(batch)} input(s); the program takes "
                                       f"{len(backend.inputs)}")
