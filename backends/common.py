@@ -125,3 +125,29 @@ def quantized(matrix: np.ndarray, weight_scale_bits: int) -> np.ndarray:
     return np.round(matrix * step) / step
 
 
+
+
+def ciphertext_bytes(n: int, primes: int, size: int = 2) -> int:
+    """Bytes of one ciphertext in memory: ``size`` polynomials of N coefficients per prime."""
+    return size * n * primes * 8
+
+
+def predicted_peak_bytes(graph: Graph) -> int:
+    """Peak bytes of the ciphertexts live at once while one batch (or input) is evaluated: every
+    value from its definition to its last use, at its level's prime count."""
+    params = program_params(graph)
+    n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
+    last_use = {}
+    for index, op in enumerate(graph.ops):
+        for v in op.operands:
+            last_use[v] = index
+    live, peak = {}, 0
+    for index, op in enumerate(graph.ops):
+        for v in op.results:
+            if isinstance(v.type, CipherType):
+                live[v] = v.type.count * ciphertext_bytes(n, primes - v.type.level, v.type.size)
+        peak = max(peak, sum(live.values()))
+        for v in op.operands:
+            if last_use.get(v) == index:
+                live.pop(v, None)
+    return peak

@@ -5,15 +5,15 @@ Keys: a secret key, a public key and, when the program relinearizes, relineariza
 Galois keys (the batch layout never rotates). Bias plaintexts are encoded once per loaded program;
 scalar weights are encoded as they are used (0.008 ms each on this machine, while caching all of
 them would take gigabytes). SEAL calls hold the GIL, so both cores are used through forked worker
-processes, which inherit keys and ciphertexts: whole batches run side by side while there are
-enough of them, and a remaining batch splits the rows of each large linear layer (and the
-elementwise ops after it) across the workers, which hand their ciphertexts back through files.
+processes (``workers.forked_map``), which inherit keys and ciphertexts: whole batches run side by
+side while there are enough of them, and a remaining batch splits the rows of each large linear
+layer (and the elementwise ops after it) across the workers, which hand their ciphertexts back
+through nameless files. SEAL objects become bytes in memory only (``seal_bytes``), and bytes from
+outside are checked before SEAL reads them.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -21,8 +21,10 @@ import tenseal.sealapi as seal
 
 from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..ir import Graph
-from .common import (RunStats, batches, is_slots, plain_rows, program_params, quantized, run_client_tail,
-                     slot_inputs, split_program)
+from . import seal_bytes
+from .common import (RunStats, batches, is_slots, plain_rows, predicted_peak_bytes, program_params, quantized,
+                     run_client_tail, slot_inputs, split_program)
+from .workers import anonymous_file, forked_map, read_record, write_record
 
 
 class _Seal:
@@ -41,6 +43,13 @@ class _Seal:
         if not self.context.parameters_set():
             raise ParameterError(f"SEAL rejects N={n}, coeff_modulus {chain} at 128-bit security: "
                                  f"{self.context.parameters_error_message()}")
+        self.n, self.primes = n, len(chain)
+        self.chain_index = {}  # parms_id -> SEAL's chain index (primes left - 1)
+        data = self.context.first_context_data()
+        while data is not None:
+            self.chain_index[tuple(data.parms_id())] = data.chain_index()
+            data = data.next_context_data()
+        self.top = self.context.first_context_data().chain_index()
         self.secret_key, self.relin_keys, self.galois_keys, self.keygen = None, None, None, None
         self.galois_steps = list(galois_steps or [])
         self.relin = relin
@@ -56,19 +65,18 @@ class _Seal:
                 self.galois_keys = seal.GaloisKeys()
                 keygen.create_galois_keys(self.galois_elements(), self.galois_keys)
         else:
+            poly = n * len(chain) * 8
+            switching = (len(chain) - 1) * 2 * poly
             if "secret" in keys:
-                self.secret_key = _load(seal.SecretKey(), self.context, keys["secret"], "secret key")
-            self.public_key = _load(seal.PublicKey(), self.context, keys["public"], "public key")
-            if relin:
-                if "relin" not in keys:
-                    raise KeyFileError("the evaluation keys hold no relinearization keys, which this "
-                                       "program needs; run `hecc keygen` again")
-                self.relin_keys = _load(seal.RelinKeys(), self.context, keys["relin"], "relinearization keys")
-            if self.galois_steps:
-                if "galois" not in keys:
-                    raise KeyFileError("the evaluation keys hold no rotation (Galois) keys, which this "
-                                       "program needs; run `hecc keygen` again")
-                self.galois_keys = _load(seal.GaloisKeys(), self.context, keys["galois"], "rotation keys")
+                self.secret_key = self._load_key(seal.SecretKey(), keys["secret"], "secret key", poly)
+            self.public_key = self._load_key(seal.PublicKey(), keys.get("public"), "public key", 2 * poly)
+            server = "secret" not in keys  # the client needs no evaluation keys
+            if relin and server:
+                self.relin_keys = self._load_key(seal.RelinKeys(), keys.get("relin"),
+                                                 "relinearization keys", switching)
+            if self.galois_steps and server:
+                self.galois_keys = self._load_key(seal.GaloisKeys(), keys.get("galois"), "rotation keys",
+                                                  switching * len(self.galois_steps))
                 missing = [s for s, e in zip(self.galois_steps, self.galois_elements())
                            if not self.galois_keys.has_key(e)]
                 if missing:
@@ -82,6 +90,22 @@ class _Seal:
             self.encryptor.set_secret_key(self.secret_key)
             self.decryptor = seal.Decryptor(self.context, self.secret_key)
 
+    def _load_key(self, obj, data: bytes | None, what: str, raw_bytes: int):
+        """A key from bytes: SEAL's header and size checked, its body decompressed within the
+        bound, and the result valid for this program's parameters."""
+        if data is None:
+            raise KeyFileError(f"the key files hold no {what}, which this program needs; run "
+                               "`hecc keygen` again")
+        try:
+            blob = seal_bytes.inflate(data, raw_bytes + (1 << 16))
+            seal_bytes.from_bytes(obj, self.context, blob)
+        except (seal_bytes.SealBytesError, ValueError, RuntimeError, TypeError) as exc:
+            raise KeyFileError(f"the {what} do not load for this program's parameters ({exc}); they are "
+                               "corrupted or were made for another model") from None
+        if not seal.is_valid_for(obj, self.context):
+            raise KeyFileError(f"the {what} are not valid for this program's parameters")
+        return obj
+
     def galois_elements(self) -> list[int]:
         """SEAL's Galois element for each rotation step: 3^step mod 2N."""
         n = self.context.key_context_data().parms().poly_modulus_degree()
@@ -90,23 +114,22 @@ class _Seal:
     def export(self) -> dict[str, bytes]:
         """Serialized keys. Keys made here are saved seeded (SEAL regenerates the random half of
         each key-switching key from a seed when loading): half the bytes."""
-        out = {"public": _dump(self.public_key)}
+        dump = seal_bytes.to_bytes
+        out = {"public": dump(self.public_key)}
         if self.secret_key is not None:
-            out["secret"] = _dump(self.secret_key)
+            out["secret"] = dump(self.secret_key)
         if self.keygen is not None:
             if self.relin:
-                out["relin"] = _dump(self.keygen.create_relin_keys())
+                out["relin"] = dump(self.keygen.create_relin_keys())
+                self.relin_keys = seal_bytes.from_bytes(seal.RelinKeys(), self.context, out["relin"])
             if self.galois_steps:
-                out["galois"] = _dump(self.keygen.create_galois_keys(self.galois_elements()))
-            self.relin_keys = _load(seal.RelinKeys(), self.context, out["relin"], "relinearization keys") \
-                if self.relin else None
-            if self.galois_steps:
-                self.galois_keys = _load(seal.GaloisKeys(), self.context, out["galois"], "rotation keys")
+                out["galois"] = dump(self.keygen.create_galois_keys(self.galois_elements()))
+                self.galois_keys = seal_bytes.from_bytes(seal.GaloisKeys(), self.context, out["galois"])
             return out
         if self.relin_keys is not None:
-            out["relin"] = _dump(self.relin_keys)
+            out["relin"] = dump(self.relin_keys)
         if self.galois_keys is not None:
-            out["galois"] = _dump(self.galois_keys)
+            out["galois"] = dump(self.galois_keys)
         return out
 
     def eval_key_bytes(self) -> int:
@@ -114,30 +137,37 @@ class _Seal:
         keys = self.export()
         return sum(len(keys[k]) for k in ("relin", "galois") if k in keys)
 
-    def load_ciphertext(self, data: bytes):
-        return _load(seal.Ciphertext(), self.context, data, "ciphertext")
-
-
-def _dump(obj) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "obj")
-        obj.save(path)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _load(obj, context, data: bytes, what: str):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "obj")
-        with open(path, "wb") as f:
-            f.write(data)
+    def load_ciphertext(self, data: bytes, level: int, scale: float, what: str):
+        """A ciphertext from hostile bytes: before SEAL reads them, its size, level (primes
+        left), component count, ring degree and scale are checked against what the program has
+        at this point (``level``, ``scale``)."""
+        chain_index = self.top - level
+        primes = chain_index + 1
         try:
-            obj.load(context, path)
+            blob = seal_bytes.inflate(data, 2 * self.n * primes * 8 + 1024)
+            meta = seal_bytes.ciphertext_meta(blob)
+        except seal_bytes.SealBytesError as exc:
+            raise CiphertextFileError(f"{what} is not a ciphertext of this program ({exc})") from None
+        found = self.chain_index.get(meta["parms_id"])
+        if found is None:
+            raise CiphertextFileError(f"{what} was made for other encryption parameters")
+        if found != chain_index:
+            raise CiphertextFileError(f"{what} is at level {self.top - found}; the program expects it "
+                                      f"at level {level}")
+        if meta["size"] != 2 or meta["degree"] != self.n or meta["primes"] != primes or meta["ntt"] != 1:
+            raise CiphertextFileError(f"{what} has {meta['size']} components over {meta['primes']} "
+                                      f"primes at N={meta['degree']}; the program expects 2 over {primes} "
+                                      f"at N={self.n}")
+        if not abs(meta["scale"] / scale - 1) <= SCALE_CHECK:
+            raise CiphertextFileError(f"{what} has scale {meta['scale']:.6g}; the program expects "
+                                      f"{scale:.6g} (its values would decode wrongly)")
+        try:
+            ct = seal_bytes.from_bytes(seal.Ciphertext(), self.context, blob)
         except (ValueError, RuntimeError, TypeError) as exc:
-            error = CiphertextFileError if what == "ciphertext" else KeyFileError
-            raise error(f"the {what} does not load for this program's parameters ({exc}); it is "
-                        "corrupted or was made for another model") from None
-    return obj
+            raise CiphertextFileError(f"{what} does not load ({exc})") from None
+        if not seal.is_valid_for(ct, self.context):
+            raise CiphertextFileError(f"{what} is not valid for this program's parameters")
+        return ct
 
 
 class TensealBackend:
@@ -180,7 +210,7 @@ class TensealBackend:
 
         def prime(level):
             return float(data[len(data) - 1 - level])
-        scale = {op.result: 2.0 ** op.result.type.scale_bits for op in self.inputs}
+        scale = self.scales = {op.result: 2.0 ** op.result.type.scale_bits for op in self.inputs}
         for op in self.server:
             args = [scale[v] for v in op.operands]
             level = op.operands[0].type.level
@@ -431,21 +461,33 @@ class TensealBackend:
         bounds = np.linspace(0, rows, parallel + 1).astype(int)
         chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         live = self._live_out(segment)
+        # results come back through nameless files on disk, not pipes or /dev/shm: a layer's
+        # ciphertexts can be gigabytes at N=16384, and a RAM copy beside the parent's would double
+        # the peak memory; nameless, they cannot outlive the run
+        files = [anonymous_file() for _ in chunks]
         global _ACTIVE
-        # staged on disk, not /dev/shm: a layer's ciphertexts can be gigabytes at N=16384, and a RAM
-        # copy next to the parent's would double the peak memory
-        with tempfile.TemporaryDirectory() as tmp:
-            _ACTIVE = (self, env, segment, live, tmp)
-            with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:
-                pool.map(_worker_segment, chunks)
+        _ACTIVE = (self, env, segment, live, files)
+        try:
+            for _ in forked_map(_worker_segment, list(enumerate(chunks)), len(chunks),
+                                        self.memory_hint(len(chunks))):
+                pass
+            results = {value: [] for value in live}
+            for (lo, hi), f in zip(chunks, files):
+                f.seek(0)
+                for value in live:
+                    results[value] += [seal_bytes.from_bytes(seal.Ciphertext(), self.seal.context,
+                                                             read_record(f)) for _ in range(lo, hi)]
+            env.update(results)
+        finally:
             _ACTIVE = None
-            for value_index, value in enumerate(live):
-                cts = []
-                for row in range(rows):
-                    ct = seal.Ciphertext()
-                    ct.load(self.seal.context, os.path.join(tmp, f"{value_index}.{row}"))
-                    cts.append(ct)
-                env[value] = cts
+            for f in files:
+                f.close()
+
+    def memory_hint(self, processes: int) -> str:
+        """What the program needs in memory, for the message when a worker dies."""
+        per = predicted_peak_bytes(self.graph)
+        return (f"This program keeps up to {per / 2 ** 30:.2f} GiB of ciphertexts per batch in memory "
+                f"({processes} processes at once).")
 
     def _decrypt(self, env, lo, hi):
         s = self.seal
@@ -497,13 +539,15 @@ class TensealBackend:
         if rounds:
             global _ACTIVE
             _ACTIVE = (self, stacked)
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for result in pool.imap(_worker_batch, spans[:rounds]):
+            try:
+                for result in forked_map(_worker_batch, spans[:rounds], workers,
+                                                  self.memory_hint(workers)):
                     results.append(result)
                     per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
                     if self.progress:
                         self.progress(f"{unit} {len(results)}/{len(spans)} done")
-            _ACTIVE = None
+            finally:
+                _ACTIVE = None
         rest_eval = 0.0
         for lo, hi in spans[rounds:]:
             results.append(self.run_batch(stacked, lo, hi, parallel=workers))
@@ -518,8 +562,11 @@ class TensealBackend:
         return [np.concatenate([r[0][i] for r in results]) for i in range(len(self.outputs))]
 
 
-def generate_keys(graph: Graph) -> dict[str, bytes]:
-    """New keys for ``graph``'s parameters: secret, public and (if needed) relinearization keys."""
+def generate_keys(graph: Graph, max_key_bytes: int | None = None) -> dict[str, bytes]:
+    """New keys for ``graph``'s parameters: secret, public and, as the program needs them,
+    relinearization and rotation keys; refused beforehand when the evaluation keys would exceed
+    ``max_key_bytes`` (default MAX_KEY_BYTES)."""
+    check_key_budget(graph, max_key_bytes)
     backend = TensealBackend(graph)
     return backend.connect(None).export()
 
@@ -536,12 +583,30 @@ def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None
             progress(f"encrypting input {i + 1}/{len(spans)}" if backend.slots_layout else
                      f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
         env = backend._encrypt(stacked, lo, hi, seeded=True)
-        out.append([[_dump(ct) for ct in env[op.result]] for op in backend.inputs])
+        out.append([[seal_bytes.to_bytes(ct) for ct in env[op.result]] for op in backend.inputs])
     return out
 
 
+def input_groups(graph: Graph) -> list[int]:
+    """Ciphertexts per input of one batch, in input order."""
+    return [op.result.type.count for op in graph.inputs()]
+
+
+def result_groups(graph: Graph) -> list[int]:
+    """Ciphertexts per decryption point of one batch, in program order."""
+    return [op.operands[0].type.count for op in graph.ops if op.name == "ckks.decrypt"]
+
+
+def _load_group(backend, value, group, what: str) -> list:
+    """The ciphertexts of one IR value, each checked against its level and planned scale."""
+    level, scale = value.type.level, backend.scales[value]
+    return [backend.seal.load_ciphertext(data, level, scale, f"{what}, ciphertext {j}")
+            for j, data in enumerate(group)]
+
+
 def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progress=None) -> list[list[list[bytes]]]:
-    """Server: the program on ciphertexts, with no secret key; per batch, per decryption point."""
+    """Server: the program on ciphertexts, with no secret key; per batch, per decryption point.
+    Every ciphertext is checked against the program's input level and scale before SEAL reads it."""
     if "secret" in eval_keys:
         raise KeyFileError("the server was given a secret key; it must never have one")
     backend = TensealBackend(graph)
@@ -550,34 +615,48 @@ def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progr
     for number, batch in enumerate(encrypted):
         if progress:
             progress(f"evaluating {'input' if backend.slots_layout else 'batch'} {number + 1}/{len(encrypted)}")
-        if len(batch) != len(backend.inputs):
-            raise CiphertextFileError(f"the ciphertexts hold {len(batch)} input(s); the program takes "
-                                      f"{len(backend.inputs)}")
-        env = {}
-        for op, cts in zip(backend.inputs, batch):
-            if len(cts) != op.result.type.count:
-                raise CiphertextFileError(f"input {op.attrs['name']!r} has {len(cts)} ciphertexts; the "
-                                          f"program expects {op.result.type.count}")
-            env[op.result] = [backend.seal.load_ciphertext(c) for c in cts]
+        env = {op.result: _load_group(backend, op.result, cts, f"batch {number}, input {op.attrs['name']!r}")
+               for op, cts in zip(backend.inputs, batch)}
         env = backend._evaluate(env, backend.workers)
-        out.append([[_dump(ct) for ct in env[op.operands[0]]] for op in backend.decrypts])
+        out.append([[seal_bytes.to_bytes(ct) for ct in env[op.operands[0]]] for op in backend.decrypts])
     return out
 
 
 def decrypt_batches(graph: Graph, keys: dict[str, bytes], results, sizes: list[int]) -> list:
-    """Client: decrypt the server's results and run the client-side tail; arrays (R, *shape)."""
+    """Client: decrypt the server's results and run the client-side tail; arrays (R, *shape).
+    Every ciphertext is checked against the level and scale the program gives its result first."""
     backend = TensealBackend(graph)
     backend.connect(keys)
     pieces = []
-    for batch, size in zip(results, sizes):
-        if len(batch) != len(backend.decrypts):
-            raise CiphertextFileError("the result ciphertexts do not match this program's outputs")
-        env = {op.operands[0]: [backend.seal.load_ciphertext(c) for c in cts]
-               for op, cts in zip(backend.decrypts, batch)}
+    for number, (batch, size) in enumerate(zip(results, sizes)):
+        env = {op.operands[0]: _load_group(backend, op.operands[0], cts, f"batch {number}, result {i}")
+               for i, (op, cts) in enumerate(zip(backend.decrypts, batch))}
         pieces.append(backend._decrypt(env, 0, size))
     return [np.concatenate([p[i] for p in pieces]) for i in range(len(backend.outputs))]
 
 
+MAX_KEY_BYTES = 4 << 30  # evaluation keys keygen makes without being told more (HECC_MAX_KEY_BYTES)
+
+
+def check_key_budget(graph: Graph, max_key_bytes: int | None = None) -> int:
+    """The bytes of the evaluation keys ``graph`` needs (relinearization and rotation keys,
+    unseeded); refused over the budget, before any key is made."""
+    params = program_params(graph)
+    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
+    n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits)
+    switching = (primes - 1) * 2 * n * primes * 8
+    relin = any(op.name == "ckks.relinearize" for op in graph.ops)
+    need = switching * (len(steps) + relin)
+    budget = max_key_bytes or int(os.environ.get("HECC_MAX_KEY_BYTES", MAX_KEY_BYTES))
+    if need > budget:
+        raise ParameterError(f"this program needs {len(steps)} rotation keys, {need / 2 ** 20:.0f} MiB of "
+                             f"evaluation keys, over the budget of {budget / 2 ** 20:.0f} MiB; compile "
+                             "with --max-rotation-keys to use fewer, or raise the budget "
+                             "(--max-key-bytes, or HECC_MAX_KEY_BYTES)")
+    return need
+
+
+SCALE_CHECK = 1e-6  # ciphertexts from outside: relative difference of scale from the program's
 SCALE_TOLERANCE = 1e-2
 
 
@@ -614,18 +693,20 @@ ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinear
 PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking for
 
 
-def _worker_segment(chunk):
-    backend, env, segment, live, tmp = _ACTIVE
+def _worker_segment(task):
+    backend, env, segment, live, files = _ACTIVE
+    index, (lo, hi) = task
+    out = files[index]
     local = {}
-    lo, hi = chunk
     for op in segment:
         if op.name == "ckks.linear":
-            local[op.result] = backend._apply(op, [env[op.operands[0]]], chunk)
+            local[op.result] = backend._apply(op, [env[op.operands[0]]], (lo, hi))
         else:
             local[op.result] = backend._apply(op, [local[v] for v in op.operands])
-    for value_index, value in enumerate(live):
-        for row, ct in zip(range(lo, hi), local[value]):
-            ct.save(os.path.join(tmp, f"{value_index}.{row}"))
+    for value in live:
+        for ct in local[value]:
+            write_record(out, seal_bytes.to_bytes(ct))
+    out.flush()
 
 
 def _worker_batch(span):

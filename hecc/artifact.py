@@ -1,9 +1,10 @@
 """The ``.hecc`` artifact: one zip holding a compiled program.
 
-Members: ``manifest.json`` (format and hecc version, inputs and outputs, stage list, sha256 of
-every other member), ``ir/<stage>.hir`` for each stage in compile order (the last is the program
-that runs), and ``weights.npz`` with the constants the final IR references. No key is stored.
-Loading checks every hash, so a corrupted or edited artifact is refused.
+Members, all stored uncompressed: ``manifest.json`` (format and hecc version, inputs and
+outputs, stage list, sha256 of every other member; its own sha256 is the zip comment),
+``ir/<stage>.hir`` for each stage in compile order, and ``weights.npz`` with the constants the IR
+references. No key is stored. An artifact may come from someone else (a client gets it from the
+server), so loading treats it as hostile: see ``load``.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .errors import ArtifactError, ParseError, VerifyError
+from .errors import ArtifactError, ParseError, UserError, VerifyError
 from .ir import Graph, parse, verify
+from .manifest import FINAL_STAGES, check_program, manifest_problem
 
 FORMAT = "hecc-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+COMMENT = b"hecc sha256:"
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass
@@ -62,80 +66,153 @@ def build(stages: dict[str, str], final: Graph, extra: dict | None = None) -> Ar
 
 
 def to_bytes(artifact: Artifact) -> bytes:
+    """The artifact as a zip of stored members (nothing compressed, so reading it back can never
+    take more memory than the file's size), the manifest's sha256 in the zip comment."""
     weights = io.BytesIO()
-    np.savez_compressed(weights, **artifact.constants)
+    np.savez(weights, **artifact.constants)
     members = {f"ir/{name}.hir": text.encode() for name, text in artifact.stages.items()}
     members["weights.npz"] = weights.getvalue()
-    manifest = dict(artifact.manifest, members={k: _sha256(v) for k, v in sorted(members.items())})
+    manifest = json.dumps(dict(artifact.manifest, members={k: _sha256(v) for k, v in sorted(members.items())}),
+                          indent=2, sort_keys=True).encode()
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.comment = COMMENT + _sha256(manifest).encode()
+        zf.writestr("manifest.json", manifest)
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
 
 
 def save(artifact: Artifact, path: str) -> None:
-    data = to_bytes(artifact)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from .outputs import write_bytes
+    write_bytes(path, to_bytes(artifact))
 
 
 def is_artifact(path: str) -> bool:
     """Whether ``path`` looks like a hecc artifact (used before overwriting a file)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read("manifest.json")).get("format") == FORMAT
+            info = zf.getinfo("manifest.json")
+            return info.file_size <= MAX_MANIFEST_BYTES and json.loads(zf.read(info)).get("format") == FORMAT
     except Exception:  # any unreadable file is simply "not an artifact"
         return False
 
 
 def load(path: str) -> Artifact:
+    """Read an artifact as hostile input: stored members only, names and sizes checked before
+    reading, the manifest's digest and schema, every member's sha256, the weights' declared
+    shapes against their bytes, then the IR parsed, verified and (for CKKS programs) validated."""
     if not os.path.isfile(path):
         raise ArtifactError(f"{path}: no such artifact; create it with `hecc compile MODEL.onnx -o {path}`")
     try:
         with zipfile.ZipFile(path) as zf:
-            files = {name: zf.read(name) for name in zf.namelist()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a hecc artifact or corrupted ({exc}); compile the model again") from None
-    except Exception as exc:  # zlib and struct errors from a damaged archive
-        raise ArtifactError(f"{path}: corrupted artifact ({type(exc).__name__}); compile the model again") from None
+            files = _read_members(zf, path)
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
+            NotImplementedError) as exc:
+        raise ArtifactError(f"{path}: not a hecc artifact or corrupted ({type(exc).__name__}: {exc}); "
+                            "compile the model again") from None
+    manifest = files.pop("manifest.json")
+    stages = {stage: _text(files[f"ir/{stage}.hir"], path, stage) for stage in manifest["stages"]}
+    constants = read_weights(files["weights.npz"], path)
+    art = Artifact(stages, constants, manifest)
     try:
-        manifest = json.loads(files["manifest.json"])
-    except (KeyError, ValueError):
+        for stage in stages:
+            graph = art.graph(stage)
+            if stage in FINAL_STAGES:
+                check_program(graph)
+    except (ParseError, VerifyError, UserError) as exc:
+        raise ArtifactError(f"{path}: the program in the artifact is invalid: {exc}") from None
+    return art
+
+
+def _read_members(zf: zipfile.ZipFile, path: str) -> dict:
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    by_name = {i.filename: i for i in infos}
+    if len(by_name) != len(names):
+        raise ArtifactError(f"{path}: a member appears twice; the artifact was not written by hecc")
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        raise ArtifactError(f"{path}: it holds compressed members, which hecc never writes (a compressed "
+                            "member could expand without bound); compile the model again")
+    head = by_name.get("manifest.json")
+    if head is None or head.file_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: the artifact has no readable manifest.json; compile the model again")
+    raw = zf.read(head)
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
         raise ArtifactError(f"{path}: the artifact has no readable manifest.json; compile the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a hecc artifact (manifest format is {manifest.get('format')!r})"
                             if isinstance(manifest, dict) else f"{path}: not a hecc artifact")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')} is not "
+        raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')!r} is not "
                             f"supported by hecc {__version__} (it reads version {FORMAT_VERSION}); "
                             "compile the model again with this hecc")
-    expected = manifest.get("members")
-    if not isinstance(expected, dict):
-        raise ArtifactError(f"{path}: the manifest lists no members; compile the model again")
-    actual = {k: v for k, v in files.items() if k != "manifest.json"}
-    if set(actual) != set(expected):
-        extra = sorted(set(actual) - set(expected))
-        missing = sorted(set(expected) - set(actual))
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{path}: the manifest is invalid ({problem}); compile the model again")
+    expected = manifest["members"]
+    if set(by_name) - {"manifest.json"} != set(expected):
+        extra = sorted(set(by_name) - set(expected) - {"manifest.json"})
+        missing = sorted(set(expected) - set(by_name))
         raise ArtifactError(f"{path}: the artifact was modified (unexpected members {extra}, "
                             f"missing members {missing}); compile the model again")
+    files = {"manifest.json": manifest}
     for name, digest in expected.items():
-        if _sha256(actual[name]) != digest:
+        sha, parts = hashlib.sha256(), []
+        with zf.open(by_name[name]) as member:
+            while chunk := member.read(1 << 20):
+                sha.update(chunk)
+                parts.append(chunk)
+        if sha.hexdigest() != digest:
             raise ArtifactError(f"{path}: member {name} does not match its sha256 in the manifest: "
                                 "the artifact was corrupted or edited; compile the model again")
-    stages = {}
-    for stage in manifest.get("stages", []):
-        stages[stage] = actual[f"ir/{stage}.hir"].decode()
-    if not stages:
-        raise ArtifactError(f"{path}: the artifact holds no program")
-    with np.load(io.BytesIO(actual["weights.npz"]), allow_pickle=False) as npz:
-        constants = {k: npz[k] for k in npz.files}
-    art = Artifact(stages, constants, manifest)
+        files[name] = b"".join(parts)
+    if zf.comment != COMMENT + _sha256(raw).encode():
+        raise ArtifactError(f"{path}: the manifest does not match the digest stored with it: the artifact "
+                            "was corrupted or edited; compile the model again")
+    return files
+
+
+def _text(data: bytes, path: str, stage: str) -> str:
     try:
-        art.graph()
-    except (ParseError, VerifyError) as exc:
-        raise ArtifactError(f"{path}: the program in the artifact is invalid: {exc}") from None
-    return art
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path}: ir/{stage}.hir is not UTF-8 text; compile the model again") from None
+
+
+def read_weights(data: bytes, path: str) -> dict[str, np.ndarray]:
+    """The weights of an artifact: an .npz of stored .npy members, each header's shape checked
+    against the member's bytes before any array is allocated; no pickles."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            out = {}
+            for info in zf.infolist():
+                name = info.filename
+                if info.compress_type != zipfile.ZIP_STORED or not name.endswith(".npy"):
+                    raise ArtifactError(f"{path}: weights.npz member {name!r} is not a stored .npy array")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                             else np.lib.format.read_array_header_2_0(f))
+                    if dtype.hasobject or dtype.kind not in "fiub":
+                        raise ArtifactError(f"{path}: weight {name[:-4]!r} has dtype {dtype}, which hecc "
+                                            "never writes")
+                    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if f.tell() + need != info.file_size:
+                        raise ArtifactError(f"{path}: weight {name[:-4]!r} declares shape {shape} but "
+                                            "holds another number of bytes")
+                    buffer = bytearray(need)
+                    if f.readinto(buffer) != need:
+                        raise ArtifactError(f"{path}: weight {name[:-4]!r} is truncated")
+                    array = np.frombuffer(buffer, dtype=dtype)
+                out[name[:-4]] = array.reshape(shape, order="F" if fortran else "C")
+            return out
+    except ArtifactError:
+        raise
+    except Exception as exc:  # zipfile and numpy header errors from a damaged weights member
+        raise ArtifactError(f"{path}: weights.npz is damaged ({type(exc).__name__}: {exc}); compile the "
+                            "model again") from None

@@ -7,12 +7,13 @@ import os
 import sys
 import traceback
 import warnings
-import zipfile
 
 import numpy as np
 
 from . import __version__
-from .errors import HeccWarning, InputError, UserError
+from .errors import HeccWarning, InputError, UserError, WorkerDied
+from .outputs import (Terminated, atomic_output, check_output, cleanup_on_signals, is_ciphertext_file,
+                      is_hecc_json, is_hecc_picture, is_numpy_file)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +96,9 @@ def _build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, metavar="KEYS/", help="folder for the keys")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.add_argument("--force", action="store_true", help="replace existing keys")
+    k.add_argument("--max-key-bytes", type=int, metavar="MIB",
+                   help="refuse to make more than MIB mebibytes of evaluation keys (default 4096, or "
+                        "HECC_MAX_KEY_BYTES in bytes)")
 
     e = sub.add_parser("encrypt", help="client: encrypt inputs with the secret key")
     e.add_argument("artifact")
@@ -137,28 +141,11 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_overwrite(path: str, looks_ours, force: bool) -> None:
-    """Refuse to replace an existing file that is not of the kind we write, unless forced."""
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory; give a file path")
-    if os.path.exists(path) and not force and not looks_ours(path):
-        raise UserError(f"{path} exists and is not a file hecc wrote; choose another path or pass --force")
-
-
-def _is_numpy_file(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-        return head == b"\x93NUMPY" or zipfile.is_zipfile(path)
-    except OSError:
-        return False
-
-
 def _cmd_compile(args) -> int:
     from .api import compile as compile_model
     from .artifact import is_artifact
     out = args.output or os.path.splitext(args.model)[0] + ".hecc"
-    _check_overwrite(out, is_artifact, args.force)
+    check_output(out, is_artifact, args.force, reads=(args.model, *_paths(args.calibration)))
     calibration = _named_arrays(args.calibration) if args.calibration else None
     if args.weight_scale_bits is not None and not 1 <= args.weight_scale_bits <= 60:
         raise UserError("--weight-scale-bits must be between 1 and 60")
@@ -217,18 +204,20 @@ def _cmd_inspect(args) -> int:
     prog = _with_layout(load(args.artifact), args.layout, None)
     if args.graph or args.levels:
         from .pictures import graph_svg, levels_png
+        for path in (args.graph, args.levels):
+            if path:
+                check_output(path, is_hecc_picture, args.force, reads=(args.artifact,))
         if args.graph:
-            _check_overwrite(args.graph, lambda p: p.endswith(".svg"), args.force)
             stage = prog.stage_name(args.stage)
             prog.ir(stage)  # a clear error for a missing stage
-            with open(args.graph, "w") as f:
-                f.write(graph_svg(prog.artifact.graph(stage)))
+            with atomic_output(args.graph) as f:
+                f.write(graph_svg(prog.artifact.graph(stage)).encode())
             print(f"wrote {args.graph}")
         if args.levels:
             if not prog.encrypted:
                 raise UserError("this artifact has no CKKS program, so it has no levels to plot")
-            _check_overwrite(args.levels, lambda p: p.endswith(".png"), args.force)
-            levels_png(prog.graph, args.levels)
+            with atomic_output(args.levels) as f:
+                levels_png(prog.graph, f)
             print(f"wrote {args.levels}")
         return 0
     if not args.report:
@@ -264,31 +253,46 @@ def _load_npy(path: str) -> np.ndarray:
 def _cmd_run(args) -> int:
     import json
     from .api import load
-    prog = load(args.artifact)
-    inputs = _input_arrays(prog, args.input)
+    reads = (args.artifact, *_paths(args.input))
     if args.output:
         if not args.output.endswith((".npy", ".npz")):
             raise UserError(f"--output {args.output}: use a .npy (first output) or .npz (all outputs) path")
-        _check_overwrite(args.output, _is_numpy_file, args.force)
+        check_output(args.output, is_numpy_file, args.force, reads)
     if args.stats:
-        _check_overwrite(args.stats, lambda p: p.endswith(".json"), args.force)
+        check_output(args.stats, is_hecc_json, args.force, reads)
+        if args.output and os.path.abspath(args.stats) == os.path.abspath(args.output):
+            raise UserError("--stats and --output name the same file")
+    prog = load(args.artifact)
+    inputs = _input_arrays(prog, args.input)
     progress = None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
     if args.backend == "tenseal" and not args.quiet:
         sys.stderr.write("hecc: generating keys, encrypting, evaluating and decrypting with SEAL...\n")
     outputs = prog.run(inputs, backend=args.backend, noise=args.noise, workers=args.workers,
                        progress=progress, layout=args.layout)
-    if args.output and args.output.endswith(".npz"):
-        np.savez(args.output, **outputs)
-    elif args.output:
-        np.save(args.output, next(iter(outputs.values())))
+    if args.output:
+        _save_outputs(args.output, outputs)
     else:
         with np.printoptions(precision=6, suppress=True, threshold=200):
             for name, y in outputs.items():
                 print(f"{name}: shape {'x'.join(map(str, y.shape))}\n{y}")
     if args.stats:
-        with open(args.stats, "w") as f:
-            json.dump(prog.last_stats, f, indent=2)
+        with atomic_output(args.stats) as f:
+            f.write(json.dumps(prog.last_stats, indent=2).encode())
     return 0
+
+
+def _save_outputs(path: str, outputs: dict) -> None:
+    """The first output (.npy) or every output by name (.npz), written atomically."""
+    with atomic_output(path) as f:
+        if path.endswith(".npz"):
+            np.savez(f, **outputs)
+        else:
+            np.save(f, next(iter(outputs.values())))
+
+
+def _paths(items) -> list[str]:
+    """The file paths in [NAME=]PATH arguments (a path that exists as given counts whole)."""
+    return [item if os.path.exists(item) else item.partition("=")[2] or item for item in items or ()]
 
 
 def _cmd_opt(args) -> int:
@@ -318,14 +322,6 @@ def _progress(args):
     return None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
 
 
-def _is_hecc_file(path: str) -> bool:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return "header.json" in zf.namelist()
-    except Exception:  # unreadable: not ours
-        return False
-
-
 def _with_layout(prog, layout: str | None, key_file: str | None):
     """The artifact's program in ``layout``; by default the layout the keys were made for (or
     the artifact's first)."""
@@ -341,7 +337,8 @@ def _cmd_keygen(args) -> int:
     from .api import load
     from .clientserver import Client
     prog = _with_layout(load(args.artifact), args.layout, None)
-    secret, evaluation = Client(prog, args.out, _progress(args)).keygen(force=args.force)
+    secret, evaluation = Client(prog, args.out, _progress(args)).keygen(
+        force=args.force, max_key_bytes=args.max_key_bytes and args.max_key_bytes << 20)
     print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
     return 0
 
@@ -349,8 +346,9 @@ def _cmd_keygen(args) -> int:
 def _cmd_encrypt(args) -> int:
     from .api import load
     from .clientserver import Client
-    prog = _with_layout(load(args.artifact), args.layout, os.path.join(args.keys, "secret.key"))
-    _check_overwrite(args.output, _is_hecc_file, args.force)
+    secret = os.path.join(args.keys, "secret.key")
+    check_output(args.output, is_ciphertext_file, args.force, reads=(args.artifact, secret, *_paths(args.inputs)))
+    prog = _with_layout(load(args.artifact), args.layout, secret)
     Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output)
     print(f"wrote {args.output}")
     return 0
@@ -359,8 +357,9 @@ def _cmd_encrypt(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import load
     from .clientserver import Server
+    check_output(args.output, is_ciphertext_file, args.force,
+                 reads=(args.artifact, args.ciphertexts, args.eval_keys))
     prog = _with_layout(load(args.artifact), args.layout, args.eval_keys)
-    _check_overwrite(args.output, _is_hecc_file, args.force)
     Server(prog, args.eval_keys, _progress(args)).evaluate(args.ciphertexts, args.output)
     print(f"wrote {args.output}")
     return 0
@@ -371,14 +370,12 @@ def _cmd_decrypt(args) -> int:
     from .clientserver import Client
     if not args.output.endswith((".npy", ".npz")):
         raise UserError(f"-o {args.output}: use a .npy (first output) or .npz (all outputs) path")
-    _check_overwrite(args.output, _is_numpy_file, args.force)
-    prog = _with_layout(load(args.artifact), args.layout, os.path.join(args.keys, "secret.key"))
+    secret = os.path.join(args.keys, "secret.key")
+    check_output(args.output, is_numpy_file, args.force, reads=(args.artifact, args.ciphertexts, secret))
+    prog = _with_layout(load(args.artifact), args.layout, secret)
     outputs = Client(prog, args.keys, _progress(args)).decrypt(args.ciphertexts, args.output_mode,
                                                                             args.round)
-    if args.output.endswith(".npz"):
-        np.savez(args.output, **outputs)
-    else:
-        np.save(args.output, next(iter(outputs.values())))
+    _save_outputs(args.output, outputs)
     print(f"wrote {args.output}")
     return 0
 
@@ -409,6 +406,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     try:
+        if argv is None:  # the process is ours: clean up temporary outputs on SIGTERM
+            cleanup_on_signals()
         args = _build_parser().parse_args(argv)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if getattr(args, "quiet", False) else "always", HeccWarning)
@@ -420,6 +419,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("hecc: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("hecc: terminated\n")
+        return 143
+    except WorkerDied as exc:
+        sys.stderr.write(f"hecc: error: {exc}\n")
+        return 1
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug in hecc: say so, keep the traceback for those who ask

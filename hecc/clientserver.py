@@ -1,29 +1,34 @@
-"""The client/server split: keys, ciphertext files, and the ``Client`` / ``Server`` steps.
+"""The client/server split: the keys folder and the ``Client`` / ``Server`` steps.
 
-The client generates keys (``secret.key`` stays with it; ``eval.keys`` goes to the server),
-encrypts inputs, and decrypts results; the server evaluates with ``eval.keys`` only and refuses a
-secret key. Every key and ciphertext file is a zip with ``header.json``: format and version, what
-it holds, the fingerprint of the program it belongs to (sha256 over the artifact's final IR and
-weights) and the sha256 of every member. So a file for another model, of the wrong kind, truncated
-or corrupted is refused with its own message before any byte reaches SEAL.
+The client generates a key set (``secret.key`` stays with it; ``eval.keys`` goes to the server),
+encrypts inputs and decrypts results; the server evaluates with ``eval.keys`` only and refuses a
+secret key. Every key set has a random identity, and every ciphertext file names the key set it
+was encrypted or evaluated under: eval and decrypt refuse a file of another key set (decrypting
+it would give noise that looks like an answer).
+
+The keys folder is created with mode 0700 and ``secret.key`` with mode 0600, like ssh-keygen;
+a secret key readable by others is refused. keygen holds a lock on the folder, so two keygens
+into one folder cannot both succeed, and never replaces keys without ``force``. No secret-key
+byte is written anywhere but ``secret.key`` (SEAL objects are serialized in memory).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import zipfile
+import secrets
+import stat
 
 import numpy as np
 
-from . import __version__
+from .containers import (CT_MEMBER, KEY_MEMBERS, ciphertext_groups, peek_header, read_container,
+                         write_container)
 from .errors import CiphertextFileError, InputError, KeyFileError, UserError
 from .runtime import stack_inputs, unstack_outputs
 
-KEY_FORMAT, CT_FORMAT, VERSION = "hecc-keys", "hecc-ciphertexts", 1
-KINDS = {"secret": KEY_FORMAT, "eval": KEY_FORMAT, "input": CT_FORMAT, "output": CT_FORMAT}
-DESCRIBE = {"secret": "the client's secret key file", "eval": "an evaluation-key file",
-            "input": "an encrypted-input file", "output": "an encrypted-result file"}
+SECRET, EVAL = "secret.key", "eval.keys"
 
 
 def fingerprint(program) -> str:
@@ -33,66 +38,29 @@ def fingerprint(program) -> str:
     return hashlib.sha256((text + json.dumps(members, sort_keys=True)).encode()).hexdigest()
 
 
-def write_container(path: str, kind: str, program, members: dict[str, bytes], extra: dict | None = None):
-    header = {"format": KINDS[kind], "format_version": VERSION, "kind": kind, "hecc_version": __version__,
-              "program": fingerprint(program), "program_layout": program.layout, **(extra or {}),
-              "members": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("header.json", json.dumps(header, sort_keys=True))
-        for name, data in members.items():
-            zf.writestr(name, data)
-    os.replace(tmp, path)
-
-
-def read_container(path: str, kinds: tuple[str, ...], program) -> tuple[dict, dict[str, bytes]]:
-    """The header and members of a key or ciphertext file that must be one of ``kinds`` and
-    belong to ``program``; every failure is its own typed message."""
-    error = KeyFileError if KINDS[kinds[0]] == KEY_FORMAT else CiphertextFileError
-    wanted = " or ".join(DESCRIBE[k] for k in kinds)
-    if not os.path.isfile(path):
-        raise error(f"{path}: no such file (expected {wanted})")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            files = {name: zf.read(name) for name in zf.namelist()}
-    except Exception as exc:  # zipfile, zlib and struct errors from damaged files alike
-        raise error(f"{path}: not {wanted}, or truncated ({type(exc).__name__})") from None
-    try:
-        header = json.loads(files.pop("header.json"))
-        kind = header["kind"]
-    except (KeyError, ValueError, TypeError):
-        raise error(f"{path}: not {wanted} (no hecc header)") from None
-    if header.get("format") not in (KEY_FORMAT, CT_FORMAT) or kind not in KINDS:
-        raise error(f"{path}: not {wanted}")
-    if kind not in kinds:
-        hint = (" The server must never receive the secret key: give it eval.keys."
-                if kind == "secret" and "eval" in kinds else "")
-        raise error(f"{path} is {DESCRIBE[kind]}, not {wanted}.{hint}")
-    if header.get("format_version") != VERSION:
-        raise error(f"{path}: format version {header.get('format_version')} is not supported by hecc "
-                    f"{__version__} (it reads version {VERSION})")
-    if header.get("program") != fingerprint(program):
-        raise error(f"{path} belongs to another model (or another compilation of this one): its "
-                    "program fingerprint does not match the artifact. Use the keys and ciphertexts "
-                    "made for this artifact, or run keygen/encrypt again")
-    expected = header.get("members", {})
-    if set(expected) != set(files):
-        raise error(f"{path}: members are missing or were added; the file is corrupted")
-    for name, digest in expected.items():
-        if hashlib.sha256(files[name]).hexdigest() != digest:
-            raise error(f"{path}: member {name} is corrupted (sha256 mismatch)")
-    return header, files
-
-
 def file_layout(path: str) -> str | None:
     """The layout of the program a key or ciphertext file was made for (None if unreadable:
     reading it properly then gives the precise error)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            layout = json.loads(zf.read("header.json")).get("program_layout")
-        return layout if isinstance(layout, str) else None
-    except Exception:  # any unreadable file: read_container reports it
-        return None
+    layout = (peek_header(path) or {}).get("program_layout")
+    return layout if layout in ("batch", "slots") else None
+
+
+def member_limits(program):
+    """``limits(kind, name)`` for ``read_container``: the largest serialized SEAL object each
+    member of this program's key and ciphertext files can be (SEAL's compression never makes
+    one larger than its raw coefficients plus a little)."""
+    params = program.parameters
+    n, primes = params["poly_modulus_degree"], len(params["coeff_modulus_bits"])
+    poly, slack = n * primes * 8, 1 << 16
+    switching_key = (primes - 1) * 2 * poly
+    keys = {"secret": poly, "public": 2 * poly, "relin": switching_key,
+            "galois": len(params.get("galois_steps", [])) * switching_key}
+
+    def limits(kind, name):
+        if kind in KEY_MEMBERS:
+            return keys[name] + slack if name in KEY_MEMBERS[kind] else None
+        return 2 * poly + slack if CT_MEMBER.match(name) else None
+    return limits
 
 
 def _require_encrypted(program):
@@ -102,53 +70,117 @@ def _require_encrypted(program):
                         "and server steps")
 
 
+def _prepare_keys_dir(folder: str) -> None:
+    """Create the keys folder with mode 0700, or make sure an existing one is private."""
+    if not os.path.exists(folder):
+        parent = os.path.dirname(os.path.abspath(folder))
+        if not os.path.isdir(parent):
+            raise UserError(f"cannot create the keys folder {folder}: {parent} does not exist")
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # another process made it just now; checked below like any existing folder
+        except OSError as exc:
+            raise UserError(f"cannot create the keys folder {folder}: {exc.strerror}") from None
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        raise UserError(f"{folder} is not a folder; give keygen a folder for the keys (it creates it)")
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    if mode & 0o077:
+        others = [f for f in os.listdir(folder) if f not in (SECRET, EVAL) and not f.startswith(".")]
+        if others:
+            raise UserError(f"the keys folder {folder} is open to other users (mode {mode:o}) and holds "
+                            "other files; give keygen a new folder (it creates it with mode 0700)")
+        os.chmod(folder, 0o700)
+
+
+@contextlib.contextmanager
+def _locked(folder: str):
+    """An exclusive lock on the keys folder for one keygen (released when the process ends,
+    however it ends)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another hecc keygen is writing keys into {folder}; wait for it, or use "
+                            "another folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class Client:
     """The data owner's side: keys, encryption, decryption. Holds the secret key."""
 
     def __init__(self, program, keys_dir: str, progress=None):
         _require_encrypted(program)
-        self.program, self.keys_dir, self.progress = program, keys_dir, progress
+        self.program, self.keys_dir, self.progress = program, os.fspath(keys_dir), progress
+        self.fingerprint = fingerprint(program)
+        self.limits = member_limits(program)
 
-    def keygen(self, force: bool = False) -> tuple[str, str]:
+    @property
+    def secret_path(self) -> str:
+        return os.path.join(self.keys_dir, SECRET)
+
+    def keygen(self, force: bool = False, max_key_bytes: int | None = None) -> tuple[str, str]:
+        """A new key set: ``secret.key`` (0600) and ``eval.keys`` in the keys folder (0700)."""
         from .backends.tenseal import generate_keys
-        os.makedirs(self.keys_dir, exist_ok=True)
-        secret_path = os.path.join(self.keys_dir, "secret.key")
-        eval_path = os.path.join(self.keys_dir, "eval.keys")
-        for path in (secret_path, eval_path):
-            if os.path.exists(path) and not force:
-                raise UserError(f"{path} exists; keys are not overwritten (encrypted data made with "
-                                "them could no longer be decrypted). Pass --force to replace them")
-        if self.progress:
-            self.progress("generating keys")
-        keys = generate_keys(self.program.graph)
-        write_container(secret_path, "secret", self.program, {k: v for k, v in keys.items()})
-        write_container(eval_path, "eval", self.program, {k: v for k, v in keys.items() if k != "secret"})
+        _prepare_keys_dir(self.keys_dir)
+        secret_path, eval_path = self.secret_path, os.path.join(self.keys_dir, EVAL)
+        with _locked(self.keys_dir):
+            for path in (secret_path, eval_path):
+                if os.path.lexists(path) and not force:
+                    raise UserError(f"{path} exists; keys are not overwritten (encrypted data made with "
+                                    "them could no longer be decrypted). Pass --force to replace them")
+            if self.progress:
+                self.progress("generating keys")
+            keys = generate_keys(self.program.graph, max_key_bytes)
+            keyset = secrets.token_hex(16)
+            common = (self.fingerprint, self.program.layout, keyset)
+            write_container(secret_path, "secret", *common,
+                            {k: keys[k] for k in sorted(KEY_MEMBERS["secret"])}, mode=0o600)
+            write_container(eval_path, "eval", *common, {k: v for k, v in keys.items() if k != "secret"})
         return secret_path, eval_path
 
-    def _keys(self) -> dict[str, bytes]:
-        return read_container(os.path.join(self.keys_dir, "secret.key"), ("secret",), self.program)[1]
+    def _keys(self) -> tuple[str, dict[str, bytes]]:
+        """The key set's identity and the secret (and public) key."""
+        path = self.secret_path
+        if os.path.isdir(self.keys_dir) and os.path.isfile(path):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(f"{path} is readable by other users (mode {mode:o}); a secret key "
+                                   f"must be private: run `chmod 600 {path}`")
+        elif os.path.exists(self.keys_dir) and not os.path.isdir(self.keys_dir):
+            raise KeyFileError(f"{self.keys_dir} is a file; --keys takes the keys folder that keygen made")
+        header, files = read_container(path, ("secret",), self.fingerprint, self.limits)
+        return header["keyset"], files
 
     def encrypt(self, inputs: dict[str, np.ndarray], out_path: str) -> None:
         from .api import warn_outside_calibration
         from .backends.tenseal import encrypt_batches
         stacked, runs = stack_inputs(self.program.graph, inputs)
         warn_outside_calibration(self.program, inputs)
-        batches = encrypt_batches(self.program.graph, self._keys(), stacked, self.progress)
-        params = self.program.parameters
-        per = 1 if params.get("layout") == "slots" else params["poly_modulus_degree"] // 2
+        keyset, keys = self._keys()
+        batches = encrypt_batches(self.program.graph, keys, stacked, self.progress)
+        per = _inputs_per_batch(self.program)
         sizes = [min(per, runs - i * per) for i in range(len(batches))]
-        members = {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(batches)
-                   for i, cts in enumerate(batch) for j, ct in enumerate(cts)}
-        write_container(out_path, "input", self.program, members,
+        write_container(out_path, "input", self.fingerprint, self.program.layout, keyset, _members(batches),
                         {"sizes": sizes, "layout": [[len(c) for c in batch] for batch in batches]})
 
     def decrypt(self, path: str, output_mode: str = "logits", round_digits: int | None = None) -> dict:
-        from .backends.tenseal import decrypt_batches
-        header, files = read_container(path, ("output",), self.program)
-        results = _unpack(header, files)
+        from .backends.tenseal import decrypt_batches, result_groups
+        if output_mode not in ("logits", "argmax"):
+            raise InputError(f"unknown output mode {output_mode!r}; use logits or argmax")
+        keyset, keys = self._keys()
+        header, files = read_container(path, ("output",), self.fingerprint, self.limits, keyset)
+        results = ciphertext_groups(header, files, result_groups(self.program.graph),
+                                    _inputs_per_batch(self.program), path)
         if self.progress:
             self.progress(f"decrypting {len(results)} batch(es)")
-        outputs = decrypt_batches(self.program.graph, self._keys(), results, header["sizes"])
+        try:
+            outputs = decrypt_batches(self.program.graph, keys, results, header["sizes"])
+        except CiphertextFileError as exc:
+            raise CiphertextFileError(f"{path}: {exc}") from None
         named = unstack_outputs(self.program.graph, outputs)
         return shape_outputs(named, output_mode, round_digits)
 
@@ -159,26 +191,34 @@ class Server:
     def __init__(self, program, eval_keys_path: str, progress=None):
         _require_encrypted(program)
         self.program, self.progress = program, progress
-        _, self.keys = read_container(eval_keys_path, ("eval",), program)
-        if "secret" in self.keys:
-            raise KeyFileError(f"{eval_keys_path} contains a secret key; the server refuses it")
+        self.fingerprint = fingerprint(program)
+        self.limits = member_limits(program)
+        header, self.keys = read_container(os.fspath(eval_keys_path), ("eval",), self.fingerprint,
+                                           self.limits)
+        self.keyset = header["keyset"]
 
     def evaluate(self, in_path: str, out_path: str) -> None:
-        from .backends.tenseal import evaluate_batches
-        header, files = read_container(in_path, ("input",), self.program)
-        results = evaluate_batches(self.program.graph, self.keys, _unpack(header, files), self.progress)
-        members = {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(results)
-                   for i, cts in enumerate(batch) for j, ct in enumerate(cts)}
-        write_container(out_path, "output", self.program, members,
+        from .backends.tenseal import evaluate_batches, input_groups
+        header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset)
+        batches = ciphertext_groups(header, files, input_groups(self.program.graph),
+                                    _inputs_per_batch(self.program), in_path)
+        try:
+            results = evaluate_batches(self.program.graph, self.keys, batches, self.progress)
+        except CiphertextFileError as exc:
+            raise CiphertextFileError(f"{in_path}: {exc}") from None
+        write_container(out_path, "output", self.fingerprint, self.program.layout, self.keyset,
+                        _members(results),
                         {"sizes": header["sizes"], "layout": [[len(c) for c in batch] for batch in results]})
 
 
-def _unpack(header: dict, files: dict[str, bytes]) -> list[list[list[bytes]]]:
-    try:
-        return [[[files[f"b{b}/i{i}/{j}"] for j in range(count)] for i, count in enumerate(batch)]
-                for b, batch in enumerate(header["layout"])]
-    except (KeyError, TypeError, ValueError):
-        raise CiphertextFileError("the ciphertext file's layout does not match its members") from None
+def _inputs_per_batch(program) -> int:
+    params = program.parameters
+    return 1 if params.get("layout") == "slots" else params["poly_modulus_degree"] // 2
+
+
+def _members(batches) -> dict[str, bytes]:
+    return {f"b{b}/i{i}/{j}": ct for b, batch in enumerate(batches)
+            for i, cts in enumerate(batch) for j, ct in enumerate(cts)}
 
 
 def shape_outputs(named: dict, output_mode: str, round_digits: int | None) -> dict:

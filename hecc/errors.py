@@ -67,3 +67,8 @@ class ParameterError(UserError):
 
 class HeccWarning(UserWarning):
     """Something the user should know (a guess hecc had to make); the CLI prints it on stderr."""
+
+
+class WorkerDied(HeccError):
+    """A worker process ended without its result (killed, most often for lack of memory): not a
+    bug in hecc, not the user's input either; the CLI says what happened and exits with 1."""

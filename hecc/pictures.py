@@ -43,7 +43,7 @@ def graph_svg(graph: Graph, include_constants: bool = False) -> str:
             position[node] = (20 + x * (BOX_W + GAP_X), 20 + y * (BOX_H + GAP_Y))
     width = 40 + len(generations) * (BOX_W + GAP_X)
     height = 40 + max(len(gen) for gen in generations) * (BOX_H + GAP_Y)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    out = ["<!-- drawn by hecc -->", f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>']
     for a, b in g.edges:
@@ -61,8 +61,9 @@ def graph_svg(graph: Graph, include_constants: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def levels_png(graph: Graph, path: str, title: str = "") -> None:
-    """Level and scale (log2) of each ciphertext value, in program order."""
+def levels_png(graph: Graph, out, title: str = "") -> None:
+    """Level and scale (log2) of each ciphertext value, in program order, as PNG into ``out`` (a
+    path or a binary file), marked as drawn by hecc."""
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
@@ -85,5 +86,5 @@ def levels_png(graph: Graph, path: str, title: str = "") -> None:
             left.axvline(x, color="#bbb", linewidth=0.5, zorder=0)
     left.set_title(title or "level and scale along the program (grey: rescale / relinearize)")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(out, format="png", metadata={"Software": "hecc"})
     plt.close(fig)

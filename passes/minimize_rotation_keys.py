@@ -120,6 +120,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
             op.attrs["step"] = sorted(chain, reverse=True)[-1]
             new_ops.append(op)
         graph.ops = new_ops
+    keys = sorted({op.attrs["step"] for op in graph.ops if op.name == "ckks.rotate"})  # none unused
     if keys:
         params[0].attrs["galois_steps"] = [int(k) for k in keys]
     graph.meta["rotation_keys"] = {

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hecc
 import hecc.cli
-from hecc.clientserver import Client, Server, read_container, write_container  # noqa: E402
+from hecc.clientserver import Client, Server, fingerprint, member_limits
+from hecc.containers import read_container, write_container
 
 F = TensorProto.FLOAT
 HECC = shutil.which("hecc") or os.path.join(os.path.dirname(sys.executable), "hecc")
@@ -78,8 +79,9 @@ def test_four_processes_and_a_server_without_the_secret_key(setup, layout):
     split = np.load(client / "y.npy")
     assert _hecc("run", "a.hecc", "--input", root / "x.npy", "--backend", "tenseal", "--output", "r.npy",
                  "--layout", layout, "-q", cwd=client).returncode == 0
-    keys = read_container(str(client / "keys" / "eval.keys"), ("eval",),
-                          hecc.load(str(client / "a.hecc")).with_layout(layout))[1]
+    program = hecc.load(str(client / "a.hecc")).with_layout(layout)
+    keys = read_container(str(client / "keys" / "eval.keys"), ("eval",), fingerprint(program),
+                          member_limits(program))[1]
     assert ("galois" in keys) == (layout == "slots")
     together = np.load(client / "r.npy")
     np.testing.assert_array_equal(split.argmax(1), together.argmax(1))
@@ -146,11 +148,12 @@ def test_bad_key_and_ciphertext_files_each_get_their_message(files):
 
 def test_valid_container_with_garbage_ciphertexts_is_refused_before_seal_crashes(files):
     work, a, _ = files
-    header, members = read_container(str(work / "xa.ct"), ("input",), a)
+    header, members = read_container(str(work / "xa.ct"), ("input",), fingerprint(a), member_limits(a))
     rng = np.random.default_rng(0)
     garbage = {k: rng.bytes(len(v)) for k, v in members.items()}
-    write_container(str(work / "g.ct"), "input", a, garbage, {"sizes": header["sizes"], "layout": header["layout"]})
-    with pytest.raises(hecc.CiphertextFileError, match="does not load"):
+    write_container(str(work / "g.ct"), "input", fingerprint(a), a.layout, header["keyset"], garbage,
+                    {"sizes": header["sizes"], "layout": header["layout"]})
+    with pytest.raises(hecc.CiphertextFileError, match="not a ciphertext of this program"):
         Server(a, str(work / "ka" / "eval.keys")).evaluate(str(work / "g.ct"), str(work / "o.ct"))
 
 
@@ -164,7 +167,7 @@ def test_random_bytes_as_key_or_ciphertext_files_give_typed_errors(tmp_path_fact
     program = FUZZ_PROGRAM[0]
     for kinds, error in ((("eval",), hecc.KeyFileError), (("input",), hecc.CiphertextFileError)):
         with pytest.raises(error):
-            read_container(str(path), kinds, program)
+            read_container(str(path), kinds, fingerprint(program), member_limits(program))
 
 
 FUZZ_PROGRAM = []
