@@ -144,7 +144,7 @@ class _Seal:
         chain_index = self.top - level
         primes = chain_index + 1
         try:
-            blob = seal_bytes.inflate(data, 2 * self.n * primes * 8 + 1024)
+            blob = seal_bytes.inflate(data, 3 * self.n * primes * 8 + 1024)  # 3: to say so
             meta = seal_bytes.ciphertext_meta(blob)
         except seal_bytes.SealBytesError as exc:
             raise CiphertextFileError(f"{what} is not a ciphertext of this program ({exc})") from None

@@ -339,7 +339,8 @@ def _cmd_keygen(args) -> int:
     prog = _with_layout(load(args.artifact), args.layout, None)
     secret, evaluation = Client(prog, args.out, _progress(args)).keygen(
         force=args.force, max_key_bytes=args.max_key_bytes and args.max_key_bytes << 20)
-    print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
+    if not args.quiet:
+        print(f"wrote {secret} (keep it: it decrypts) and {evaluation} (for the server)")
     return 0
 
 
@@ -350,7 +351,8 @@ def _cmd_encrypt(args) -> int:
     check_output(args.output, is_ciphertext_file, args.force, reads=(args.artifact, secret, *_paths(args.inputs)))
     prog = _with_layout(load(args.artifact), args.layout, secret)
     Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output)
-    print(f"wrote {args.output}")
+    if not args.quiet:
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -361,7 +363,8 @@ def _cmd_eval(args) -> int:
                  reads=(args.artifact, args.ciphertexts, args.eval_keys))
     prog = _with_layout(load(args.artifact), args.layout, args.eval_keys)
     Server(prog, args.eval_keys, _progress(args)).evaluate(args.ciphertexts, args.output)
-    print(f"wrote {args.output}")
+    if not args.quiet:
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -376,7 +379,8 @@ def _cmd_decrypt(args) -> int:
     outputs = Client(prog, args.keys, _progress(args)).decrypt(args.ciphertexts, args.output_mode,
                                                                             args.round)
     _save_outputs(args.output, outputs)
-    print(f"wrote {args.output}")
+    if not args.quiet:
+        print(f"wrote {args.output}")
     return 0
 
 

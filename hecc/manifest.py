@@ -113,7 +113,6 @@ def check_program(graph: Graph) -> None:
         raise ParameterError(f"ring degree N={n} is not a power of two in [{MIN_DEGREE}, {MAX_DEGREE}]")
     if not 2 <= len(chain) <= 64 or not all(_is_int(b, 10, 60) for b in chain):
         raise ParameterError(f"coefficient modulus {chain}: 2 to 64 primes of 10 to 60 bits each")
-    validate.run(graph)
     steps = attrs.get("galois_steps", [])
     used = {op.attrs["step"] for op in graph.ops if op.name == "ckks.rotate"}
     if len(set(steps)) != len(steps) or not all(_is_int(s, 1, n // 2 - 1) for s in steps):
@@ -123,3 +122,4 @@ def check_program(graph: Graph) -> None:
                              f"{len(used)} distinct steps; keys must be exactly the steps it uses")
     if used and not steps:
         raise ParameterError("the program rotates but lists no rotation keys")
+    validate.run(graph)

@@ -38,17 +38,21 @@ def primitive_costs(params, measure: bool = True, refresh: bool = False) -> dict
     """Stored costs for these parameters; else (or with ``refresh``) measured now and stored."""
     stored = _stored_costs()
     entry = stored.get(_key(params))
-    complete = isinstance(entry, dict) and all(k in entry for k in PRIMITIVES)
+    complete = isinstance(entry, dict) and all(
+        isinstance(entry.get(k), list) and entry[k] and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1e3 for t in entry[k])
+        for k in PRIMITIVES)  # a damaged cache entry is measured again
     if not refresh and (complete or not measure):
         return entry if complete else None
     from .backends.tenseal import measure_primitives
     costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
     stored[_key(params)] = costs
+    from .errors import UserError
+    from .outputs import write_bytes
     try:
         os.makedirs(os.path.dirname(COSTS_PATH), exist_ok=True)
-        with open(COSTS_PATH, "w") as f:
-            json.dump(stored, f)
-    except OSError:
+        write_bytes(COSTS_PATH, json.dumps(stored).encode())
+    except (OSError, UserError):
         pass  # a read-only home: the report still has this run's measurement
     return costs
 

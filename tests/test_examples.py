@@ -34,7 +34,8 @@ def test_cryptonets_sample_outputs(cryptonets):
     assert (y.argmax(1) == labels).mean() >= 0.95
 
 
-def test_cryptonets_full_test_set_accuracy(cryptonets):
+def test_cryptonets_test_set_accuracy(cryptonets):
+    """The shipped 1,000 test images (all 10,000 with HECC_MNIST)."""
     with np.load(MNIST) as d:
         x = (d["x_test"].astype(np.float32) / 255)[:, None]
         labels = d["y_test"]
@@ -43,7 +44,7 @@ def test_cryptonets_full_test_set_accuracy(cryptonets):
     theirs = session.run(None, {"input": x})[0]
     assert_close(ours, theirs, 1e-5, "10,000 test images")
     assert (ours.argmax(1) == theirs.argmax(1)).all()
-    assert (ours.argmax(1) == labels).mean() >= 0.985
+    assert (ours.argmax(1) == labels).mean() >= (0.985 if len(labels) == 10000 else 0.98)
 
 
 def test_readme_ops_table_is_generated_from_the_import_table():

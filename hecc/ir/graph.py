@@ -100,9 +100,11 @@ class Graph:
         if base not in self.constants:
             return base
         root = re.sub(r"(\.\d+)+$", "", base)
-        i = 1
+        counters = self.meta.setdefault("constant_name_counters", {})  # probing resumes: linear time
+        i = counters.get(root, 1)
         while f"{root}.{i}" in self.constants:
             i += 1
+        counters[root] = i
         return f"{root}.{i}"
 
     def copy(self) -> "Graph":
