@@ -20,6 +20,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ..errors import CiphertextFileError, KeyFileError, ParameterError
+from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
 from .common import (RunStats, batches, is_slots, plain_rows, predicted_peak_bytes, program_params, quantized,
@@ -544,16 +545,14 @@ class TensealBackend:
                                                   self.memory_hint(workers)):
                     results.append(result)
                     per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
-                    if self.progress:
-                        self.progress(f"{unit} {len(results)}/{len(spans)} done")
+                    count_progress(self.progress, len(results), len(spans), unit)
             finally:
                 _ACTIVE = None
         rest_eval = 0.0
         for lo, hi in spans[rounds:]:
             results.append(self.run_batch(stacked, lo, hi, parallel=workers))
             rest_eval += results[-1][1]["eval"]
-            if self.progress:
-                self.progress(f"{unit} {len(results)}/{len(spans)} done")
+            count_progress(self.progress, len(results), len(spans), unit)
         per_worker_eval = [max(per_worker.values(), default=0.0) + rest_eval]
         for _, t in results:
             for key in ("encrypt", "eval", "decrypt"):
@@ -578,12 +577,11 @@ def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None
     runs = stacked[0].shape[0]
     out = []
     spans = backend.spans(runs)
+    unit = "encrypted input" if backend.slots_layout else "encrypted batch"
     for i, (lo, hi) in enumerate(spans):
-        if progress:
-            progress(f"encrypting input {i + 1}/{len(spans)}" if backend.slots_layout else
-                     f"encrypting batch {i + 1}/{len(spans)} ({hi - lo} inputs)")
         env = backend._encrypt(stacked, lo, hi, seeded=True)
         out.append([[seal_bytes.to_bytes(ct) for ct in env[op.result]] for op in backend.inputs])
+        count_progress(progress, i + 1, len(spans), unit)
     return out
 
 
@@ -612,13 +610,13 @@ def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progr
     backend = TensealBackend(graph)
     backend.connect(eval_keys)
     out = []
+    unit = "evaluated input" if backend.slots_layout else "evaluated batch"
     for number, batch in enumerate(encrypted):
-        if progress:
-            progress(f"evaluating {'input' if backend.slots_layout else 'batch'} {number + 1}/{len(encrypted)}")
         env = {op.result: _load_group(backend, op.result, cts, f"batch {number}, input {op.attrs['name']!r}")
                for op, cts in zip(backend.inputs, batch)}
         env = backend._evaluate(env, backend.workers)
         out.append([[seal_bytes.to_bytes(ct) for ct in env[op.operands[0]]] for op in backend.decrypts])
+        count_progress(progress, number + 1, len(encrypted), unit)
     return out
 
 

@@ -264,7 +264,7 @@ def _cmd_run(args) -> int:
             raise UserError("--stats and --output name the same file")
     prog = load(args.artifact)
     inputs = _input_arrays(prog, args.input)
-    progress = None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
+    progress = _progress(args)
     if args.backend == "tenseal" and not args.quiet:
         sys.stderr.write("hecc: generating keys, encrypting, evaluating and decrypting with SEAL...\n")
     outputs = prog.run(inputs, backend=args.backend, noise=args.noise, workers=args.workers,
@@ -319,7 +319,8 @@ def _cmd_opt(args) -> int:
 
 
 def _progress(args):
-    return None if args.quiet else (lambda msg: sys.stderr.write(f"hecc: {msg}\n"))
+    from .progress import Progress
+    return None if args.quiet else Progress()
 
 
 def _with_layout(prog, layout: str | None, key_file: str | None):
