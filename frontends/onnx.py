@@ -5,47 +5,94 @@ once, folds everything computable from constants (with ONNX's own reference eval
 arithmetic such as Shape -> Gather -> Concat -> Reshape disappears), and imports the rest through
 the table in ``onnx_ops.IMPORTERS``. Result types come from the op table's inference, so the graph
 is typed by construction and verified at the end.
+
+A model is hostile input, so nothing is allocated before its size is known and bounded: the file
+(``MAX_MODEL_BYTES``), every tensor against the data it carries (``onnx_limits``), external data
+against the model's folder and hecc's key files (``onnx_external``), every fold before it runs
+(``onnx_fold_sizes``), and every IR tensor the import makes (``MAX_ENCRYPTED_ELEMENTS`` per
+encrypted tensor, ``MAX_ENCRYPTED_TOTAL`` for them all).
 """
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..errors import ModelError, UnsupportedOpError, VerifyError
 from ..ir import OPS, Graph, TensorType, Value, verify
+from .onnx_external import plan_external_data, read_external_data
+from .onnx_fold_sizes import check_fold
+from .onnx_limits import (MAX_ENCRYPTED_ELEMENTS, MAX_ENCRYPTED_TOTAL, MAX_FOLDED_ELEMENTS, MAX_MODEL_BYTES,
+                          MAX_TENSOR_ELEMENTS, OVER_BOUND, check_model_tensors, sparse_to_array,
+                          tensor_to_array)
 from .onnx_ops import HINTS, IMPORTERS, SHAPE_ONLY, Comparison, Unsupported
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
+def _read_model_file(path) -> bytes:
+    """The bytes of a model file, refusing anything but a regular file of at most MAX_MODEL_BYTES."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelError(f"{path}: not a regular file; give the path of an .onnx file")
+    if info.st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {info.st_size:,} bytes, more than an ONNX file can hold "
+                         f"({MAX_MODEL_BYTES:,}); keep large weights in external data")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: more than {MAX_MODEL_BYTES:,} bytes, more than an ONNX file can hold")
+    return data
+
+
 def load_model(source) -> onnx.ModelProto:
-    """Read an ONNX model from a path, bytes or a ModelProto and run the ONNX checker."""
+    """Read an ONNX model from a path, bytes or a ModelProto, check that every tensor holds the
+    data its declared size calls for (within ``MAX_TENSOR_ELEMENTS``), read external data under
+    ``onnx_external``'s rules (from a path only), and run the ONNX checker. A ModelProto given
+    is not modified."""
     label = source if isinstance(source, (str, os.PathLike)) else "the model"
+    path = None
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            if len(data) > MAX_MODEL_BYTES:
+                raise ModelError(f"{label}: {len(data):,} bytes, more than an ONNX model can hold")
+        else:
+            path = os.fspath(source)
+            data = _read_model_file(path)
         try:
-            if isinstance(source, (bytes, bytearray)):
-                model = onnx.load_from_string(bytes(source))
-            else:
-                if not os.path.isfile(source):
-                    raise ModelError(f"{source}: no such file")
-                model = onnx.load(os.fspath(source))
+            model = onnx.load_model_from_string(data)
         except (DecodeError, RuntimeError, ValueError, OSError) as exc:
             raise ModelError(f"{label}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
                              "export it again with torch.onnx.export or skl2onnx") from None
+        del data
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{label}: the ONNX model has an empty graph (is this really an ONNX file?)")
+    check_model_tensors(model)
+    plans = plan_external_data(model, path)
+    if plans:
+        read_external_data(plans)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{label}: the ONNX checker rejects the model: {first}") from None
+    except ValueError as exc:  # a model too large to serialize for the checker
+        raise ModelError(f"{label}: the ONNX checker cannot read the model: {exc}") from None
     return model
 
 
@@ -77,6 +124,10 @@ def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
             raise ModelError(f"input {vi.name!r} has a dynamic dimension {label!r} at axis {axis}; "
                              "only the first (batch) dimension may be dynamic: export the model "
                              "with fixed sizes for the other dimensions")
+    count = int(np.prod(shape, dtype=object))
+    if count > MAX_ENCRYPTED_ELEMENTS:
+        raise ModelError(f"input {vi.name!r} has shape {shape} = {count:,} elements, more than hecc's "
+                         f"bound of MAX_ENCRYPTED_ELEMENTS = {MAX_ENCRYPTED_ELEMENTS:,} per encrypted tensor")
     return tuple(shape)
 
 
@@ -93,6 +144,8 @@ class ImportContext:
         self.client_producer: dict[Value, str] = {}
         self.node = None
         self.node_label = ""
+        self.folded = 0  # elements computed by constant folding so far (MAX_FOLDED_ELEMENTS)
+        self.encrypted = 0  # elements of the encrypted tensors made so far (MAX_ENCRYPTED_TOTAL)
 
     def const(self, array: np.ndarray, hint: str) -> Value:
         """A ``tensor.constant`` for ``array`` (stored once per array object)."""
@@ -129,6 +182,25 @@ class ImportContext:
             return x
         return self.const(x, f"{self.node_label}.{hint}")
 
+    def _check_sizes(self, types) -> None:
+        """Refuse results over MAX_TENSOR_ELEMENTS (MAX_ENCRYPTED_ELEMENTS if encrypted), and
+        encrypted tensors that together exceed MAX_ENCRYPTED_TOTAL."""
+        for t in types:
+            count = int(np.prod(getattr(t, "shape", ()), dtype=object))
+            secret = getattr(t, "secret", False)
+            bound, name = ((MAX_ENCRYPTED_ELEMENTS, "MAX_ENCRYPTED_ELEMENTS") if secret else
+                           (MAX_TENSOR_ELEMENTS, "MAX_TENSOR_ELEMENTS"))
+            if count > bound:
+                raise ModelError(f"node {self.node_label!r} ({self.node.op_type}) would make "
+                                 f"{'an encrypted tensor' if secret else 'a tensor'} of shape "
+                                 f"{list(t.shape)} = {count:,} elements, more than hecc's bound of "
+                                 f"{name} = {bound:,}")
+            self.encrypted += count if secret else 0
+        if self.encrypted > MAX_ENCRYPTED_TOTAL:
+            raise ModelError(f"node {self.node_label!r} ({self.node.op_type}) brings the elements of "
+                             f"the model's encrypted tensors to {self.encrypted:,}, more than hecc's "
+                             f"bound of MAX_ENCRYPTED_TOTAL = {MAX_ENCRYPTED_TOTAL:,} per input sample")
+
     def emit(self, name: str, operands, attrs: dict | None = None) -> Value:
         """Append op ``name``; numpy operands become constants; the result type is inferred."""
         values = [self.value(x, f"arg{i}") for i, x in enumerate(operands)]
@@ -143,6 +215,7 @@ class ImportContext:
             types = opdef.infer([v.type for v in values], full)
         except ValueError as exc:
             raise Unsupported(str(exc)) from None
+        self._check_sizes(types)
         result = self.graph.append(name, values, types, attrs).result
         if opdef.client_side:
             self.client_producer[result] = f"{self.node.op_type} node {self.node_label!r}"
@@ -154,7 +227,9 @@ def import_model(source) -> Graph:
     model = load_model(source)
     opsets = _opsets(model)
     g = model.graph
-    initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    initializers = {t.name: tensor_to_array(t, f"initializer {t.name!r}") for t in g.initializer}
+    initializers.update({sp.values.name: sparse_to_array(sp, f"sparse initializer {sp.values.name!r}")
+                         for sp in g.sparse_initializer})
     model_inputs = [vi for vi in g.input if vi.name not in initializers]
     ctx = ImportContext(opsets)
     ctx.env.update(initializers)
@@ -196,10 +271,10 @@ def _check_supported(g: onnx.GraphProto, constants: set[str]) -> None:
 
 def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:
     ctx.node, ctx.node_label = node, _node_label(node, index)
-    inputs = [ctx.env[i] if i else None for i in node.input]
-    for name, value in zip(node.input, inputs):
+    for name in node.input:
         if name and name not in ctx.env:
             raise ModelError(f"node {ctx.node_label!r} uses {name!r}, which nothing defines")
+    inputs = [ctx.env[i] if i else None for i in node.input]
     if all(x is None or isinstance(x, np.ndarray) for x in inputs) or node.op_type in SHAPE_ONLY:
         outputs = _fold(ctx, node, inputs)
     elif any(isinstance(x, Comparison) for x in inputs) and node.op_type != "Where":
@@ -219,14 +294,45 @@ def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:
             ctx.env[name] = value
 
 
+def _constant(node: onnx.NodeProto, label: str) -> np.ndarray:
+    """The value of a Constant node, its tensor checked before conversion."""
+    attrs = {a.name: a for a in node.attribute}
+    if "value" in attrs:
+        return tensor_to_array(attrs["value"].t, f"attribute 'value' of node {label!r}")
+    if "sparse_value" in attrs:
+        return sparse_to_array(attrs["sparse_value"].sparse_tensor, f"attribute 'sparse_value' of node {label!r}")
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64), ("value_string", np.str_), ("value_strings", np.str_)):
+        if key in attrs:
+            value = onnx.helper.get_attribute_value(attrs[key])
+            if dtype is np.str_:
+                value = [v.decode(errors="replace") for v in value] if isinstance(value, list) else \
+                    value.decode(errors="replace")
+            return np.asarray(value, dtype=dtype)
+    raise ModelError(f"Constant node {label!r} has no value attribute")
+
+
 def _fold(ctx: ImportContext, node: onnx.NodeProto, inputs) -> list[np.ndarray]:
-    """Evaluate a node whose inputs are all constants (or that only reads static shapes)."""
+    """Evaluate a node whose inputs are all constants (or that only reads static shapes), after
+    ``check_fold`` has bounded what it computes."""
     if node.op_type in SHAPE_ONLY:
         return SHAPE_ONLY[node.op_type](node, inputs)
+    if node.op_type == "Constant" and (node.domain or "") in ("", "ai.onnx"):
+        return [_constant(node, ctx.node_label)]
+    ctx.folded += check_fold(node, ctx.node_label, inputs, ctx.opsets)
+    if ctx.folded > MAX_FOLDED_ELEMENTS:
+        raise ModelError(f"constant node {ctx.node_label!r} ({node.op_type}) brings the elements "
+                         f"computed by constant folding to {ctx.folded:,}, more than hecc's bound of "
+                         f"MAX_FOLDED_ELEMENTS = 2**28 = {MAX_FOLDED_ELEMENTS:,} per model")
     feeds = {name: x for name, x in zip(node.input, inputs) if name}
     try:
         evaluator = ReferenceEvaluator(node, opsets=ctx.opsets)
-        return [np.asarray(x) for x in evaluator.run(None, feeds)]
+        outputs = [np.asarray(x) for x in evaluator.run(None, feeds)]
     except Exception as exc:  # the evaluator raises many types; any failure means we cannot fold
         raise ModelError(f"cannot evaluate constant node {ctx.node_label!r} ({node.op_type}): "
                          f"{type(exc).__name__}: {exc}") from None
+    for x in outputs:
+        if x.size > MAX_TENSOR_ELEMENTS:  # the size was told before; this guards the telling
+            raise ModelError(f"constant node {ctx.node_label!r} computed {x.size:,} elements, "
+                             f"{OVER_BOUND}")
+    return outputs

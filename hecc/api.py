@@ -238,7 +238,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
     from .calibrate import activation_samples, max_abs, random_inputs, value_intervals
-    from .errors import UnsupportedOpError
+    from .errors import ModelError, UnsupportedOpError
     from .frontends.onnx import import_model
     from .passes import APPROXIMATION_PIPELINE, TENSOR_PIPELINE
     if rescale == "eager" and layout == "auto":
@@ -247,6 +247,15 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
                "activation_degree": activation_degree, "approx_error": approx_error,
                "margin": activation_margin, "max_rotation_keys": max_rotation_keys}
     graph = import_model(model)
+    bad = sorted(name for name, array in graph.constants.items()
+                 if np.asarray(array).dtype.kind in "fc" and not np.all(np.isfinite(array)))
+    if bad:
+        raise ModelError(f"the model's weights {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold NaN "
+                         "or infinite values; every result would be NaN. Fix the trained model")
+    if isinstance(calibration, (str, os.PathLike)):
+        from .arrays import load_named_arrays, load_npy
+        path = os.fspath(calibration)
+        calibration = load_named_arrays(path) if path.endswith(".npz") else load_npy(path)
     result = run_passes(graph, TENSOR_PIPELINE, print_after_all=print_after_all, progress=progress)
     tensor = result.graph
     stages = {"tensor": print_graph(tensor)}

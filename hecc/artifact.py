@@ -187,32 +187,8 @@ def _text(data: bytes, path: str, stage: str) -> str:
 def read_weights(data: bytes, path: str) -> dict[str, np.ndarray]:
     """The weights of an artifact: an .npz of stored .npy members, each header's shape checked
     against the member's bytes before any array is allocated; no pickles."""
+    from .arrays import load_named_arrays
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            out = {}
-            for info in zf.infolist():
-                name = info.filename
-                if info.compress_type != zipfile.ZIP_STORED or not name.endswith(".npy"):
-                    raise ArtifactError(f"{path}: weights.npz member {name!r} is not a stored .npy array")
-                with zf.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                             else np.lib.format.read_array_header_2_0(f))
-                    if dtype.hasobject or dtype.kind not in "fiub":
-                        raise ArtifactError(f"{path}: weight {name[:-4]!r} has dtype {dtype}, which hecc "
-                                            "never writes")
-                    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if f.tell() + need != info.file_size:
-                        raise ArtifactError(f"{path}: weight {name[:-4]!r} declares shape {shape} but "
-                                            "holds another number of bytes")
-                    buffer = bytearray(need)
-                    if f.readinto(buffer) != need:
-                        raise ArtifactError(f"{path}: weight {name[:-4]!r} is truncated")
-                    array = np.frombuffer(buffer, dtype=dtype)
-                out[name[:-4]] = array.reshape(shape, order="F" if fortran else "C")
-            return out
-    except ArtifactError:
-        raise
-    except Exception as exc:  # zipfile and numpy header errors from a damaged weights member
-        raise ArtifactError(f"{path}: weights.npz is damaged ({type(exc).__name__}: {exc}); compile the "
-                            "model again") from None
+        return load_named_arrays(io.BytesIO(data), "weights.npz", stored_only=True)
+    except UserError as exc:
+        raise ArtifactError(f"{path}: {exc}; compile the model again") from None

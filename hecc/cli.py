@@ -186,16 +186,29 @@ def _cmd_compile(args) -> int:
     return 0
 
 
+def _split_item(item: str) -> tuple[str | None, str]:
+    """[NAME=]PATH -> (NAME or None, PATH); a path that exists as written is a path, '=' and all."""
+    name, sep, path = item.partition("=")
+    if not sep or os.path.exists(item):
+        return None, item
+    return name, path
+
+
 def _named_arrays(items: list[str]) -> dict | np.ndarray:
-    """[NAME=]X.npy items -> one array (a single unnamed item) or a dict by name."""
-    if len(items) == 1 and "=" not in items[0]:
-        return _load_npy(items[0])
+    """[NAME=]X.npy items -> one array (a single unnamed .npy), or a dict by name (NAME=X.npy
+    items, or the arrays of one .npz by their names)."""
+    from .arrays import load_named_arrays, load_npy
+    if len(items) == 1 and _split_item(items[0])[0] is None:
+        path = items[0]
+        return load_named_arrays(path) if path.endswith(".npz") else load_npy(path)
     out = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
+        name, path = _split_item(item)
+        if name is None:
             raise InputError(f"{item}: with several arrays, give each as NAME=X.npy")
-        out[name] = _load_npy(path)
+        if name in out:
+            raise InputError(f"input {name!r} is given twice; give each input once")
+        out[name] = load_npy(path)
     return out
 
 
@@ -241,15 +254,6 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
-def _load_npy(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-
-
 def _cmd_run(args) -> int:
     import json
     from .api import load
@@ -291,8 +295,8 @@ def _save_outputs(path: str, outputs: dict) -> None:
 
 
 def _paths(items) -> list[str]:
-    """The file paths in [NAME=]PATH arguments (a path that exists as given counts whole)."""
-    return [item if os.path.exists(item) else item.partition("=")[2] or item for item in items or ()]
+    """The file paths in [NAME=]PATH arguments."""
+    return [_split_item(item)[1] for item in items or ()]
 
 
 def _cmd_opt(args) -> int:
@@ -386,18 +390,18 @@ def _cmd_decrypt(args) -> int:
 
 
 def _input_arrays(prog, items) -> dict:
+    from .arrays import load_npy
     names = [n for n, _ in prog.inputs]
     inputs = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
+        name, path = _split_item(item)
+        if name is None:
             if len(names) != 1:
                 raise InputError(f"the model has inputs {', '.join(names)}; give each as NAME=X.npy")
-            name, path = names[0], item
-        arr = _load_npy(path)
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{path}: give a .npy file, not .npz")
-        inputs[name] = arr
+            name = names[0]
+        if name in inputs:
+            raise InputError(f"input {name!r} is given twice; give each input once")
+        inputs[name] = load_npy(path)
     return inputs
 
 

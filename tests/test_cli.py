@@ -169,7 +169,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
         (("compile", tmp_path / "garbage.onnx"), "not a readable ONNX model"),
         (("compile", tmp_path / "cut.onnx"), "not a readable ONNX model"),
         (("compile", tmp_path / "dynamic.onnx"), "dynamic dimension 'features' at axis 1"),
-        (("run", art, "--input", tmp_path / "text.npy"), "has dtype <U1; expected a float array"),
+        (("run", art, "--input", tmp_path / "text.npy"), "has dtype <U1, not numbers"),
         (("run", art, "--input", tmp_path / "inf.npy"), "contains 1 NaN or infinite value(s)"),
         (("compile", model, "-o", tmp_path / "notes.txt"), "exists and is not a file hecc wrote"),
         (("inspect", truncated), "not a hecc artifact or corrupted"),
