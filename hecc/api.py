@@ -175,7 +175,11 @@ class Program:
             from .backends.sim import Simulator
             results = Simulator(graph, noise=noise).run(stacked, stats)
         else:
+            from .backends.sim import Simulator
             from .backends.tenseal import TensealBackend
+            # the plaintext program first: an input that would overflow the modulus is refused
+            # with the simulator's message instead of decrypting to garbage
+            Simulator(graph).run(stacked)
             results = TensealBackend(graph, workers=workers, progress=progress).run(stacked, stats)
         self.last_stats = {
             "backend": backend, "layout": self.layout if backend != "reference" else None,
@@ -200,10 +204,11 @@ class Program:
         artifact.save(self.artifact, os.fspath(path))
 
 
-def warn_outside_calibration(program: "Program", inputs: dict) -> None:
-    """Warn (with the count) about input values outside the range seen at calibration: the
-    encryption parameters and activation polynomials were sized for that range."""
+def outside_calibration(program: "Program", inputs: dict) -> list[str]:
+    """For each input with values outside the range seen at calibration (the encryption
+    parameters and activation polynomials were sized for that range), a sentence saying so."""
     ranges = program.artifact.manifest.get("input_ranges", {})
+    found = []
     for name, x in inputs.items():
         if name not in ranges:
             continue
@@ -211,9 +216,16 @@ def warn_outside_calibration(program: "Program", inputs: dict) -> None:
         slack = 1e-6 * max(hi - lo, 1e-12)
         outside = int(np.count_nonzero((np.asarray(x) < lo - slack) | (np.asarray(x) > hi + slack)))
         if outside:
-            warnings.warn(f"{outside} value(s) of input {name!r} lie outside [{lo:.4g}, {hi:.4g}], the range "
-                          "seen at calibration; encrypted results for them may be wrong. Recompile with "
-                          "--calibration data that covers such inputs", HeccWarning, stacklevel=3)
+            found.append(f"{outside} value(s) of input {name!r} lie outside [{lo:.4g}, {hi:.4g}], the range "
+                         "seen at calibration")
+    return found
+
+
+def warn_outside_calibration(program: "Program", inputs: dict) -> None:
+    """Warn (with the count) about input values outside the calibrated range."""
+    for found in outside_calibration(program, inputs):
+        warnings.warn(f"{found}; encrypted results for them may be wrong. Recompile with "
+                      "--calibration data that covers such inputs", HeccWarning, stacklevel=3)
 
 
 def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 26,
@@ -238,14 +250,16 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
     from .calibrate import activation_samples, max_abs, random_inputs, value_intervals
-    from .errors import ModelError, UnsupportedOpError
+    from .errors import ModelError, ParameterError, UnsupportedOpError
     from .frontends.onnx import import_model
     from .passes import APPROXIMATION_PIPELINE, TENSOR_PIPELINE
+    from .options import CompileOptions
+    checked = CompileOptions(layout, scale_bits, weight_scale_bits, rescale, max_rotation_keys,
+                             activation_degree, approx_error, activation_margin).checked()
     if rescale == "eager" and layout == "auto":
         layout = "batch"  # the eager baseline exists for the batch layout
-    options = {"scale_bits": scale_bits, "weight_scale_bits": weight_scale_bits, "rescale": rescale,
-               "activation_degree": activation_degree, "approx_error": approx_error,
-               "margin": activation_margin, "max_rotation_keys": max_rotation_keys}
+    options = checked.as_dict()
+    del options["layout"]
     graph = import_model(model)
     bad = sorted(name for name, array in graph.constants.items()
                  if np.asarray(array).dtype.kind in "fc" and not np.all(np.isfinite(array)))
@@ -297,16 +311,28 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
                           f"may not be the ranges your data produces: {assumed}. Pass calibration "
                           "data (--calibration X.npy)", HeccWarning, stacklevel=2)
         result.timings += approx_result.timings
-        reasons, slots = {}, None
+        reasons, slots, refused = {}, None, []
         for name in wanted:
             try:
                 graph, timings = _lower(approximated, calibration, dict(options, layout=name), slots,
                                         print_after_all, progress)
+                lowered, final = graph
+                precision = _predicted_precision(final, calibration)
+                if precision is not None and precision > PRECISION_LIMIT:
+                    raise ParameterError(
+                        f"the {name} layout's program would answer with errors up to {precision:.1%} of "
+                        f"the largest output (the simulator's CKKS noise model on the calibration data); "
+                        f"raise --scale-bits or --weight-scale-bits")
             except UnsupportedOpError as exc:
                 reasons[name] = "; ".join(f"{op} ({exc.details.get(op, 'no lowering')})"
                                           for op in sorted(exc.unsupported))
                 continue
-            lowered, final = graph
+            except ParameterError as exc:  # under auto the other layout may still do
+                if len(wanted) == 1:
+                    raise
+                refused.append(exc)
+                reasons[name] = str(exc)
+                continue
             slots = slots or next(op.attrs["poly_modulus_degree"] // 2 for op in final.ops
                                   if op.name == "ckks.params")
             result.timings += timings
@@ -314,9 +340,11 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
             stages[STAGES[name][1]] = print_graph(final)
             constants.update(final.constants)
             layouts.append(name)
-            extra.setdefault("predicted_precision", {})[name] = _predicted_precision(final, calibration)
+            extra.setdefault("predicted_precision", {})[name] = precision
             if "rotation_keys" in final.meta:
                 extra["rotation_keys"] = final.meta["rotation_keys"]
+        if not layouts and refused:
+            raise refused[0]
         if not layouts:  # the first layout's reason: the batch layout's, under auto
             extra["not_encrypted_because"] = reasons[wanted[0]]
         elif reasons:
@@ -379,6 +407,7 @@ def _predicted_precision(final: Graph, calibration) -> float | None:
     return float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
 
 
+PRECISION_LIMIT = 0.05  # predicted CKKS error, relative to the largest output, past which compile refuses
 SLOTS_SAMPLE = 512  # calibration inputs the slots layout simulates (a slot vector per input)
 
 

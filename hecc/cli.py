@@ -109,6 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, metavar="X.ct")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     e.add_argument("--force", action="store_true")
+    e.add_argument("--allow-out-of-range", action="store_true",
+                   help="encrypt inputs outside the range seen at calibration (refused by default: "
+                        "the server cannot check them, and their results may be wrong)")
 
     v = sub.add_parser("eval", help="server: evaluate encrypted inputs (no secret key)")
     v.add_argument("artifact")
@@ -147,12 +150,6 @@ def _cmd_compile(args) -> int:
     out = args.output or os.path.splitext(args.model)[0] + ".hecc"
     check_output(out, is_artifact, args.force, reads=(args.model, *_paths(args.calibration)))
     calibration = _named_arrays(args.calibration) if args.calibration else None
-    if args.weight_scale_bits is not None and not 1 <= args.weight_scale_bits <= 60:
-        raise UserError("--weight-scale-bits must be between 1 and 60")
-    if not 10 <= args.scale_bits <= 60:
-        raise UserError("--scale-bits must be between 10 and 60")
-    if args.max_rotation_keys is not None and args.max_rotation_keys < 1:
-        raise UserError("--max-rotation-keys must be at least 1")
     prog = compile_model(args.model, calibration=calibration, layout=args.layout,
                          max_rotation_keys=args.max_rotation_keys, scale_bits=args.scale_bits,
                          weight_scale_bits=args.weight_scale_bits, rescale=args.rescale,
@@ -355,7 +352,8 @@ def _cmd_encrypt(args) -> int:
     secret = os.path.join(args.keys, "secret.key")
     check_output(args.output, is_ciphertext_file, args.force, reads=(args.artifact, secret, *_paths(args.inputs)))
     prog = _with_layout(load(args.artifact), args.layout, secret)
-    Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output)
+    Client(prog, args.keys, _progress(args)).encrypt(_input_arrays(prog, args.inputs), args.output,
+                                                     args.allow_out_of_range)
     if not args.quiet:
         print(f"wrote {args.output}")
     return 0

@@ -155,11 +155,22 @@ class Client:
         header, files = read_container(path, ("secret",), self.fingerprint, self.limits)
         return header["keyset"], files
 
-    def encrypt(self, inputs: dict[str, np.ndarray], out_path: str) -> None:
-        from .api import warn_outside_calibration
+    def encrypt(self, inputs: dict[str, np.ndarray], out_path: str, allow_out_of_range: bool = False) -> None:
+        """Encrypt ``inputs`` into ``out_path``. Inputs outside the range seen at calibration are
+        refused unless ``allow_out_of_range``: the server cannot check encrypted values, and the
+        program may silently answer wrongly for them."""
+        from .api import outside_calibration, warn_outside_calibration
         from .backends.tenseal import encrypt_batches
         stacked, runs = stack_inputs(self.program.graph, inputs)
-        warn_outside_calibration(self.program, inputs)
+        if allow_out_of_range:
+            warn_outside_calibration(self.program, inputs)
+        else:
+            found = outside_calibration(self.program, inputs)
+            if found:
+                raise InputError(f"{'; '.join(found)}: the server cannot check encrypted values, and the "
+                                 "program may answer wrongly for them without a sign. Recompile with "
+                                 "--calibration data that covers such inputs, or pass "
+                                 "--allow-out-of-range to encrypt them anyway")
         keyset, keys = self._keys()
         batches = encrypt_batches(self.program.graph, keys, stacked, self.progress)
         per = _inputs_per_batch(self.program)

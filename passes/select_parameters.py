@@ -74,6 +74,11 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
             return n, chain
     most = max(MAX_MODULUS_BITS_128.values())
     shown = f" ({chain})" if len(chain) <= 12 else ""
+    if total <= most:  # the bits fit; the primes are too small for a ring that holds them
+        n = min(n for n, limit in MAX_MODULUS_BITS_128.items() if total <= limit and n >= 2048)
+        raise ParameterError(f"the program rescales by {min(chain)}-bit primes{shown}, but N={n} needs "
+                             f"primes of at least {min_prime_bits(n)} bits (a prime must be 1 modulo "
+                             "2N); raise --weight-scale-bits or --scale-bits")
     raise ParameterError(f"the program needs multiplicative depth {depth} and a {total}-bit modulus"
                          f"{shown}; the most any 128-bit-secure parameter set offers is {most} bits "
                          f"(N={max(MAX_MODULUS_BITS_128)}). Use fewer multiplications (lower-degree "

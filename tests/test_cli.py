@@ -180,7 +180,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny, run_cli):
         (("run", art, "--input", tmp_path / "nope.npy"), "no such file"),
         (("run", art, "--input", "y=" + x), "unknown input(s) y"),
         (("run", art, "--input", x, "--output", tmp_path / "notes.txt"), "use a .npy"),
-        (("compile", model, "-o", tmp_path / "w.hecc", "--weight-scale-bits", "99"), "between 1 and 60"),
+        (("compile", model, "-o", tmp_path / "w.hecc", "--weight-scale-bits", "99"), "weight-scale-bits must be an integer from 8 to 60"),
         (("run", art, "--input", x, "--backend", "gpu"), "invalid choice"),
         (("frobnicate",), "invalid choice"),
     ]
