@@ -84,8 +84,9 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         if op.name == "ckks.linear":
             matrix = graph.constants.get(op.attrs["matrix"])
             rows, cols = op.result.type.count, op.operands[0].type.count
-            if matrix is None or matrix.shape != (rows, cols):
-                fail(f"matrix {op.attrs['matrix']!r} must be a stored {rows}x{cols} array")
+            if matrix is None or (matrix.shape != (rows, cols) and not (rows == cols and matrix.shape == (rows,))):
+                fail(f"matrix {op.attrs['matrix']!r} must be a stored {rows}x{cols} array (or, for a "
+                     f"diagonal map, {rows} values)")
             bias = op.attrs.get("bias", "")
             if bias and (bias not in graph.constants or graph.constants[bias].shape != (rows,)):
                 fail(f"bias {bias!r} must be a stored array of {rows} values")

@@ -1,0 +1,266 @@
+"""The batch layout (CryptoNets' packing) and the op-by-op logic both layouts share: every
+secret tensor is a tensor of ciphertexts, one per element, whose slots hold up to N/2 different
+inputs; affine forms become ``ckks.linear`` (dense maps: multiply-by-plaintext-scalar and add
+trees; elementwise maps: a diagonal ``ckks.linear`` with a vector of weights).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hecc.backends.reference import apply_op
+from hecc.errors import UnsupportedOpError
+from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
+
+from .affine import MAX_MATRIX_ENTRIES, Affine, TooLarge, element_count, union_bases
+
+DEFAULT_SCALE_BITS = 26
+DEFAULT_WEIGHT_SCALE_BITS = 14
+AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.matmul", "tensor.conv2d",
+              "tensor.avgpool", "tensor.reshape", "tensor.transpose", "tensor.concat", "tensor.pad",
+              "tensor.reduce"}
+
+
+class Lowering:
+    def __init__(self, graph: Graph, options: dict):
+        self.src = graph
+        self.out = Graph()
+        self.scale_bits = int(options.get("scale_bits", DEFAULT_SCALE_BITS))
+        self.weight_bits = int(options.get("weight_scale_bits") or DEFAULT_WEIGHT_SCALE_BITS)
+        self.ranges = dict(graph.meta.get("ranges", {}))
+        self.max_abs: dict[Value, float] = {}
+        self.env: dict[Value, object] = {}
+        self.materialized: dict[Value, Value] = {}
+        self.decrypted: dict[Value, Value] = {}
+        self.linear_count = 0
+
+    # --- helpers -------------------------------------------------------------------------------
+    def fail(self, op: Op, why: str):
+        raise UnsupportedOpError({op.name: []}, {op.name: why})
+
+    def is_secret(self, v: Value) -> bool:
+        return isinstance(self.env[v], Affine)
+
+    def emit(self, name: str, operands, attrs=None) -> Value:
+        opdef = OPS[name]
+        full = {k: opdef.attr(attrs or {}, k) for k in opdef.attrs}
+        types = opdef.infer([x.type for x in operands], full)
+        return self.out.append(name, operands, types, attrs).result
+
+    def materialize(self, v: Value) -> Value:
+        """The ciphertext tensor holding tensor value ``v`` (emitted once)."""
+        if v not in self.materialized:
+            self.materialized[v] = self.mat(self.env[v], self.ranges.get(v, float("nan")))
+        return self.materialized[v]
+
+    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False) -> Value:
+        """Emit the ckks.linear ops (one per base, summed) computing an affine form."""
+        if aff.is_base:
+            return aff.bases[0]
+        _, bias = aff.dense()
+        total = None
+        for i, (base, block) in enumerate(aff.parts()):
+            part_bias = bias if i == 0 else np.zeros_like(bias)
+            if i > 0 and not np.any(block):
+                continue
+            if (block.shape[0] == block.shape[1] and not np.any(part_bias)
+                    and np.array_equal(block, np.eye(block.shape[0])) and aff.shape == base.type.shape):
+                total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
+                continue
+            self.linear_count += 1
+            while f"linear{self.linear_count}.matrix" in self.src.constants:
+                self.linear_count += 1
+            name = f"linear{self.linear_count}"
+            self.out.constants[f"{name}.matrix"] = block.copy()
+            attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape),
+                     "weight_scale": self.exact_weight_scale(block, part_bias)}
+            if np.any(part_bias):
+                self.out.constants[f"{name}.bias"] = part_bias
+                attrs["bias"] = f"{name}.bias"
+            if checks_interval:
+                attrs["checks_interval"] = True
+            ct = self.emit("ckks.linear", [base], attrs)
+            # a rigorous bound for a partial sum; the calibrated range for the whole
+            bound = float(np.max(np.abs(block).sum(axis=1) * self.max_abs.get(base, 1.0) + np.abs(part_bias)))
+            self.max_abs[ct] = bound
+            total = ct if total is None else self._add(total, ct, bound)
+        if np.isfinite(max_abs):
+            self.max_abs[total] = max_abs
+        return total
+
+    def _add(self, total: Value, ct: Value, bound: float) -> Value:
+        previous = self.max_abs.get(total, 1.0)
+        total = self.emit("ckks.add", [total, ct])
+        self.max_abs[total] = previous + bound
+        return total
+
+    def exact_weight_scale(self, matrix, bias) -> int:
+        """The smallest weight scale 2^k (k <= the configured one) at which every weight is an
+        integer: then encoding is exact and the layer adds only k bits of scale."""
+        for k in range(self.weight_bits):
+            if np.all(np.mod(matrix * 2.0 ** k, 1.0) == 0) and np.all(np.mod(bias * 2.0 ** k, 1.0) == 0):
+                return k
+        return self.weight_bits
+
+    def through(self, forms: list, fn, shape) -> Affine:
+        """The affine form of fn applied to ``forms`` (affine forms or constant arrays): fn runs on
+        one offset run plus one run per column of the union of their bases."""
+        bases = union_bases([f for f in forms if isinstance(f, Affine)])
+        n = sum(element_count(b) for b in bases)
+        if (n + 1) * int(np.prod(shape, dtype=np.int64)) > MAX_MATRIX_ENTRIES:
+            raise TooLarge(f"{int(np.prod(shape, dtype=np.int64))} x {n}")
+        args = []
+        for form in forms:
+            if isinstance(form, Affine):
+                matrix, bias = form.over(bases), form.dense()[1]
+                runs = np.concatenate([bias[None], bias[None] + matrix.T], axis=0)
+                args.append(runs.reshape((n + 1,) + form.shape))
+            else:
+                args.append(form[None])
+        y = np.asarray(fn(args)).reshape(n + 1, -1)
+        return Affine(bases, (y[1:] - y[0]).T.copy(), y[0].copy(), shape)
+
+    def tensor_operand(self, v: Value) -> Value:
+        """``v`` as a plaintext tensor on the client side (decrypting secret values)."""
+        if v in self.decrypted:
+            return self.decrypted[v]
+        item = self.env[v]
+        if isinstance(item, Affine):
+            result = self.emit("ckks.decrypt", [self.materialize(v)])
+        elif isinstance(item, np.ndarray):
+            # a constant output: a stored constant, or a value that turned out not to depend on the
+            # input (a polynomial whose fit is constant, e.g. ReLU of values that are never positive)
+            producer = v.producer
+            name = (producer.attrs["name"] if producer is not None and producer.name == "tensor.constant"
+                    else self.out.unique_constant_name("constant_output"))
+            self.out.constants[name] = np.broadcast_to(item, v.type.shape).copy()
+            result = self.out.append("tensor.constant", [], [v.type], {"name": name}).result
+        else:
+            result = item
+        self.decrypted[v] = result
+        return result
+
+    # --- ops -----------------------------------------------------------------------------------
+    def lower(self, op: Op) -> None:
+        if op.name == "hecc.input":
+            t = op.result.type
+            ct = self.out.append("hecc.input", [], [CipherType(t.shape, 0, self.scale_bits, 0)],
+                                 dict(op.attrs)).result
+            self.env[op.result] = Affine.of(ct)
+            self.max_abs[ct] = self.ranges.get(op.result, float("nan"))
+        elif op.name == "tensor.constant":
+            self.env[op.result] = np.asarray(self.src.constants[op.attrs["name"]], dtype=np.float64)
+        elif op.name == "hecc.output" or OPS[op.name].client_side:
+            operands = [self.tensor_operand(v) for v in op.operands]
+            new = self.out.append(op.name, operands, [r.type for r in op.results], dict(op.attrs))
+            for old, value in zip(op.results, new.results):
+                self.env[old] = value
+        elif not any(self.is_secret(v) for v in op.operands):
+            self.env[op.result] = apply_op(op, [self.env[v][None] for v in op.operands])[0]
+        elif op.name == "tensor.mul" and all(self.is_secret(v) for v in op.operands):
+            self.product(op, *op.operands)
+        elif op.name == "tensor.matmul" and all(self.is_secret(v) for v in op.operands):
+            self.fail(op, "a product of two encrypted matrices has no batch-layout lowering")
+        elif op.name == "tensor.pow":
+            self.power(op)
+        elif op.name == "tensor.poly":
+            self.poly(op)
+        elif op.name in AFFINE_OPS:
+            forms = [self.env[v] for v in op.operands]
+            try:
+                self.env[op.result] = self.through(forms, lambda args: apply_op(op, args),
+                                                   op.result.type.shape)
+            except TooLarge as exc:
+                self.fail(op, f"its dense linear map ({exc}) is too large for the batch layout of "
+                              "this version")
+        elif op.name == "tensor.activation":
+            self.fail(op, f"the {op.attrs['kind']} activation is not a polynomial (run "
+                          "approximate-activations first)")
+        else:
+            self.fail(op, "no CKKS lowering for this op in the batch layout")
+
+    def set_ct(self, v: Value, ct: Value) -> None:
+        self.env[v] = Affine.of(ct)
+        self.materialized[v] = ct
+        self.max_abs[ct] = self.ranges.get(v, float("nan"))
+
+    def broadcast(self, v: Value, shape) -> Value:
+        """``v`` broadcast to ``shape``, as a tensor value of its own."""
+        if tuple(v.type.shape) == tuple(shape):
+            return v
+        aff = self.env[v]
+        pad = (1,) * (len(shape) - len(aff.shape))
+        wide = Value(TensorType(tuple(shape), True))
+        self.env[wide] = self.through(
+            [aff], lambda runs: np.broadcast_to(runs[0].reshape(runs[0].shape[:1] + pad + aff.shape),
+                                                (runs[0].shape[0],) + tuple(shape)), shape)
+        self.ranges[wide] = self.ranges.get(v, float("nan"))
+        return wide
+
+    def product(self, op: Op, a: Value, b: Value) -> None:
+        if a is b:
+            ct = self.emit("ckks.square", [self.materialize(a)])
+        else:
+            shape = op.result.type.shape
+            a, b = self.broadcast(a, shape), self.broadcast(b, shape)
+            ct = self.emit("ckks.mul", [self.materialize(a), self.materialize(b)])
+        self.set_ct(op.result, ct)
+
+    def power(self, op: Op) -> None:
+        n, x = op.attrs["exponent"], op.operands[0]
+        if n == 0:
+            self.env[op.result] = np.ones(op.result.type.shape)
+            return
+        if n == 1:
+            self.env[op.result] = self.env[x]
+            return
+        base = self.materialize(x)
+        result, square, k = None, base, n
+        while k:
+            if k & 1:
+                result = square if result is None else self.emit("ckks.mul", [result, square])
+            k >>= 1
+            if k:
+                square = self.emit("ckks.square", [square])
+        self.set_ct(op.result, result)
+
+    def poly(self, op: Op) -> None:
+        """sum_k c_k T_k(t), t the input mapped to [-1, 1]: T_k by the doubling recurrences
+        T_2m = 2 T_m^2 - 1 and T_2m+1 = 2 T_m T_m+1 - T_1 (depth ceil(log2 d), d - 1 products);
+        the sum stays an affine form over the T_k."""
+        x = op.operands[0]
+        lo, hi = op.attrs["interval"]
+        coefficients = op.attrs["coefficients"]
+        matrix, bias = self.env[x].dense()
+        alpha, beta = 2.0 / (hi - lo), -(lo + hi) / (hi - lo)
+        t = Affine(self.env[x].bases, matrix * alpha, bias * alpha + beta, self.env[x].shape)
+        terms = {1: t}
+        materialized: dict[int, Value] = {}
+
+        def ct_of(k):
+            if k not in materialized:
+                materialized[k] = self.mat(terms[k], 1.0, checks_interval=(k == 1))
+            return materialized[k]
+        for k in range(2, len(coefficients)):
+            m = k // 2
+            if k % 2 == 0:
+                prod = self.emit("ckks.square", [ct_of(m)])
+                self.max_abs[prod] = 1.0
+                terms[k] = self.combination([(2.0, Affine.of(prod))], -1.0)
+            else:
+                prod = self.emit("ckks.mul", [ct_of(m), ct_of(m + 1)])
+                self.max_abs[prod] = 1.0
+                terms[k] = self.combination([(2.0, Affine.of(prod)), (-1.0, t)], 0.0)
+        parts = [(c, terms[k]) for k, c in enumerate(coefficients) if k >= 1 and c != 0]
+        if not parts:
+            self.env[op.result] = np.full(op.result.type.shape, coefficients[0])
+            return
+        self.env[op.result] = self.combination(parts, coefficients[0])
+
+    def combination(self, parts, constant: float) -> Affine:
+        """sum of c * (affine form) + constant, as one affine form over the union of bases."""
+        bases = union_bases([a for _, a in parts])
+        matrix = sum(c * a.over(bases) for c, a in parts)
+        bias = sum(c * a.dense()[1] for c, a in parts) + constant
+        return Affine(bases, matrix, bias, parts[0][1].shape)
+
+
