@@ -105,7 +105,8 @@ def op_counts(graph: Graph, batch_count: int) -> dict[str, int]:
             matrix = quantized(graph.constants[op.attrs["matrix"]], op.attrs["weight_scale"])
             nnz = int(np.count_nonzero(matrix))
             add("multiply_plain", nnz)
-            add("add", nnz - int(np.count_nonzero(matrix.any(axis=1))))
+            rows = nnz if matrix.ndim == 1 else int(np.count_nonzero(matrix.any(axis=1)))
+            add("add", nnz - rows)
             if op.attrs.get("bias"):
                 add("add_plain", np.count_nonzero(graph.constants[op.attrs["bias"]]))
             if op.attrs.get("rescale_terms"):

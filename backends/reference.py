@@ -85,7 +85,10 @@ def _shift(axes):
 
 def _argmax(op: Op, x):
     axis = op.attrs["axis"] + 1
-    idx = np.argmax(x, axis=axis)
+    if op.attrs.get("select_last_index", False):
+        idx = x.shape[axis] - 1 - np.argmax(np.flip(x, axis=axis), axis=axis)
+    else:
+        idx = np.argmax(x, axis=axis)
     if op.attrs.get("keepdims", True):
         idx = np.expand_dims(idx, axis)
     labels = op.attrs.get("labels", [])

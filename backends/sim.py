@@ -90,9 +90,9 @@ class Simulator:
         w = op.attrs["weight_scale"]
         if self.noise:
             matrix = quantized(matrix, w)
-        y = matrix @ x
+        y = matrix[:, None] * x if matrix.ndim == 1 else matrix @ x  # 1-D: a diagonal map
         if self.noise and op.attrs.get("rescale_terms"):
-            nnz = np.count_nonzero(matrix, axis=1)[:, None]
+            nnz = (matrix != 0)[:, None] if matrix.ndim == 1 else np.count_nonzero(matrix, axis=1)[:, None]
             y = y + self._noise(y.shape, op.result.type.scale_bits) * np.sqrt(nnz)
         if op.attrs.get("bias"):
             y = y + self.graph.constants[op.attrs["bias"]][:, None]

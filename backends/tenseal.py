@@ -673,7 +673,10 @@ BLOCK_ROWS = 8
 
 def _block_plan(matrix: np.ndarray):
     """For each block of BLOCK_ROWS rows: (first row, [(column, [(row in block, weight), ...])])
-    over the non-zero weights (zero weights are skipped)."""
+    over the non-zero weights (zero weights are skipped). A 1-D matrix is a diagonal map."""
+    if matrix.ndim == 1:
+        return [(lo, [(lo + b, [(b, float(w))]) for b, w in enumerate(matrix[lo:lo + BLOCK_ROWS]) if w])
+                for lo in range(0, matrix.shape[0], BLOCK_ROWS)]
     plan = []
     for lo in range(0, matrix.shape[0], BLOCK_ROWS):
         block = matrix[lo:lo + BLOCK_ROWS]

@@ -152,7 +152,8 @@ class Client:
                                    f"must be private: run `chmod 600 {path}`")
         elif os.path.exists(self.keys_dir) and not os.path.isdir(self.keys_dir):
             raise KeyFileError(f"{self.keys_dir} is a file; --keys takes the keys folder that keygen made")
-        header, files = read_container(path, ("secret",), self.fingerprint, self.limits)
+        header, files = read_container(path, ("secret",), self.fingerprint, self.limits,
+                                       layout=self.program.layout)
         return header["keyset"], files
 
     def encrypt(self, inputs: dict[str, np.ndarray], out_path: str, allow_out_of_range: bool = False) -> None:
@@ -183,7 +184,8 @@ class Client:
         if output_mode not in ("logits", "argmax"):
             raise InputError(f"unknown output mode {output_mode!r}; use logits or argmax")
         keyset, keys = self._keys()
-        header, files = read_container(path, ("output",), self.fingerprint, self.limits, keyset)
+        header, files = read_container(path, ("output",), self.fingerprint, self.limits, keyset,
+                                       self.program.layout)
         results = ciphertext_groups(header, files, result_groups(self.program.graph),
                                     _inputs_per_batch(self.program), path)
         if self.progress:
@@ -205,12 +207,13 @@ class Server:
         self.fingerprint = fingerprint(program)
         self.limits = member_limits(program)
         header, self.keys = read_container(os.fspath(eval_keys_path), ("eval",), self.fingerprint,
-                                           self.limits)
+                                           self.limits, layout=program.layout)
         self.keyset = header["keyset"]
 
     def evaluate(self, in_path: str, out_path: str) -> None:
         from .backends.tenseal import evaluate_batches, input_groups
-        header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset)
+        header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset,
+                                       self.program.layout)
         batches = ciphertext_groups(header, files, input_groups(self.program.graph),
                                     _inputs_per_batch(self.program), in_path)
         try:

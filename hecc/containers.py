@@ -73,10 +73,11 @@ def peek_header(path: str) -> dict | None:
 
 
 def read_container(path: str, kinds: tuple[str, ...], fingerprint: str, limits,
-                   keyset: str | None = None) -> tuple[dict, dict[str, bytes]]:
+                   keyset: str | None = None, layout: str | None = None) -> tuple[dict, dict[str, bytes]]:
     """The header and members of a key or ciphertext file that must be one of ``kinds``, belong
-    to the program with ``fingerprint`` and (if given) to key set ``keyset``. ``limits(kind,
-    name)`` is the largest a member may be (None: no such member)."""
+    to the program with ``fingerprint`` (of the ``layout`` program, named in messages) and (if
+    given) to key set ``keyset``. ``limits(kind, name)`` is the largest a member may be (None: no
+    such member)."""
     error = KeyFileError if KINDS[kinds[0]] == KEY_FORMAT else CiphertextFileError
     wanted = " or ".join(DESCRIBE[k] for k in kinds)
     if not os.path.exists(path):
@@ -107,6 +108,10 @@ def read_container(path: str, kinds: tuple[str, ...], fingerprint: str, limits,
                 hint = (" The server must never receive the secret key: give it eval.keys."
                         if kind == "secret" and "eval" in kinds else "")
                 raise error(f"{path} is {DESCRIBE[kind]}, not {wanted}.{hint}")
+            if header["program"] != fingerprint and layout and header["program_layout"] != layout:
+                raise error(f"{path} was made for the {header['program_layout']} layout, but this "
+                            f"command uses the {layout} layout: pass --layout {header['program_layout']}, "
+                            f"or use keys and ciphertexts made for the {layout} layout")
             if header["program"] != fingerprint:
                 raise error(f"{path} belongs to another model (or another compilation of this one, or "
                             "the other layout): its program fingerprint does not match the artifact. "

@@ -74,6 +74,8 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 100) -> bool:
             if replacement is not None and replacement.type == op.result.type:
                 new_ops.extend(rw.take_pending())
                 replaced[op.result] = replacement
+                # the replacement has the replaced value's users: a chain can fold in one sweep
+                rw.users[replacement] = rw.users.get(op.result, [])
                 changed = True
             rw.take_pending()
             new_ops.append(op)
@@ -130,12 +132,12 @@ def is_slots_layout(graph: Graph) -> bool:
 
 def scale_up(graph: Graph, x: Value, delta: int, matrix_name: str) -> Op:
     """An op multiplying ciphertext ``x`` by 1 encoded at 2^delta: the scale grows by ``delta``
-    bits exactly, at no level. Batch layout: an identity ``ckks.linear`` (its matrix stored under
-    ``matrix_name``); slots layout: a ``ckks.mul_plain`` by a vector of ones."""
+    bits exactly, at no level. Batch layout: an identity ``ckks.linear`` (a diagonal map of ones,
+    stored under ``matrix_name``); slots layout: a ``ckks.mul_plain`` by a vector of ones."""
     t = x.type.but(scale_bits=x.type.scale_bits + delta)
     if is_slots_layout(graph):
         graph.constants.setdefault("ones", np.ones((1, 1)))
         return Op("ckks.mul_plain", [x], [t], {"plain": "ones", "weight_scale": int(delta)})
-    graph.constants.setdefault(matrix_name, np.eye(x.type.count))
+    graph.constants.setdefault(matrix_name, np.ones(x.type.count))
     return Op("ckks.linear", [x], [t], {"matrix": matrix_name, "shape": list(x.type.shape),
                                         "weight_scale": int(delta)})

@@ -137,7 +137,8 @@ define("ckks.linear", 1, infer=_linear,
               "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False),
               "checks_interval": Attr("bool", False)},
        doc="y = matrix @ x + bias over the ciphertexts of x (flattened): multiply-by-plaintext-"
-           "scalar and add trees, zero weights skipped. Weights are encoded at 2^weight_scale, so "
+           "scalar and add trees, zero weights skipped; a 1-D matrix is a diagonal map (y = matrix * x "
+           "+ bias, elementwise: memory and work linear in the size). Weights are encoded at 2^weight_scale, so "
            "the scale grows by weight_scale; with rescale_terms every product is rescaled first "
            "(the eager baseline). The bias is encoded at the result's scale. checks_interval marks the input "
            "of a polynomial activation mapped to [-1, 1]: the simulator counts values outside it.")

@@ -19,8 +19,19 @@ def element_count(base: Value) -> int:
     return base.type.count
 
 
+class Diagonal:
+    """The linear part of an elementwise form, sum_b diag(v_b) @ base_b: one vector per base, each
+    as long as the form (and its base)."""
+
+    __slots__ = ("vectors",)
+
+    def __init__(self, vectors):
+        self.vectors = [np.asarray(v, dtype=np.float64) for v in vectors]
+
+
 class Affine:
-    """A secret tensor as sum_b A_b @ base_b + bias over ciphertext tensors (A None: identity)."""
+    """A secret tensor as sum_b A_b @ base_b + bias over ciphertext tensors. ``matrix`` is None
+    (the identity), a dense 2-D array over the concatenated bases, or a ``Diagonal``."""
 
     __slots__ = ("bases", "matrix", "bias", "shape")
 
@@ -33,6 +44,10 @@ class Affine:
         return cls([base], None, None, base.type.shape)
 
     @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
     def width(self) -> int:
         return sum(element_count(b) for b in self.bases)
 
@@ -41,10 +56,37 @@ class Affine:
         return (len(self.bases) == 1 and self.matrix is None and self.bias is None
                 and self.shape == self.bases[0].type.shape)
 
+    @property
+    def elementwise(self) -> bool:
+        """Whether the form is a sum of its bases scaled elementwise (plus a bias)."""
+        return isinstance(self.matrix, Diagonal) or (
+            self.matrix is None and len(self.bases) == 1 and element_count(self.bases[0]) == self.size)
+
+    def diagonals(self) -> list[np.ndarray]:
+        """An elementwise form's vector per base."""
+        if isinstance(self.matrix, Diagonal):
+            return self.matrix.vectors
+        return [np.ones(self.size)]
+
+    def bias_vector(self) -> np.ndarray:
+        return np.zeros(self.size) if self.bias is None else self.bias
+
+    def scaled(self, alpha: float, beta: float) -> "Affine":
+        """alpha * form + beta, keeping its structure."""
+        if self.elementwise:
+            matrix = Diagonal([alpha * v for v in self.diagonals()])
+        else:
+            matrix = self.dense()[0] * alpha
+        return Affine(self.bases, matrix, self.bias_vector() * alpha + beta, self.shape)
+
     def dense(self):
-        matrix = np.eye(self.width) if self.matrix is None else self.matrix
-        bias = np.zeros(matrix.shape[0]) if self.bias is None else self.bias
-        return matrix, bias
+        if isinstance(self.matrix, Diagonal):
+            if self.size * self.width > MAX_MATRIX_ENTRIES:
+                raise TooLarge(f"{self.size} x {self.width}")
+            matrix = np.hstack([np.diag(v) for v in self.matrix.vectors])
+        else:
+            matrix = np.eye(self.width) if self.matrix is None else self.matrix
+        return matrix, self.bias_vector()
 
     def over(self, bases: list[Value]) -> np.ndarray:
         """The linear part with one column block per entry of ``bases`` (a superset of ours)."""
@@ -59,12 +101,32 @@ class Affine:
         return out
 
     def parts(self):
-        """(base, its block of the linear part) for each base."""
+        """(base, its block of the linear part) for each base; an elementwise form's blocks are
+        1-D (the diagonal)."""
+        if self.elementwise:
+            yield from zip(self.bases, self.diagonals())
+            return
         matrix, _ = self.dense()
         col = 0
         for base in self.bases:
             yield base, matrix[:, col:col + element_count(base)]
             col += element_count(base)
+
+
+def elementwise_sum(parts, constant, shape) -> Affine:
+    """sum of c * form + constant over elementwise forms of ``shape`` (c and constant scalars or
+    arrays of that shape): an elementwise form over the union of their bases, built in time and
+    memory linear in the size."""
+    bases = union_bases([form for _, form in parts])
+    size = int(np.prod(shape, dtype=np.int64))
+    vectors = [np.zeros(size) for _ in bases]
+    bias = np.broadcast_to(np.asarray(constant, dtype=np.float64), shape).reshape(-1).copy()
+    for c, form in parts:
+        c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape).reshape(-1)
+        for base, vector in zip(form.bases, form.diagonals()):
+            vectors[next(i for i, b in enumerate(bases) if b is base)] += c * vector
+        bias += c * form.bias_vector()
+    return Affine(bases, Diagonal(vectors), bias, shape)
 
 
 def union_bases(forms) -> list[Value]:

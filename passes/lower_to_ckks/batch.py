@@ -11,13 +11,20 @@ from hecc.backends.reference import apply_op
 from hecc.errors import UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
-from .affine import MAX_MATRIX_ENTRIES, Affine, TooLarge, element_count, union_bases
+from .affine import MAX_MATRIX_ENTRIES, Affine, TooLarge, element_count, elementwise_sum, union_bases
 
 DEFAULT_SCALE_BITS = 26
 DEFAULT_WEIGHT_SCALE_BITS = 14
 AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.matmul", "tensor.conv2d",
               "tensor.avgpool", "tensor.reshape", "tensor.transpose", "tensor.concat", "tensor.pad",
               "tensor.reduce"}
+ELEMENTWISE_AFFINE = {"tensor.add", "tensor.sub", "tensor.neg", "tensor.mul"}
+
+
+def _is_identity(block: np.ndarray) -> bool:
+    if block.ndim == 1:
+        return bool(np.all(block == 1))
+    return block.shape[0] == block.shape[1] and np.array_equal(block, np.eye(block.shape[0]))
 
 
 class Lowering:
@@ -56,14 +63,13 @@ class Lowering:
         """Emit the ckks.linear ops (one per base, summed) computing an affine form."""
         if aff.is_base:
             return aff.bases[0]
-        _, bias = aff.dense()
+        bias = aff.bias_vector()
         total = None
         for i, (base, block) in enumerate(aff.parts()):
             part_bias = bias if i == 0 else np.zeros_like(bias)
             if i > 0 and not np.any(block):
                 continue
-            if (block.shape[0] == block.shape[1] and not np.any(part_bias)
-                    and np.array_equal(block, np.eye(block.shape[0])) and aff.shape == base.type.shape):
+            if not np.any(part_bias) and aff.shape == base.type.shape and _is_identity(block):
                 total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
                 continue
             self.linear_count += 1
@@ -80,7 +86,8 @@ class Lowering:
                 attrs["checks_interval"] = True
             ct = self.emit("ckks.linear", [base], attrs)
             # a rigorous bound for a partial sum; the calibrated range for the whole
-            bound = float(np.max(np.abs(block).sum(axis=1) * self.max_abs.get(base, 1.0) + np.abs(part_bias)))
+            row_sums = np.abs(block) if block.ndim == 1 else np.abs(block).sum(axis=1)
+            bound = float(np.max(row_sums * self.max_abs.get(base, 1.0) + np.abs(part_bias)))
             self.max_abs[ct] = bound
             total = ct if total is None else self._add(total, ct, bound)
         if np.isfinite(max_abs):
@@ -100,6 +107,28 @@ class Lowering:
             if np.all(np.mod(matrix * 2.0 ** k, 1.0) == 0) and np.all(np.mod(bias * 2.0 ** k, 1.0) == 0):
                 return k
         return self.weight_bits
+
+    def elementwise(self, op: Op, forms: list) -> Affine | None:
+        """The form of an elementwise add, sub, neg or multiply by a constant of elementwise forms
+        of the result's shape, built in linear time; None for anything else (``through`` then)."""
+        shape = tuple(op.result.type.shape)
+        secret = [f for f in forms if isinstance(f, Affine)]
+        if op.name not in ELEMENTWISE_AFFINE or not all(f.elementwise and f.shape == shape for f in secret):
+            return None
+        try:
+            constants = [np.broadcast_to(np.asarray(f, dtype=np.float64), shape) for f in forms
+                         if not isinstance(f, Affine)]
+        except ValueError:
+            return None
+        if op.name == "tensor.neg":
+            return elementwise_sum([(-1.0, forms[0])], 0.0, shape)
+        if op.name == "tensor.mul":
+            return elementwise_sum([(constants[0], secret[0])], 0.0, shape) if len(secret) == 1 else None
+        signs = [1.0, 1.0 if op.name == "tensor.add" else -1.0]
+        parts = [(sign, f) for sign, f in zip(signs, forms) if isinstance(f, Affine)]
+        constant = sum((sign * np.broadcast_to(np.asarray(f, dtype=np.float64), shape)
+                        for sign, f in zip(signs, forms) if not isinstance(f, Affine)), np.zeros(shape))
+        return elementwise_sum(parts, constant, shape)
 
     def through(self, forms: list, fn, shape) -> Affine:
         """The affine form of fn applied to ``forms`` (affine forms or constant arrays): fn runs on
@@ -167,8 +196,8 @@ class Lowering:
         elif op.name in AFFINE_OPS:
             forms = [self.env[v] for v in op.operands]
             try:
-                self.env[op.result] = self.through(forms, lambda args: apply_op(op, args),
-                                                   op.result.type.shape)
+                self.env[op.result] = self.elementwise(op, forms) or self.through(
+                    forms, lambda args: apply_op(op, args), op.result.type.shape)
             except TooLarge as exc:
                 self.fail(op, f"its dense linear map ({exc}) is too large for the batch layout of "
                               "this version")
@@ -230,9 +259,8 @@ class Lowering:
         x = op.operands[0]
         lo, hi = op.attrs["interval"]
         coefficients = op.attrs["coefficients"]
-        matrix, bias = self.env[x].dense()
         alpha, beta = 2.0 / (hi - lo), -(lo + hi) / (hi - lo)
-        t = Affine(self.env[x].bases, matrix * alpha, bias * alpha + beta, self.env[x].shape)
+        t = self.env[x].scaled(alpha, beta)
         terms = {1: t}
         materialized: dict[int, Value] = {}
 
@@ -258,6 +286,9 @@ class Lowering:
 
     def combination(self, parts, constant: float) -> Affine:
         """sum of c * (affine form) + constant, as one affine form over the union of bases."""
+        shape = parts[0][1].shape
+        if all(a.elementwise and a.shape == shape for _, a in parts):
+            return elementwise_sum(parts, constant, shape)
         bases = union_bases([a for _, a in parts])
         matrix = sum(c * a.over(bases) for c, a in parts)
         bias = sum(c * a.dense()[1] for c, a in parts) + constant

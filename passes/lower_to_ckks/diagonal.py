@@ -21,17 +21,22 @@ def next_pow2(n: int) -> int:
 
 
 def diagonal_entries(matrix: np.ndarray, p: int, q: int):
-    """The generalized diagonals of ``matrix`` (m x n) between an input stored with period p
+    """The generalized diagonals of ``matrix`` (m x n, or a vector: a diagonal map) between an input stored with period p
     (n <= p) and an output stored with period q (m <= q), as (k, u, value) arrays, one entry per
     non-zero weight: diagonal k (k < min(p, q)) is the vector over slots u < max(p, q) holding
     matrix[u mod q, (u + k) mod p]. Then sum_k D_k * rotate(x, k) holds the output with period q
     when q >= p; when q < p it holds partial sums whose p/q blocks of q slots add up to it."""
-    rows, cols = np.nonzero(matrix)
+    if matrix.ndim == 1:  # a diagonal map
+        rows = cols = np.flatnonzero(matrix)
+        values = matrix[rows]
+    else:
+        rows, cols = np.nonzero(matrix)
+        values = matrix[rows, cols]
     d = (cols - rows) % p
     if q >= p:
-        return d, rows, matrix[rows, cols]
+        return d, rows, values
     t = d // q
-    return d - t * q, rows + t * q, matrix[rows, cols]
+    return d - t * q, rows + t * q, values
 
 
 def diagonals(matrix: np.ndarray, p: int, q: int) -> tuple[np.ndarray, np.ndarray]:

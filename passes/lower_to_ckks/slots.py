@@ -115,13 +115,14 @@ class SlotsLowering(Lowering):
         q = next_pow2(m)
         if q > self.slots:
             self.fail_size("a linear map", m)
-        _, bias = aff.dense()
+        bias = aff.bias_vector()
         total, bound = None, 0.0
         groups: dict[int, list] = {}
         for base, block in aff.parts():
             if not np.any(block):
                 continue
-            bound += float(np.max(np.abs(block).sum(axis=1) * self.max_abs.get(base, 1.0)))
+            row_sums = np.abs(block) if block.ndim == 1 else np.abs(block).sum(axis=1)
+            bound += float(np.max(row_sums * self.max_abs.get(base, 1.0)))
             if base in self.placeholders:
                 part = self.from_input(base, block, q, aff.shape)
                 total = part if total is None else self._add(total, part, bound)
@@ -242,9 +243,9 @@ class SlotsLowering(Lowering):
             if kind == "expanded":
                 raise Relayout(name)
             return self.matvec([(value, matrix)], q, shape)
-        n = matrix.shape[1]
+        n = matrix.shape[-1]
         p = next_pow2(n)
-        taps = int(np.max(np.count_nonzero(matrix, axis=1))) if matrix.size else 0
+        taps = 1 if matrix.ndim == 1 else int(np.max(np.count_nonzero(matrix, axis=1))) if matrix.size else 0
         per_ct = self.slots // q
         cts = max(1, -(-taps // per_ct))
         c = PLAN_COSTS
@@ -256,7 +257,8 @@ class SlotsLowering(Lowering):
                         + 2 * np.sqrt(k) * c["rotate"] + np.log2(max(p // q, 1)) * c["rotate"])
         else:
             periodic = float("inf")
-        if name in self.periodic_inputs or cts > MAX_INPUT_CIPHERTEXTS or periodic <= expanded:
+        diagonal = matrix.ndim == 1  # a diagonal map: the input periodic, one product
+        if name in self.periodic_inputs or diagonal or cts > MAX_INPUT_CIPHERTEXTS or periodic <= expanded:
             if p > self.slots:
                 self.fail_size(f"input {name!r}", n)
             layout = np.where(np.arange(self.slots) % p < n, np.arange(self.slots) % p, -1)[None]
