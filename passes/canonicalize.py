@@ -97,12 +97,17 @@ def fold_into_matmul(rw: Rewriter, op: Op):
 
 
 def merge_constant_chain(rw: Rewriter, op: Op):
-    """(x + a) + b -> x + (a + b); (x * a) * b -> x * (a * b); (x + a) * b -> x * b + a * b."""
+    """(x + a) + b -> x + (a + b); (x * a) * b -> x * (a * b); (x + a) * b -> x * b + a * b.
+    A chain of same-kind ops is merged whole by its last op (the ones below it are left to die),
+    so a chain of n ops costs O(n)."""
     if op.name not in ("tensor.add", "tensor.mul"):
         return None
     x, c = _const_operand(rw, op)
     if x is None or x.producer is None or not rw.single_use(x):
         return None
+    users = rw.users.get(op.result, [])
+    if len(users) == 1 and users[0].name == op.name and _const_operand(rw, users[0])[0] is op.result:
+        return None  # not the chain's last op: that one merges the whole chain
     inner = x.producer
     if inner.name not in ("tensor.add", "tensor.mul"):
         return None
@@ -113,7 +118,18 @@ def merge_constant_chain(rw: Rewriter, op: Op):
                       if v.producer is not None and v.producer.name == "tensor.constant")
     outer_const = next(v for v in op.operands if v is not x)
     if inner.name == op.name:
-        merged = d + c if op.name == "tensor.add" else d * c
+        constants = [c, d]  # outermost first
+        while y.producer is not None and y.producer.name == op.name and rw.single_use(y):
+            below, e = _const_operand(rw, y.producer)
+            if below is None:
+                break
+            inner_name = next(v.producer.attrs["name"] for v in y.producer.operands
+                              if v.producer is not None and v.producer.name == "tensor.constant")
+            constants.append(e)
+            y = below
+        merged = constants[-1]
+        for k in reversed(constants[:-1]):  # innermost first, as pairwise merging would sum
+            merged = merged + k if op.name == "tensor.add" else merged * k
         return rw.emit(op.name, [y, rw.const(merged, inner_name)])
     if inner.name == "tensor.add" and op.name == "tensor.mul":
         scaled = rw.emit("tensor.mul", [y, outer_const])
