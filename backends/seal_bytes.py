@@ -20,6 +20,8 @@ import os
 import struct
 import zlib
 
+from ..errors import ResourceError
+
 MAGIC = 0xA15E
 HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, version major, minor, compression, reserved, size
 COMPRESSION = {0: "none", 1: "zlib", 2: "zstd"}
@@ -34,7 +36,7 @@ class SealBytesError(ValueError):
 
 def _memfd(name: str) -> int:
     if not hasattr(os, "memfd_create"):  # pragma: no cover - Linux has it since 3.17
-        raise OSError("this platform has no anonymous in-memory files (memfd_create); hecc keeps "
+        raise ResourceError("this platform has no anonymous in-memory files (memfd_create); hecc keeps "
                       "SEAL's key material off the disk with them")
     return os.memfd_create(name, os.MFD_CLOEXEC)
 
@@ -46,6 +48,8 @@ def to_bytes(obj) -> bytes:
         obj.save(f"/proc/self/fd/{fd}")
         size = os.fstat(fd).st_size
         return os.pread(fd, size, 0)
+    except (OSError, RuntimeError) as exc:
+        raise _resource(exc) from None
     finally:
         os.close(fd)
 
@@ -55,12 +59,20 @@ def from_bytes(obj, context, data: bytes):
     fd = _memfd("hecc-seal")
     try:
         view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            raise _resource(exc) from None
         obj.load(context, f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
     return obj
+
+
+def _resource(exc: Exception) -> ResourceError:
+    return ResourceError(f"cannot hold SEAL's data in an in-memory file ({getattr(exc, 'strerror', None) or exc}); "
+                         "if a file-size limit is set (ulimit -f), raise it")
 
 
 def inflate(data: bytes, max_body: int) -> bytes:

@@ -81,7 +81,7 @@ class _Seal:
                 missing = [s for s, e in zip(self.galois_steps, self.galois_elements())
                            if not self.galois_keys.has_key(e)]
                 if missing:
-                    raise KeyFileError(f"the rotation keys lack steps {missing} that this program "
+                    raise KeyFileError(f"its rotation keys lack steps {missing} that this program "
                                        "uses; they were made for another program: run `hecc keygen`")
         self.encoder = seal.CKKSEncoder(self.context)
         self.encryptor = seal.Encryptor(self.context, self.public_key)
@@ -95,16 +95,15 @@ class _Seal:
         """A key from bytes: SEAL's header and size checked, its body decompressed within the
         bound, and the result valid for this program's parameters."""
         if data is None:
-            raise KeyFileError(f"the key files hold no {what}, which this program needs; run "
-                               "`hecc keygen` again")
+            raise KeyFileError(f"it holds no {what}, which this program needs; run `hecc keygen` again")
         try:
             blob = seal_bytes.inflate(data, raw_bytes + (1 << 16))
             seal_bytes.from_bytes(obj, self.context, blob)
         except (seal_bytes.SealBytesError, ValueError, RuntimeError, TypeError) as exc:
-            raise KeyFileError(f"the {what} do not load for this program's parameters ({exc}); they are "
-                               "corrupted or were made for another model") from None
+            raise KeyFileError(f"its {what} could not be loaded for this program's parameters ({exc}); the "
+                               "file is corrupted or was made for another model") from None
         if not seal.is_valid_for(obj, self.context):
-            raise KeyFileError(f"the {what} are not valid for this program's parameters")
+            raise KeyFileError(f"its {what} are not valid for this program's parameters")
         return obj
 
     def galois_elements(self) -> list[int]:

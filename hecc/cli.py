@@ -3,6 +3,7 @@ traceback), 1 an internal error (a bug in hecc; HECC_DEBUG=1 shows the traceback
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import traceback
@@ -284,11 +285,13 @@ def _cmd_run(args) -> int:
 
 def _save_outputs(path: str, outputs: dict) -> None:
     """The first output (.npy) or every output by name (.npz), written atomically."""
+    buffer = io.BytesIO()  # numpy's own writes lose the reason a write failed (ENOSPC, EFBIG)
+    if path.endswith(".npz"):
+        np.savez(buffer, **outputs)
+    else:
+        np.save(buffer, next(iter(outputs.values())))
     with atomic_output(path) as f:
-        if path.endswith(".npz"):
-            np.savez(f, **outputs)
-        else:
-            np.save(f, next(iter(outputs.values())))
+        f.write(buffer.getbuffer())
 
 
 def _paths(items) -> list[str]:

@@ -24,8 +24,9 @@ import stat
 import numpy as np
 
 from .containers import (CT_MEMBER, KEY_MEMBERS, ciphertext_groups, peek_header, read_container,
-                         write_container)
+                         write_container, write_container_to)
 from .errors import CiphertextFileError, InputError, KeyFileError, UserError
+from .outputs import atomic_outputs
 from .runtime import stack_inputs, unstack_outputs
 
 SECRET, EVAL = "secret.key", "eval.keys"
@@ -61,6 +62,15 @@ def member_limits(program):
             return keys[name] + slack if name in KEY_MEMBERS[kind] else None
         return 2 * poly + slack if CT_MEMBER.match(name) else None
     return limits
+
+
+@contextlib.contextmanager
+def _naming(path: str):
+    """Key-file errors raised while the backend loads keys, prefixed with the file's path."""
+    try:
+        yield
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
 
 
 def _require_encrypted(program):
@@ -137,9 +147,12 @@ class Client:
             keys = generate_keys(self.program.graph, max_key_bytes)
             keyset = secrets.token_hex(16)
             common = (self.fingerprint, self.program.layout, keyset)
-            write_container(secret_path, "secret", *common,
-                            {k: keys[k] for k in sorted(KEY_MEMBERS["secret"])}, mode=0o600)
-            write_container(eval_path, "eval", *common, {k: v for k, v in keys.items() if k != "secret"})
+            # both files whole before either replaces anything; the secret key is renamed last, so
+            # even a kill between the two renames leaves the old secret key, which still decrypts
+            with atomic_outputs([(eval_path, 0o644), (secret_path, 0o600)]) as (eval_file, secret_file):
+                write_container_to(eval_file, "eval", *common, {k: v for k, v in keys.items() if k != "secret"})
+                write_container_to(secret_file, "secret", *common,
+                                   {k: keys[k] for k in sorted(KEY_MEMBERS["secret"])})
         return secret_path, eval_path
 
     def _keys(self) -> tuple[str, dict[str, bytes]]:
@@ -173,7 +186,8 @@ class Client:
                                  "--calibration data that covers such inputs, or pass "
                                  "--allow-out-of-range to encrypt them anyway")
         keyset, keys = self._keys()
-        batches = encrypt_batches(self.program.graph, keys, stacked, self.progress)
+        with _naming(self.secret_path):
+            batches = encrypt_batches(self.program.graph, keys, stacked, self.progress)
         per = _inputs_per_batch(self.program)
         sizes = [min(per, runs - i * per) for i in range(len(batches))]
         write_container(out_path, "input", self.fingerprint, self.program.layout, keyset, _members(batches),
@@ -191,7 +205,8 @@ class Client:
         if self.progress:
             self.progress(f"decrypting {len(results)} batch(es)")
         try:
-            outputs = decrypt_batches(self.program.graph, keys, results, header["sizes"])
+            with _naming(self.secret_path):
+                outputs = decrypt_batches(self.program.graph, keys, results, header["sizes"])
         except CiphertextFileError as exc:
             raise CiphertextFileError(f"{path}: {exc}") from None
         named = unstack_outputs(self.program.graph, outputs)
@@ -204,6 +219,7 @@ class Server:
     def __init__(self, program, eval_keys_path: str, progress=None):
         _require_encrypted(program)
         self.program, self.progress = program, progress
+        self.eval_keys_path = os.fspath(eval_keys_path)
         self.fingerprint = fingerprint(program)
         self.limits = member_limits(program)
         header, self.keys = read_container(os.fspath(eval_keys_path), ("eval",), self.fingerprint,
@@ -217,7 +233,8 @@ class Server:
         batches = ciphertext_groups(header, files, input_groups(self.program.graph),
                                     _inputs_per_batch(self.program), in_path)
         try:
-            results = evaluate_batches(self.program.graph, self.keys, batches, self.progress)
+            with _naming(self.eval_keys_path):
+                results = evaluate_batches(self.program.graph, self.keys, batches, self.progress)
         except CiphertextFileError as exc:
             raise CiphertextFileError(f"{in_path}: {exc}") from None
         write_container(out_path, "output", self.fingerprint, self.program.layout, self.keyset,

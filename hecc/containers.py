@@ -45,17 +45,23 @@ def _comment(header: bytes) -> bytes:
 def write_container(path: str, kind: str, fingerprint: str, layout: str, keyset: str,
                     members: dict[str, bytes], extra: dict | None = None, mode: int = 0o644) -> None:
     """Write a key or ciphertext file atomically (``mode``: 0o600 for the secret key)."""
+    with atomic_output(path, mode) as f:
+        write_container_to(f, kind, fingerprint, layout, keyset, members, extra)
+
+
+def write_container_to(f, kind: str, fingerprint: str, layout: str, keyset: str,
+                       members: dict[str, bytes], extra: dict | None = None) -> None:
+    """The container into the binary file ``f``."""
     header = json.dumps({"format": KINDS[kind], "format_version": VERSION, "kind": kind,
                          "hecc_version": __version__, "program": fingerprint, "program_layout": layout,
                          "keyset": keyset, **(extra or {}),
                          "members": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}},
                         sort_keys=True).encode()
-    with atomic_output(path, mode) as f:
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-            zf.comment = _comment(header)
-            zf.writestr("header.json", header)
-            for name, data in members.items():
-                zf.writestr(name, data)
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        zf.comment = _comment(header)
+        zf.writestr("header.json", header)
+        for name, data in members.items():
+            zf.writestr(name, data)
 
 
 def peek_header(path: str) -> dict | None:

@@ -65,6 +65,10 @@ class ParameterError(UserError):
     """No secure CKKS parameter set can hold the program."""
 
 
+class ResourceError(UserError):
+    """The machine refuses what the work needs (a file-size limit, memory for SEAL's objects)."""
+
+
 class HeccWarning(UserWarning):
     """Something the user should know (a guess hecc had to make); the CLI prints it on stderr."""
 

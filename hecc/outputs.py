@@ -131,39 +131,58 @@ def _nameless(folder: str, mode: int) -> int | None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, mode: int = 0o644):
-    """A binary file to write ``path`` through. It is created without a name in ``path``'s folder
-    (O_TMPFILE), fsynced, then named and renamed over ``path`` at once: a reader sees the old file
-    or the new one, and a process killed while writing (even by SIGKILL) leaves nothing behind.
-    Where the file system cannot do that, a named temporary file is used and removed on any error
-    and on SIGTERM/SIGINT."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    named = None
+def atomic_outputs(targets):
+    """Binary files to write several paths through (``targets``: (path, mode) pairs), all or
+    none: each is written as a nameless file in its folder (O_TMPFILE) and fsynced; only when
+    every one is complete are they named and renamed over their paths, in order. A process
+    killed while writing (even by SIGKILL) leaves nothing behind; a failed write (disk full,
+    read-only folder) replaces nothing and is a UserError naming the path and the reason. Where
+    the file system cannot do that, named temporary files are used and removed on any error and
+    on SIGTERM/SIGINT."""
+    staged = []  # [path, file, temporary name or None]
+    current = targets[0][0] if targets else ""
     try:
-        fd = _nameless(folder, mode)
-        if fd is None:
-            fd, named = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-            os.fchmod(fd, mode)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-            if named is None:
-                named = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-                if not _link(f.fileno(), named):
-                    raise OSError(f"the file system cannot name the file written for {path}")
-        os.replace(named, path)
-        named = None
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        try:
+            for path, mode in targets:
+                current = path = os.fspath(path)
+                folder = os.path.dirname(os.path.abspath(path))
+                named = None
+                fd = _nameless(folder, mode)
+                if fd is None:
+                    fd, named = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+                    os.fchmod(fd, mode)
+                staged.append([path, os.fdopen(fd, "wb"), named])
+            yield [entry[1] for entry in staged]
+            for entry in staged:
+                current, f = entry[0], entry[1]
+                f.flush()
+                os.fsync(f.fileno())
+                if entry[2] is None:
+                    folder = os.path.dirname(os.path.abspath(current))
+                    name = os.path.join(folder, f".{os.path.basename(current)}.{secrets.token_hex(6)}.tmp")
+                    if not _link(f.fileno(), name):
+                        raise OSError(f"the file system cannot name the file written for {current}")
+                    entry[2] = name
+            for entry in staged:
+                current = entry[0]
+                os.replace(entry[2], current)
+                entry[2] = None
+        except OSError as exc:
+            raise UserError(f"cannot write {current}: {exc.strerror or exc}") from None
     finally:
-        if named is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(named)
+        for _, f, named in staged:
+            with contextlib.suppress(OSError):  # a failed write was reported; its buffer is dropped
+                f.close()
+            if named is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(named)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: int = 0o644):
+    """A binary file to write ``path`` through, atomically (see ``atomic_outputs``)."""
+    with atomic_outputs([(path, mode)]) as (f,):
+        yield f
 
 
 def write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
