@@ -109,3 +109,16 @@ def test_verifier_checks_constant_shapes():
     g.constants["w"] = np.zeros(5)
     with pytest.raises(VerifyError, match=r"constant 'w' has shape \(5,\), declared \(4,\)"):
         verify(g)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), max_size=3).map(tuple), min_size=1, max_size=3))
+def test_broadcast_shape_is_numpys(shapes):
+    from hecc.ir.tensor_ops import broadcast_shape
+    try:
+        expected = np.broadcast_shapes(*shapes)
+    except ValueError:
+        with pytest.raises(ValueError):
+            broadcast_shape(shapes)
+        return
+    assert broadcast_shape(shapes) == expected

@@ -24,13 +24,23 @@ def _secret(types) -> bool:
     return any(_tensor(t).secret for t in types)
 
 
+def broadcast_shape(shapes) -> tuple[int, ...]:
+    """numpy's broadcasting of ``shapes`` (ValueError if they do not broadcast); in plain Python,
+    as it runs once per imported op."""
+    rank = max(len(s) for s in shapes)
+    out = [1] * rank
+    for shape in shapes:
+        for i, d in enumerate(shape, rank - len(shape)):
+            if d != out[i] and d != 1:
+                if out[i] != 1:
+                    raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast")
+                out[i] = d
+    return tuple(out)
+
+
 def _broadcast(types, attrs):
     shapes = [_tensor(t).shape for t in types]
-    try:
-        shape = np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
-    return [TensorType(tuple(shape), _secret(types))]
+    return [TensorType(broadcast_shape(shapes), _secret(types))]
 
 
 def _same(types, attrs):
@@ -213,7 +223,8 @@ define("tensor.log_softmax", 1, infer=_softmax_like, attrs={"axis": Attr("int")}
 define("tensor.normalize", 1, infer=_same, attrs={"norm": Attr("str", choices=("MAX", "L1", "L2"))},
        client_side=True, doc="Row normalization of a 2-D tensor (client-side, after decryption).")
 define("tensor.argmax", 1, infer=_argmax,
-       attrs={"axis": Attr("int"), "keepdims": Attr("bool", True), "labels": Attr("list", [])},
+       attrs={"axis": Attr("int"), "keepdims": Attr("bool", True), "labels": Attr("list", []),
+              "select_last_index": Attr("bool", False)},
        client_side=True,
-       doc="Index of the largest value (first on ties), mapped through labels when given "
-           "(client-side, after decryption).")
+       doc="Index of the largest value (the first on ties, the last under select_last_index), "
+           "mapped through labels when given (client-side, after decryption).")
