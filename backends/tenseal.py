@@ -190,6 +190,7 @@ class TensealBackend:
         self.last_use = last_use
         self.seal: _Seal | None = None
         self.align_target: dict[int, float] = {}
+        self.plain_scale: dict[int, float] = {}  # mul_plain: the encoding scale that lands exactly
 
     def connect(self, keys: dict[str, bytes] | None) -> _Seal:
         """Set up SEAL for this program: new keys (None) or the given serialized ones."""
@@ -210,6 +211,7 @@ class TensealBackend:
 
         def prime(level):
             return float(data[len(data) - 1 - level])
+        desired = self._desired_scales(prime)
         scale = self.scales = {op.result: 2.0 ** op.result.type.scale_bits for op in self.inputs}
         for op in self.server:
             args = [scale[v] for v in op.operands]
@@ -224,7 +226,13 @@ class TensealBackend:
             elif op.name == "ckks.rescale":
                 scale[op.result] = args[0] / prime(level)
             elif op.name == "ckks.mul_plain":
-                scale[op.result] = args[0] * 2.0 ** op.attrs["weight_scale"]
+                nominal = 2.0 ** op.attrs["weight_scale"]
+                want = desired.get(op.result)
+                if want is not None and 2 ** -8 < want / (args[0] * nominal) < 2 ** 8:
+                    self.plain_scale[id(op)] = want / args[0]
+                    scale[op.result] = want
+                else:
+                    scale[op.result] = args[0] * nominal
             elif op.name in ("ckks.add", "ckks.sub", "ckks.concat"):
                 target = next((a for a, v in zip(args, op.operands) if v.producer.name != "ckks.modswitch"),
                               args[0])
@@ -235,6 +243,26 @@ class TensealBackend:
                 scale[op.result] = target
             else:
                 scale[op.result] = args[0]
+
+    def _desired_scales(self, prime) -> dict:
+        """The exact scale each value should have so that every rescale lands exactly on its
+        nominal scale 2^bits and the operands of every sum agree (on the sum's nominal scale when
+        nothing later asks for another), followed back through sums and rotations (which keep the
+        scale) to the products by plaintext, which are encoded to meet it. Without it, rescales by primes
+        a few percent below 2^bits make the two operands of a sum drift apart along the chain
+        (slots layout: 26-bit primes, a dozen rescales)."""
+        desired: dict = {}
+        for op in reversed(self.server):
+            result = op.result
+            if op.name == "ckks.rescale":
+                desired.setdefault(op.operands[0], 2.0 ** result.type.scale_bits * prime(op.operands[0].type.level))
+            elif op.name in ("ckks.add", "ckks.sub"):  # both operands the same exact scale
+                want = desired.setdefault(result, 2.0 ** result.type.scale_bits)
+                for v in op.operands:
+                    desired.setdefault(v, want)
+            elif op.name in ("ckks.rotate", "ckks.relinearize") and result in desired:
+                desired.setdefault(op.operands[0], desired[result])
+        return desired
 
     def _modswitch(self, op, ct, out):
         s = self.seal
@@ -397,7 +425,8 @@ class TensealBackend:
         """mul_plain / add_plain on one ciphertext; the encoded vector is cached per program
         (encoding costs three times the product)."""
         s = self.seal
-        scale = 2.0 ** op.attrs["weight_scale"] if op.name == "ckks.mul_plain" else ct.scale
+        scale = (self.plain_scale.get(id(op), 2.0 ** op.attrs["weight_scale"]) if op.name == "ckks.mul_plain"
+                 else ct.scale)
         key = (op.attrs["plain"], op.attrs.get("row", 0) + c, tuple(ct.parms_id()), scale)
         plain = self.plains.get(key)
         if plain is None:
