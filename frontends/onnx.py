@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx.reference import ReferenceEvaluator
 
-from ..errors import ModelError, UnsupportedOpError, VerifyError
+from ..errors import HeccWarning, ModelError, UnsupportedOpError, VerifyError
 from ..ir import OPS, Graph, TensorType, Value, verify
 from .onnx_external import plan_external_data, read_external_data
 from .onnx_fold_sizes import check_fold
@@ -32,6 +33,7 @@ from .onnx_limits import (MAX_ENCRYPTED_ELEMENTS, MAX_ENCRYPTED_TOTAL, MAX_FOLDE
 from .onnx_ops import HINTS, IMPORTERS, SHAPE_ONLY, Comparison, Unsupported
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+TESTED_OPSETS = (13, 21)  # the ai.onnx opsets hecc's importers are tested with
 
 
 def _read_model_file(path) -> bytes:
@@ -113,10 +115,16 @@ def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
         raise ModelError(f"input {vi.name!r} has element type {name}; hecc encrypts float tensors only")
     if not t.HasField("shape"):
         raise ModelError(f"input {vi.name!r} has no shape; export the model with a static input shape")
+    if not t.shape.dim:
+        raise ModelError(f"input {vi.name!r} is a scalar (rank 0); hecc encrypts tensors whose first "
+                         "dimension is the batch: export the input with a leading batch dimension")
     shape = []
     for axis, dim in enumerate(t.shape.dim):
         if dim.HasField("dim_value") and dim.dim_value > 0:
             shape.append(dim.dim_value)
+        elif dim.HasField("dim_value") and dim.dim_value == 0:
+            raise ModelError(f"input {vi.name!r} has size 0 at axis {axis}: an empty tensor holds "
+                             "nothing to encrypt; give every dimension a size of at least 1")
         elif axis == 0:
             shape.append(1)
         else:
@@ -226,11 +234,15 @@ def import_model(source) -> Graph:
     """ONNX model (path, bytes or ModelProto) -> verified tensor-IR graph."""
     model = load_model(source)
     opsets = _opsets(model)
+    _warn_untested_opset(opsets)
     g = model.graph
     initializers = {t.name: tensor_to_array(t, f"initializer {t.name!r}") for t in g.initializer}
     initializers.update({sp.values.name: sparse_to_array(sp, f"sparse initializer {sp.values.name!r}")
                          for sp in g.sparse_initializer})
     model_inputs = [vi for vi in g.input if vi.name not in initializers]
+    if not model_inputs:
+        raise ModelError("the model has no input (every value it computes is a constant): hecc "
+                         "compiles models of encrypted float inputs; give the model an input")
     ctx = ImportContext(opsets)
     ctx.env.update(initializers)
     ctx.onnx_names.update({id(a): name for name, a in initializers.items()})
@@ -244,6 +256,10 @@ def import_model(source) -> Graph:
     for vi in g.output:
         if vi.name not in ctx.env:
             raise ModelError(f"output {vi.name!r} is not produced by any node")
+        if isinstance(ctx.env[vi.name], Comparison):
+            raise UnsupportedOpError({"Greater": [ctx.env[vi.name].label]}, {
+                "Greater": f"output {vi.name!r} is a comparison of encrypted values, which CKKS "
+                           "cannot compute (Greater is supported only inside Where(x > t, x, Softplus(x)))"})
         value = ctx.value(ctx.env[vi.name], "output")
         ctx.graph.append("hecc.output", [value], [], {"name": vi.name})
     try:
@@ -253,20 +269,55 @@ def import_model(source) -> Graph:
     return ctx.graph
 
 
+def _warn_untested_opset(opsets: dict[str, int]) -> None:
+    """Warn about an ai.onnx opset outside ``TESTED_OPSETS``. The importers read every op as those
+    opsets define it, and the older forms whose meaning differs as they were meant, or refuse them
+    (see ``onnx_ops``)."""
+    version = opsets.get("", opsets.get("ai.onnx"))
+    low, high = TESTED_OPSETS
+    if version is not None and not low <= version <= high:
+        warnings.warn(f"the model imports ai.onnx opset {version}; hecc is tested with opsets {low} to "
+                      f"{high}: check its results on the reference backend against onnxruntime, or "
+                      f"export the model with an opset from {low} to {high}", HeccWarning, stacklevel=4)
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the subgraphs of ``node`` (If branches, Loop and Scan bodies) read from outside."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                    list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+            defined = {vi.name for vi in sub.input} | {t.name for t in sub.initializer} | \
+                      {sp.values.name for sp in sub.sparse_initializer}
+            for inner in sub.node:
+                reads.update(i for i in list(inner.input) + sorted(_outer_reads(inner))
+                             if i and i not in defined)
+                defined.update(inner.output)
+    return reads
+
+
 def _check_supported(g: onnx.GraphProto, constants: set[str]) -> None:
-    """Raise one ``UnsupportedOpError`` listing every op that neither folds nor imports."""
+    """Raise one ``UnsupportedOpError`` listing every op that neither folds nor imports. A node
+    whose subgraphs read a value computed from the encrypted input does not fold either."""
     constant = set(constants)
     missing: dict[str, list[str]] = {}
+    details: dict[str, str] = {}
     for index, node in enumerate(g.node):
         ins = [i for i in node.input if i]
-        if all(i in constant for i in ins) or node.op_type in SHAPE_ONLY:
+        outer = _outer_reads(node)
+        if (all(i in constant for i in ins) and outer <= constant) or node.op_type in SHAPE_ONLY:
             constant.update(o for o in node.output if o)
             continue
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         if (node.domain or "", node.op_type) not in IMPORTERS:
             missing.setdefault(key, []).append(_node_label(node, index))
+            if outer - constant and all(i in constant for i in ins):
+                details[key] = (f"{node.op_type} is not supported: its subgraphs read "
+                                f"{', '.join(repr(n) for n in sorted(outer - constant)[:3])}, computed "
+                                "from the encrypted input, and hecc compiles no control flow; export "
+                                "the model with the branch or loop unrolled")
     if missing:
-        raise UnsupportedOpError(missing, {k: HINTS[k] for k in missing if k in HINTS})
+        raise UnsupportedOpError(missing, {**{k: HINTS[k] for k in missing if k in HINTS}, **details})
 
 
 def _import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:

@@ -26,6 +26,9 @@ HINTS = {
     "MaxPool": "max is not computable under CKKS: train with AveragePool instead",
     "GlobalMaxPool": "max is not computable under CKKS: train with GlobalAveragePool instead",
     "ConvTranspose": "not supported yet",
+    "If": "If is not supported: hecc compiles no control flow; export the model with the branch taken",
+    "Loop": "Loop is not supported: hecc compiles no control flow; export the model with the loop unrolled",
+    "Scan": "Scan is not supported: hecc compiles no control flow; export the model with the loop unrolled",
 }
 DOCS: dict[tuple[str, str], str] = {}
 
@@ -59,17 +62,39 @@ def _ints(x) -> list[int]:
     return [int(v) for v in np.asarray(x).reshape(-1)]
 
 
+def _opset(ctx) -> int:
+    return ctx.opsets.get("", ctx.opsets.get("ai.onnx", 13))
+
+
+def _legacy_broadcast(ctx, inputs, attrs):
+    """Opsets 1 to 6 broadcast the second operand of arithmetic only with ``broadcast=1``, and
+    then align its dimensions at ``axis`` of the first (not at the end, as numpy does): reshape
+    it so that numpy broadcasting means the same."""
+    if not attrs.get("broadcast", 0) or "axis" not in attrs or len(inputs) != 2:
+        return inputs
+    a, b = inputs
+    rank_a, rank_b = len(_shape(a)), len(_shape(b))
+    axis = int(attrs["axis"]) + (rank_a if int(attrs["axis"]) < 0 else 0)
+    if not 0 <= axis <= rank_a - rank_b:
+        raise Unsupported(f"broadcast axis {attrs['axis']} does not fit operands of rank {rank_a} and "
+                          f"{rank_b}")
+    shape = list(_shape(b)) + [1] * (rank_a - rank_b - axis)
+    if isinstance(b, Value):
+        return [a, _reshape_to(ctx, b, shape)]
+    return [a, ctx.name_like(np.asarray(b).reshape(shape), b)]
+
+
 # --- elementwise arithmetic -------------------------------------------------------------------
 
 @importer("Add", "Sub", "Mul", doc="numpy broadcasting; operands may both be encrypted")
 def _binary(ctx, inputs, attrs):
     name = {"Add": "tensor.add", "Sub": "tensor.sub", "Mul": "tensor.mul"}[ctx.node.op_type]
-    return [ctx.emit(name, inputs)]
+    return [ctx.emit(name, _legacy_broadcast(ctx, inputs, attrs))]
 
 
 @importer("Div", doc="divisor must be a constant")
 def _div(ctx, inputs, attrs):
-    x, d = inputs
+    x, d = _legacy_broadcast(ctx, inputs, attrs)
     d = _const(d, "divisor")
     if np.any(d == 0):
         raise Unsupported("it divides by a constant that contains zeros")
@@ -89,16 +114,38 @@ def _sum(ctx, inputs, attrs):
     return [acc]
 
 
-@importer("Pow", doc="exponent a constant non-negative integer")
+def _power(ctx, x, n: int):
+    return x if n == 1 else ctx.emit("tensor.pow", [x], {"exponent": n})
+
+
+@importer("Pow", doc="exponent constant non-negative integers: one, or one per element (broadcast)")
 def _pow(ctx, inputs, attrs):
-    x, e = inputs
+    x, e = _legacy_broadcast(ctx, inputs, attrs)
     e = _const(e, "exponent")
-    if e.size != 1 or float(e.reshape(-1)[0]) != int(e.reshape(-1)[0]) or e.reshape(-1)[0] < 0:
-        raise Unsupported(f"only a constant non-negative integer exponent is supported, got {e.tolist()}")
-    n = int(e.reshape(-1)[0])
-    if n == 1:
-        return [x]
-    return [ctx.emit("tensor.pow", [x], {"exponent": n})]
+    if e.size == 0:
+        raise Unsupported("its exponent is an empty tensor")
+    values = np.unique(e.astype(np.float64))
+    bad = [v for v in values if not np.isfinite(v) or v != np.round(v)]
+    if bad:
+        raise Unsupported(f"exponent {bad[0]:g} is not an integer: x**{bad[0]:g} is not a polynomial, so "
+                          "CKKS cannot compute it; only constant non-negative integer exponents are "
+                          "supported")
+    if values[0] < 0:
+        raise Unsupported(f"exponent {int(values[0])} is negative: x**{int(values[0])} divides, which CKKS "
+                          "cannot compute; only constant non-negative integer exponents are supported")
+    try:
+        out_shape = tuple(np.broadcast_shapes(_shape(x), e.shape))
+    except ValueError:
+        raise Unsupported(f"shapes {_shape(x)} and {e.shape} do not broadcast") from None
+    if len(values) == 1 and values[0] != 0 and out_shape == tuple(_shape(x)):
+        return [_power(ctx, x, int(values[0]))]
+    # x**0 = 1 (0**0 too); other exponents: the sum over the distinct k of x**k on the elements of k
+    y = np.broadcast_to((e == 0).astype(np.float64), out_shape).copy() if values[0] == 0 else None
+    for k in values[values != 0]:
+        mask = ctx.name_as((e == k).astype(np.float64), f"{ctx.node_label}.exponent_is_{int(k)}")
+        term = ctx.emit("tensor.mul", [_power(ctx, x, int(k)), mask])
+        y = term if y is None else ctx.emit("tensor.add", [term, y])
+    return [y]
 
 
 # --- linear layers ---------------------------------------------------------------------------
@@ -191,36 +238,94 @@ def _batchnorm(ctx, inputs, attrs):
                               for v, n in zip(inputs[1:5], ("scale", "bias", "mean", "variance")))
     if attrs.get("training_mode", 0):
         raise Unsupported("training_mode=1; export the model in eval mode")
+    if _opset(ctx) < 7 and not attrs.get("is_test", 0):
+        raise Unsupported("is_test=0 (opsets 1 to 6: training mode, statistics of the batch); export "
+                          "the model in eval mode")
     if len([o for o in ctx.node.output if o]) > 1:
         raise Unsupported("running statistics outputs are used; export the model in eval mode")
     rank = len(_shape(x))
     factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
-    trail = (1,) * (rank - 2)
-    scale = ctx.name_as(factor.reshape((-1,) + trail), f"{ctx.node_label}.scale")
-    shift = ctx.name_as((bias - mean * factor).reshape((-1,) + trail), f"{ctx.node_label}.shift")
+    shift = bias - mean * factor
+    if factor.ndim == 1:  # per channel; opsets 1 to 8 with spatial=0 give (C, D1, ...) statistics
+        trail = (1,) * (rank - 2)
+        factor, shift = factor.reshape((-1,) + trail), shift.reshape((-1,) + trail)
+    scale = ctx.name_as(factor, f"{ctx.node_label}.scale")
+    shift = ctx.name_as(shift, f"{ctx.node_label}.shift")
     return [ctx.emit("tensor.add", [ctx.emit("tensor.mul", [x, scale]), shift])]
 
 
 # --- pooling ---------------------------------------------------------------------------------
 
-@importer("AveragePool", doc="2-D; kernel_shape, strides, pads, auto_pad, count_include_pad")
+def _pool_window_pads(attrs, sizes, kernel, strides, dilations):
+    """(begins, ends, output sizes) of a pool along each spatial axis; under ceil_mode the last
+    window may run past the end padding (that part is never counted), but starts inside the input
+    or the begin padding."""
+    begins, ends = _conv_pads(attrs, sizes, kernel, strides, dilations)
+    ceil = bool(attrs.get("ceil_mode", 0)) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
+    outs = []
+    for size, k, s, d, pb, pe in zip(sizes, kernel, strides, dilations, begins, ends):
+        span = (k - 1) * d + 1
+        if size + pb + pe < span:
+            raise Unsupported(f"a window of {span} does not fit an input of {size} padded by {pb}+{pe}")
+        out = (-(-(size + pb + pe - span) // s) if ceil else (size + pb + pe - span) // s) + 1
+        if ceil and (out - 1) * s >= size + pb:
+            out -= 1
+        outs.append(out)
+    return begins, ends, outs
+
+
+def _pool_matrix(size, out, k, s, d, pb, pe, include_pad) -> np.ndarray:
+    """The (size, out) matrix averaging one axis: column o holds 1/count at the input positions
+    of window o, count being the window's positions inside the input (and the padding, under
+    count_include_pad; never past the end padding)."""
+    matrix = np.zeros((size, out))
+    lo, hi = (-pb, size + pe) if include_pad else (0, size)
+    for o in range(out):
+        taps = [o * s - pb + j * d for j in range(k)]
+        counted = sum(lo <= t < hi for t in taps)
+        if not counted:
+            raise Unsupported(f"window {o} covers only padding, which count_include_pad=0 does not count")
+        for t in taps:
+            if 0 <= t < size:
+                matrix[t, o] = 1.0 / counted
+    return matrix
+
+
+@importer("AveragePool", doc="1-D to 3-D; kernel_shape, strides, pads, auto_pad, dilations, ceil_mode, "
+          "count_include_pad")
 def _avgpool(ctx, inputs, attrs):
     x = inputs[0]
-    kernel = list(attrs["kernel_shape"])
-    if len(kernel) != 2:
-        raise Unsupported("only 2-D average pooling is supported")
-    strides = list(attrs.get("strides", [1, 1]))
-    if attrs.get("dilations", [1, 1]) != [1, 1]:
-        raise Unsupported("dilated average pooling is not supported")
-    begins, ends = _conv_pads(attrs, _shape(x)[2:], kernel, strides, [1, 1])
-    if attrs.get("ceil_mode", 0):
-        for size, k, s, pb, pe in zip(_shape(x)[2:], kernel, strides, begins, ends):
-            if (size + pb + pe - k) % s:
-                raise Unsupported("ceil_mode=1 with a window that does not tile the input")
-    include = bool(attrs.get("count_include_pad", 0)) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
-    return [ctx.emit("tensor.avgpool", [x], {
-        "kernel": kernel, "strides": strides, "pads": [begins[0], begins[1], ends[0], ends[1]],
-        "count_include_pad": include})]
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    n, shape = len(kernel), _shape(x)
+    if len(shape) != n + 2:
+        raise Unsupported(f"kernel_shape {kernel} for an input of rank {len(shape)}; it needs rank {n + 2}")
+    if n > 3:
+        raise Unsupported(f"{n}-D average pooling (kernel_shape {kernel}); 1-D to 3-D pooling is "
+                          "supported")
+    strides = [int(v) for v in attrs.get("strides", [1] * n)]
+    dilations = [int(v) for v in attrs.get("dilations", [1] * n)]
+    begins, ends, outs = _pool_window_pads(attrs, shape[2:], kernel, strides, dilations)
+    include = bool(attrs.get("count_include_pad", 0))
+    tiles = all((size + pb + pe - k) // s + 1 == out
+                for size, k, s, pb, pe, out in zip(shape[2:], kernel, strides, begins, ends, outs))
+    if n == 2 and dilations == [1, 1] and tiles:
+        return [ctx.emit("tensor.avgpool", [x], {
+            "kernel": kernel, "strides": strides, "pads": [begins[0], begins[1], ends[0], ends[1]],
+            "count_include_pad": include})]
+    # otherwise one averaging matrix per axis (the count of a box is the product of its axes')
+    y = x
+    for axis in range(n):
+        matrix = _pool_matrix(shape[2 + axis], outs[axis], kernel[axis], strides[axis], dilations[axis],
+                              begins[axis], ends[axis], include)
+        last = 2 + n - 1
+        perm = list(range(last + 1))
+        perm[2 + axis], perm[last] = perm[last], perm[2 + axis]
+        if 2 + axis != last:
+            y = ctx.emit("tensor.transpose", [y], {"perm": perm})
+        y = ctx.emit("tensor.matmul", [y, ctx.name_as(matrix, f"{ctx.node_label}.pool_axis{axis}")])
+        if 2 + axis != last:
+            y = ctx.emit("tensor.transpose", [y], {"perm": perm})
+    return [y]
 
 
 @importer("GlobalAveragePool")
@@ -261,16 +366,25 @@ def _reshape_to(ctx, x, shape):
     return ctx.emit("tensor.reshape", [x], {"shape": shape})
 
 
-@importer("Flatten", doc="any axis")
+@importer("Flatten", doc="any axis, negative too")
 def _flatten(ctx, inputs, attrs):
     shape = _shape(inputs[0])
-    axis = _axis(attrs.get("axis", 1), len(shape) + 1) if shape else 0
+    rank, axis = len(shape), int(attrs.get("axis", 1)) if shape else 0
+    if not -rank <= axis <= rank:
+        raise Unsupported(f"axis {axis} is out of range for rank {rank} (Flatten takes -{rank} to {rank})")
+    axis += rank if axis < 0 else 0
     return [_reshape_to(ctx, inputs[0], [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))])]
 
 
 @importer("Reshape", doc="static target shape (0 and -1 resolved)")
 def _reshape(ctx, inputs, attrs):
-    x, target = inputs[0], _ints(_const(inputs[1], "target shape"))
+    x = inputs[0]
+    if len(inputs) > 1:
+        target = _ints(_const(inputs[1], "target shape"))
+    elif "shape" in attrs:  # opsets 1 to 4
+        target = [int(d) for d in attrs["shape"]]
+    else:
+        raise Unsupported("it has no target shape")
     shape = _shape(x)
     if not attrs.get("allowzero", 0):
         target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
@@ -318,8 +432,11 @@ def _transpose(ctx, inputs, attrs):
 @importer("Concat")
 def _concat(ctx, inputs, attrs):
     rank = len(_shape(inputs[0]))
+    axis = attrs.get("axis", 1 if _opset(ctx) < 4 else None)  # opsets 1 to 3: axis 1 by default
+    if axis is None:
+        raise Unsupported("it has no axis attribute")
     return [ctx.emit("tensor.concat", [x for x in inputs if x is not None and 0 not in _shape(x)],
-                     {"axis": _axis(attrs["axis"], rank)})]
+                     {"axis": _axis(axis, rank)})]
 
 
 @importer("Pad", doc="mode constant; pads as attribute or input")
@@ -333,8 +450,11 @@ def _pad(ctx, inputs, attrs):
         pads = _ints(_const(inputs[1], "pads"))
         value = float(_const(inputs[2], "pad value").reshape(-1)[0]) if len(inputs) > 2 and inputs[2] is not None else 0.0
         axes = _ints(_const(inputs[3], "axes")) if len(inputs) > 3 and inputs[3] is not None else list(range(rank))
-    else:
-        pads, value, axes = list(attrs["pads"]), float(attrs.get("value", 0.0)), list(range(rank))
+    else:  # opsets 1 (paddings) and 2 to 10 (pads): attributes
+        pads = list(attrs.get("pads", attrs.get("paddings", [])))
+        value, axes = float(attrs.get("value", 0.0)), list(range(rank))
+    if len(pads) != 2 * len(axes):
+        raise Unsupported(f"{len(pads)} pads for {len(axes)} axes; it needs {2 * len(axes)}")
     full = [0] * (2 * rank)
     for i, a in enumerate(_axis(a, rank) for a in axes):
         full[a], full[a + rank] = pads[i], pads[i + len(axes)]
@@ -345,25 +465,61 @@ def _pad(ctx, inputs, attrs):
     return [ctx.emit("tensor.pad", [x], {"pads": full, "value": value})]
 
 
-@importer("Identity", "Dropout", doc="removed (Dropout: inference only, its mask output unsupported)")
+@importer("Identity", doc="removed")
 def _identity(ctx, inputs, attrs):
-    if ctx.node.op_type == "Dropout" and len([o for o in ctx.node.output if o]) > 1:
-        raise Unsupported("its mask output is used")
     return [inputs[0]]
 
 
-_INT_TYPES = (6, 7, 12, 13)  # INT32, INT64, UINT32, UINT64
-_FLOAT_TYPES = (1, 10, 11)  # FLOAT, FLOAT16, DOUBLE
+@importer("Dropout", doc="inference only (training_mode false, or ratio 0): removed; its mask is all ones")
+def _dropout(ctx, inputs, attrs):
+    x = inputs[0]
+    if _opset(ctx) >= 12:
+        ratio = inputs[1] if len(inputs) > 1 and inputs[1] is not None else np.asarray(0.5)
+        ratio = float(_const(ratio, "ratio").reshape(-1)[0])
+        mode = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.asarray(False)
+        training = bool(_const(mode, "training_mode").reshape(-1)[0])
+        what = "training_mode is true"
+    else:  # opsets 7 to 11 only infer; 1 to 6 train unless is_test=1
+        ratio = float(attrs.get("ratio", 0.5))
+        training = _opset(ctx) < 7 and not attrs.get("is_test", 0)
+        what = "is_test=0 (opsets 1 to 6: training mode)"
+    if training and ratio != 0.0:
+        raise Unsupported(f"{what} with ratio {ratio:g}: it would zero random elements; only inference "
+                          "is supported (export the model in eval mode, training_mode false)")
+    outputs = [x]
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        outputs.append(ctx.name_as(np.ones(_shape(x), dtype=bool), f"{ctx.node_label}.mask"))
+    return outputs
 
 
-@importer("Cast", doc="to a float type; class indices to an integer type")
+_INT_TYPES = {"INT32": 6, "INT64": 7, "UINT32": 12, "UINT64": 13}
+_FLOAT_TYPES = {"FLOAT": 1, "FLOAT16": 10, "DOUBLE": 11}
+
+
+def _type_name(to) -> str:
+    import onnx
+    try:
+        return onnx.TensorProto.DataType.Name(to)
+    except ValueError:
+        return f"element type {to}"
+
+
+@importer("Cast", doc="to FLOAT, FLOAT16 or DOUBLE (kept in float64); class indices to an integer type")
 def _cast(ctx, inputs, attrs):
     to, x = attrs["to"], inputs[0]
-    if to in _FLOAT_TYPES and x.type.dtype == "f64":
+    if isinstance(to, str):  # opset 1 names the type
+        to = {**_INT_TYPES, **_FLOAT_TYPES}.get(to.upper(), to)
+    if to in _FLOAT_TYPES.values() and x.type.dtype == "f64":
         return [x]
-    if to in _INT_TYPES and x.type.dtype == "i64":
+    if to in _INT_TYPES.values() and x.type.dtype == "i64":
         return [x]
-    raise Unsupported("only casts to float, or of class indices to integers, are supported")
+    name = to if isinstance(to, str) else _type_name(to)
+    if x.type.dtype == "f64":
+        raise Unsupported(f"it casts an encrypted value to {name}; only casts to FLOAT, FLOAT16 or DOUBLE "
+                          "(kept in float64), or of class indices (ArgMax) to INT32, INT64, UINT32 or "
+                          "UINT64, are supported")
+    raise Unsupported(f"it casts class indices to {name}; only casts to INT32, INT64, UINT32 or UINT64 are "
+                      "supported for them")
 
 
 # --- activations -----------------------------------------------------------------------------
@@ -394,8 +550,8 @@ def _gelu(ctx, inputs, attrs):
 class Comparison:
     """``x > threshold`` on encrypted data: no value hecc can compute, only a pattern to match."""
 
-    def __init__(self, x: Value, threshold: float):
-        self.x, self.threshold = x, threshold
+    def __init__(self, x: Value, threshold: float, label: str):
+        self.x, self.threshold, self.label = x, threshold, label
 
 
 @importer("Greater", doc="only inside Where(x > t, x, Softplus(x)), as the dynamo exporter writes Softplus")
@@ -404,17 +560,31 @@ def _greater(ctx, inputs, attrs):
     t = _const(t, "threshold")
     if not isinstance(x, Value) or t.size != 1:
         raise Unsupported("comparisons on encrypted data are not computable under CKKS")
-    return [Comparison(x, float(t.reshape(-1)[0]))]
+    return [Comparison(x, float(t.reshape(-1)[0]), ctx.node_label)]
 
 
-@importer("Where", doc="only Where(x > t, x, Softplus(x)) with t >= 15 (softplus(x) = x there to float precision)")
+@importer("Where", doc="a constant condition; or Where(x > t, x, Softplus(x)) with t >= 15 (softplus(x) = x "
+          "there to float precision)")
 def _where(ctx, inputs, attrs):
     cond, then, other = inputs
     if (isinstance(cond, Comparison) and then is cond.x and cond.threshold >= 15.0
             and isinstance(other, Value) and other.producer is not None
             and other.producer.attrs.get("kind") == "softplus" and other.producer.operands[0] is then):
         return [other]
-    raise Unsupported("selecting on an encrypted condition is not computable under CKKS")
+    if isinstance(cond, (Comparison, Value)):
+        raise Unsupported("selecting on an encrypted condition is not computable under CKKS")
+    # a constant condition: then * cond + other * (1 - cond), the constant parts computed here
+    mask = np.asarray(cond).astype(bool)
+    y = None
+    for branch, keep in ((then, mask), (other, ~mask)):
+        if isinstance(branch, Value):
+            weight = ctx.name_as(keep.astype(np.float64), f"{ctx.node_label}.select")
+            term = ctx.emit("tensor.mul", [branch, weight])
+        else:
+            term = ctx.name_as(np.where(keep, np.asarray(branch, dtype=np.float64), 0.0),
+                               f"{ctx.node_label}.constant")
+        y = term if y is None else ctx.emit("tensor.add", [y, term] if isinstance(y, Value) else [term, y])
+    return [y]
 
 
 @importer("PRelu", doc="constant slope")
@@ -441,11 +611,10 @@ def _softmax(ctx, inputs, attrs):
 
 @importer("ArgMax", doc="at the output only (client-side)")
 def _argmax(ctx, inputs, attrs):
-    if attrs.get("select_last_index", 0):
-        raise Unsupported("select_last_index=1")
     rank = len(_shape(inputs[0]))
+    extra = {"select_last_index": True} if attrs.get("select_last_index", 0) else {}
     return [ctx.emit("tensor.argmax", inputs, {"axis": _axis(attrs.get("axis", 0), rank),
-                                               "keepdims": bool(attrs.get("keepdims", 1))})]
+                                               "keepdims": bool(attrs.get("keepdims", 1)), **extra})]
 
 
 # --- ai.onnx.ml (scikit-learn through skl2onnx) -----------------------------------------------

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .errors import HeccWarning
+from .errors import HeccWarning, InputError
 from .ir import Graph, TensorType, Value
 from .runtime import stack_inputs
 
@@ -15,6 +15,10 @@ RANDOM_INPUTS = 64
 
 def random_inputs(graph: Graph) -> dict[str, np.ndarray]:
     """Stand-in calibration data when the user gives none (uniform in [-1, 1]), with a warning."""
+    for op in graph.inputs():
+        if not op.result.type.shape:
+            raise InputError(f"input {op.attrs['name']!r} is a scalar; hecc needs a leading batch "
+                             "dimension")
     warnings.warn("no calibration data; value ranges are estimated from random inputs in [-1, 1]. "
                   "Pass --calibration X.npy (representative inputs) so the encryption parameters "
                   "fit the values your model really sees", HeccWarning, stacklevel=3)

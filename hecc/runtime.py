@@ -61,9 +61,13 @@ def stack_inputs(graph: Graph, arrays: dict[str, np.ndarray]) -> tuple[list[np.n
 
 
 def unstack_outputs(graph: Graph, results: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """(R, *shape) per output -> (R * shape[0], *shape[1:]) by output name ((R,) for scalars)."""
+    """(R, *shape) per output -> (R * shape[0], *shape[1:]) by output name; a scalar output is a
+    scalar for one run, as the model declares it, and (R,) for R runs."""
     out = {}
     for (name, shape), y in zip(output_specs(graph), results):
         runs = y.shape[0]
-        out[name] = y.reshape((runs * shape[0],) + tuple(shape[1:])) if shape else y.reshape(runs)
+        if shape:
+            out[name] = y.reshape((runs * shape[0],) + tuple(shape[1:]))
+        else:
+            out[name] = y.reshape(runs if runs > 1 else ())
     return out

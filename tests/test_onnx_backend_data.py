@@ -17,7 +17,8 @@ CASES = sorted(glob.glob(os.path.join(DATA, "pytorch-converted", "test_*")) +
 
 # Cases hecc must compile and match; everything else in the two folders must be refused cleanly.
 SUPPORTED = {
-    "test_AvgPool1d", "test_AvgPool1d_stride", "test_AvgPool2d", "test_AvgPool2d_stride", "test_BatchNorm1d_3d_input_eval",
+    "test_AvgPool1d", "test_AvgPool1d_stride", "test_AvgPool2d", "test_AvgPool2d_stride", "test_AvgPool3d",
+    "test_AvgPool3d_stride", "test_AvgPool3d_stride1_pad0_gpu_input", "test_BatchNorm1d_3d_input_eval",
     "test_BatchNorm2d_eval", "test_BatchNorm2d_momentum_eval", "test_BatchNorm3d_eval",
     "test_BatchNorm3d_momentum_eval", "test_ConstantPad2d", "test_Conv1d", "test_Conv1d_dilated",
     "test_Conv1d_groups", "test_Conv1d_pad1", "test_Conv1d_pad1size1", "test_Conv1d_pad2",

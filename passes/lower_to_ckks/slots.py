@@ -302,7 +302,7 @@ class SlotsLowering(Lowering):
     def finish(self) -> None:
         for placeholder, source in self.placeholders.items():
             if placeholder not in self.input_values:  # an input nothing reads: still part of the API
-                n = source.result.type.count
+                n = int(np.prod(source.result.type.shape, dtype=np.int64))
                 p = next_pow2(n)
                 if p > self.slots:
                     self.fail_size(f"input {source.attrs['name']!r}", n)
