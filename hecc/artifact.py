@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .errors import ArtifactError, ParseError, UserError, VerifyError
 from .ir import Graph, parse, verify
-from .manifest import FINAL_STAGES, check_program, manifest_problem
+from .manifest import FINAL_STAGES, check_program, check_tensor_stage, manifest_problem
 
 FORMAT = "hecc-artifact"
 FORMAT_VERSION = 2
@@ -122,6 +122,8 @@ def load(path: str) -> Artifact:
             graph = art.graph(stage)
             if stage in FINAL_STAGES:
                 check_program(graph)
+            elif stage == "tensor":
+                check_tensor_stage(graph)
     except (ParseError, VerifyError, UserError) as exc:
         raise ArtifactError(f"{path}: the program in the artifact is invalid: {exc}") from None
     return art
@@ -142,7 +144,7 @@ def _read_members(zf: zipfile.ZipFile, path: str) -> dict:
     raw = zf.read(head)
     try:
         manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{path}: the artifact has no readable manifest.json; compile the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a hecc artifact (manifest format is {manifest.get('format')!r})"

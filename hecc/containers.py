@@ -166,9 +166,10 @@ def _read_hashed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, digest: str, path: 
 def _parse_header(path: str, raw: bytes, comment: bytes, error, wanted: str) -> dict:
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise error(f"{path}: not {wanted} (its header is not JSON)") from None
-    if not isinstance(header, dict) or header.get("format") not in (KEY_FORMAT, CT_FORMAT):
+    if not isinstance(header, dict) or not isinstance(header.get("format"), str) or \
+            header.get("format") not in (KEY_FORMAT, CT_FORMAT):
         raise error(f"{path}: not {wanted} (no hecc header)")
     if header.get("format_version") != VERSION:
         raise error(f"{path}: format version {header.get('format_version')!r} is not supported by hecc "
@@ -177,7 +178,7 @@ def _parse_header(path: str, raw: bytes, comment: bytes, error, wanted: str) -> 
         raise error(f"{path}: its header does not match the digest stored with it; the file is "
                     "corrupted or was edited")
     kind = header.get("kind")
-    checks = [(kind in KINDS and KINDS[kind] == header["format"], "kind"),
+    checks = [(isinstance(kind, str) and kind in KINDS and KINDS[kind] == header["format"], "kind"),
               (isinstance(header.get("program"), str) and HEX.match(header["program"]), "program"),
               (header.get("program_layout") in ("batch", "slots"), "program_layout"),
               (isinstance(header.get("keyset"), str) and KEYSET.match(header["keyset"]), "keyset"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from .errors import ParameterError
 from .ir import Graph
 
@@ -56,10 +58,11 @@ FIELDS = {
     "hecc_version": lambda x: isinstance(x, str),
     "inputs": _specs,
     "outputs": _specs,
-    "stages": lambda x: isinstance(x, list) and len(set(x)) == len(x) and bool(x) and x[0] == "tensor"
-    and all(s in STAGE_ORDER for s in x),
+    "stages": lambda x: isinstance(x, list) and bool(x) and all(isinstance(s, str) for s in x)
+    and len(set(x)) == len(x) and x[0] == "tensor" and all(s in STAGE_ORDER for s in x),
     "members": lambda x: _str_dict(x, lambda v: isinstance(v, str) and bool(HEX.match(v))),
-    "layouts": lambda x: isinstance(x, list) and len(set(x)) == len(x) and all(v in ("batch", "slots") for v in x),
+    "layouts": lambda x: isinstance(x, list) and all(isinstance(v, str) for v in x)
+    and len(set(x)) == len(x) and all(v in ("batch", "slots") for v in x),
     "options": lambda x: _str_dict(x, lambda v: v is None or isinstance(v, str) or _is_num(v)),
     "input_ranges": lambda x: _str_dict(x, _interval),
     "approximations": lambda x: isinstance(x, list) and all(map(_approximation, x)),
@@ -122,4 +125,35 @@ def check_program(graph: Graph) -> None:
                              f"{len(used)} distinct steps; keys must be exactly the steps it uses")
     if used and not steps:
         raise ParameterError("the program rotates but lists no rotation keys")
+    for op in graph.ops:
+        if op.name == "hecc.input":
+            _check_input(graph, op, n // 2)
+        if op.name in ("ckks.mul_plain", "ckks.add_plain") and op.attrs.get("row", 0) < 0:
+            raise ParameterError(f"{op.name} reads row {op.attrs['row']} of its plaintext table")
     validate.run(graph)
+
+
+def _check_input(graph: Graph, op, slots: int) -> None:
+    """A slots-layout input: its declared tensor shape, and its layout table of slot sources
+    (-1 or an element index), one row per ciphertext of ``slots`` entries."""
+    shape = op.attrs.get("shape")
+    if shape is None and not op.attrs.get("layout"):
+        return
+    if not isinstance(shape, list) or not shape or not all(_is_int(d, 1, 1 << 31) for d in shape):
+        raise ParameterError(f"input {op.attrs.get('name')!r} declares shape {shape!r}; its dimensions must be positive")
+    table = graph.constants.get(op.attrs.get("layout"))
+    size = math.prod(shape)
+    if (table is None or table.dtype.kind not in "iu" or table.shape != (op.result.type.count, slots)
+            or table.min(initial=-1) < -1 or table.max(initial=-1) >= size):
+        raise ParameterError(f"input {op.attrs.get('name')!r}: its layout {op.attrs.get('layout')!r} must be an "
+                             f"integer table of {op.result.type.count} x {slots} entries from -1 to {size - 1}")
+
+
+def check_tensor_stage(graph: Graph) -> None:
+    """The tensor stage runs on the reference backend: tensor ops only, finite weights."""
+    for op in graph.ops:
+        if not op.name.startswith(("tensor.", "hecc.")):
+            raise ParameterError(f"the tensor stage holds {op.name}, which is not a tensor op")
+    for name, array in graph.constants.items():
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ParameterError(f"weight {name!r} holds NaN or infinite values")

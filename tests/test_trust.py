@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import hecc
 from hecc.backends import seal_bytes
 from hecc.backends.tenseal import TensealBackend
-from hecc.clientserver import Client, fingerprint, member_limits
+from hecc.clientserver import fingerprint, member_limits
 from hecc.containers import read_container, write_container
 
 HECC = shutil.which("hecc") or os.path.join(os.path.dirname(sys.executable), "hecc")

@@ -112,7 +112,7 @@ class _Builder:
     def attr(self, node):
         kind = node.data
         if kind == "int":
-            return int(node.children[0])
+            return self.integer(node.children[0])
         if kind == "float":
             return float(node.children[0])
         if kind == "string":
@@ -131,11 +131,23 @@ class _Builder:
     def type(self, node: lark.Tree):
         if node.data == "tensor_type":
             shape_tok, secrecy, dtype = node.children
-            shape = tuple(int(d) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
+            shape = tuple(self.integer(d, shape_tok) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
             return TensorType(shape, str(secrecy) == "secret", str(dtype) if dtype else "f64")
         shape_tok, level, scale, slots, *size = node.children
-        shape = tuple(int(d) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
+        shape = tuple(self.integer(d, shape_tok) for d in str(shape_tok).split("x")) if shape_tok is not None else ()
         if node.data == "plain_type":
-            return PlainType(shape, int(level), float(scale.children[0]), int(slots))
-        size = int(size[0]) if size and size[0] is not None else 2
-        return CipherType(shape, int(level), float(scale.children[0]), int(slots), size)
+            return PlainType(shape, self.integer(level), float(scale.children[0]), self.integer(slots))
+        size = self.integer(size[0]) if size and size[0] is not None else 2
+        return CipherType(shape, self.integer(level), float(scale.children[0]), self.integer(slots), size)
+
+    def integer(self, text, token=None) -> int:
+        """An integer of the text, within 64 bits (ParseError otherwise)."""
+        token = token if token is not None else text
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or abs(value) >= 1 << 62:
+            raise ParseError(f"number {str(text)[:20]!r} is out of range", getattr(token, "line", 0),
+                             getattr(token, "column", 0), self.source)
+        return value
