@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from .ir import CipherType
 COSTS_PATH = os.environ.get("HECC_COSTS", os.path.join(os.path.expanduser("~"), ".cache", "hecc", "costs.json"))
 WORKER_SPEEDUP = 1.7  # measured: one batch split over two workers runs 1.7x faster (CryptoNets)
 WORKERS = 2
+MEASURE_REPEATS = 5  # per primitive and level: a few seconds for the largest chains
 PRIMITIVES = ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch", "encrypt",
               "decrypt", "rotate", "multiply_vector", "add_plain")
 
@@ -45,7 +48,13 @@ def primitive_costs(params, measure: bool = True, refresh: bool = False) -> dict
     if not refresh and (complete or not measure):
         return entry if complete else None
     from .backends.tenseal import measure_primitives
-    costs = measure_primitives(params["poly_modulus_degree"], params["coeff_modulus_bits"])
+    n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
+    # said even under -q: it takes seconds, once per parameter set and machine
+    sys.stderr.write(f"hecc: measuring this machine's CKKS primitives for N={n} with {len(chain)} primes "
+                     f"(once; stored in {COSTS_PATH})\n")
+    start = time.perf_counter()
+    costs = measure_primitives(n, chain, repeats=MEASURE_REPEATS)
+    sys.stderr.write(f"hecc: measured in {time.perf_counter() - start:.1f} s\n")
     stored[_key(params)] = costs
     from .errors import UserError
     from .outputs import write_bytes
