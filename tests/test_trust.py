@@ -19,6 +19,7 @@ import tenseal.sealapi as seal
 from onnx import TensorProto, helper, numpy_helper
 
 import hecc
+import hostile
 from hecc.backends import seal_bytes
 from hecc.backends.tenseal import TensealBackend
 from hecc.clientserver import fingerprint, member_limits
@@ -218,18 +219,15 @@ def test_ciphertexts_at_another_level_size_or_scale_are_refused_before_seal(worl
     _refused(run("eval", "cn.hecc", path.name, "--eval-keys", "keys/eval.keys", "-o", "o.ct", ok=False), message)
 
 
-def _rewrite_container(src, dst, edit):
-    with zipfile.ZipFile(src) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    header = json.loads(members.pop("header.json"))
-    edit(header, members)
-    header["members"] = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
-    raw = json.dumps(header, sort_keys=True).encode()
-    with zipfile.ZipFile(dst, "w") as zf:
-        zf.comment = b"hecc sha256:" + hashlib.sha256(raw).hexdigest().encode()
-        zf.writestr("header.json", raw)
-        for name, data in members.items():
-            zf.writestr(name, data)
+def _rewrite(src, dst, edit, head_name="header.json"):
+    """Edit a key, ciphertext or artifact file's header (manifest) and members, with every hash
+    recomputed, as an attacker can."""
+    members = hostile.read_zip(src.read_bytes())
+    head = json.loads(members.pop(head_name))
+    edit(head, members)
+    head["members"] = {k: hostile.sha256(v) for k, v in members.items()}
+    build = hostile.artifact_bytes if head_name == "manifest.json" else hostile.container_bytes
+    dst.write_bytes(build(head, members))
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -241,23 +239,8 @@ def _rewrite_container(src, dst, edit):
 ])
 def test_crafted_result_headers_are_refused_by_decrypt(world, edit, message):
     root, run, _, _ = world
-    _rewrite_container(root / "y.ct", root / "bad.ct", edit)
+    _rewrite(root / "y.ct", root / "bad.ct", edit)
     _refused(run("decrypt", "cn.hecc", "bad.ct", "--keys", "keys", "-o", "bad.npy", ok=False), message)
-
-
-def _rewrite_artifact(src, dst, edit):
-    """Edit an artifact's manifest and IR texts, with every hash recomputed (as an attacker can)."""
-    with zipfile.ZipFile(src) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    manifest = json.loads(members.pop("manifest.json"))
-    edit(manifest, members)
-    manifest["members"] = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
-    raw = json.dumps(manifest).encode()
-    with zipfile.ZipFile(dst, "w") as zf:
-        zf.comment = b"hecc sha256:" + hashlib.sha256(raw).hexdigest().encode()
-        zf.writestr("manifest.json", raw)
-        for name, data in members.items():
-            zf.writestr(name, data)
 
 
 def _galois(steps):
@@ -283,7 +266,7 @@ def _galois(steps):
 ])
 def test_edited_manifests_and_programs_are_refused(world, edit, command, message):
     root, run, _, _ = world
-    _rewrite_artifact(root / "cn.hecc", root / "edited.hecc", edit)
+    _rewrite(root / "cn.hecc", root / "edited.hecc", edit, "manifest.json")
     args = ("keygen", "edited.hecc", "--out", "edited-keys", "--layout", "slots") if command == "keygen" else \
         ("inspect", "edited.hecc")
     _refused(run(*args, ok=False), message)
