@@ -210,6 +210,10 @@ def _render_layout(program, lines: list[str], measure: bool):
     sent, returned = ciphertext_bytes(graph)
     lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
                  f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
+    from .backends.common import predicted_peak_bytes
+    live = predicted_peak_bytes(graph)
+    lines.append(f"  ciphertexts held at once while one {unit} is evaluated: {live / 1e6:.0f} MB at most "
+                 f"(each worker process holds its own, besides the keys)")
     precision = program.artifact.manifest.get("predicted_precision", {})
     precision = precision.get(layout) if isinstance(precision, dict) else precision
     if precision is not None:
