@@ -131,15 +131,20 @@ class Program:
         return min(totals, key=totals.get)
 
     def run(self, inputs, backend: str = "reference", noise: bool = False, workers: int | None = None,
-            progress=None, layout: str = "auto") -> dict[str, np.ndarray]:
+            progress=None, layout: str = "auto", cluster: str | None = None) -> dict[str, np.ndarray]:
         """Run on plaintext ``inputs`` (an array for a one-input model, or a dict by input name),
         each with a leading batch dimension; returns every output by name. ``reference`` runs the
         tensor IR in numpy; ``sim`` simulates the CKKS program (``noise`` adds CKKS's errors);
         ``tenseal`` encrypts, evaluates and decrypts with SEAL. ``layout``: ``auto`` (the layout
         predicted fastest for this many inputs, when the artifact has both), ``batch`` or
-        ``slots``. Statistics land in ``last_stats``."""
+        ``slots``. ``workers``: worker processes (tenseal). ``cluster``: the address of a Ray
+        cluster to evaluate on (tenseal; needs ``hecc[ray]``): keys, encryption and decryption
+        stay in this process, evaluation runs on one worker per CPU of the cluster (or
+        ``workers``). Statistics land in ``last_stats``."""
         if layout not in ("auto",) + LAYOUTS:
             raise UserError(f"unknown layout {layout!r}; choose auto, batch or slots")
+        if cluster and backend != "tenseal":
+            raise UserError(f"a cluster runs the tenseal backend only, not {backend}; use --backend tenseal")
         if backend != "reference" and self.encrypted:
             if layout == "auto":
                 runs = stack_inputs(self.artifact.graph("tensor"), inputs if isinstance(inputs, dict)
@@ -147,7 +152,7 @@ class Program:
                 layout = self.choose_layout(runs, measure=backend == "tenseal")
             if layout != self.layout:
                 prog = self.with_layout(layout)
-                out = prog.run(inputs, backend, noise, workers, progress, layout)
+                out = prog.run(inputs, backend, noise, workers, progress, layout, cluster)
                 self.last_stats = prog.last_stats
                 return out
         if not isinstance(inputs, dict):
@@ -177,10 +182,12 @@ class Program:
         else:
             from .backends.sim import Simulator
             from .backends.tenseal import TensealBackend
+            from .executors import executor_for
+            executor = executor_for(workers, cluster)  # a missing Ray is said before any work
             # the plaintext program first: an input that would overflow the modulus is refused
             # with the simulator's message instead of decrypting to garbage
             Simulator(graph).run(stacked)
-            results = TensealBackend(graph, workers=workers, progress=progress).run(stacked, stats)
+            results = executor.run(TensealBackend(graph), stacked, stats, progress)
         self.last_stats = {
             "backend": backend, "layout": self.layout if backend != "reference" else None,
             "inputs": int(runs * (input_specs(graph)[0][1][0] if graph.inputs() else 1)),
@@ -290,17 +297,26 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
     try:
         if guessed:
             calibration = random_inputs(tensor)
-        approximated = tensor.copy()
         intervals = value_intervals(tensor, calibration)
         extra["input_ranges"] = {op.attrs["name"]: list(intervals[op.result]) for op in tensor.inputs()
                                  if op.result in intervals}
-        pairs = list(zip(_values(tensor), _values(approximated)))
-        approximated.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
         samples = activation_samples(tensor, calibration)
-        approximated.meta["samples"] = {new: samples[old] for old, new in pairs if old in samples}
-        approx_result = run_passes(approximated, APPROXIMATION_PIPELINE, options,
-                                   print_after_all=print_after_all, progress=progress)
-        approximated = approx_result.graph
+
+        def approximate(max_degree):
+            graph = tensor.copy()
+            pairs = list(zip(_values(tensor), _values(graph)))
+            graph.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
+            graph.meta["samples"] = {new: samples[old] for old, new in pairs if old in samples}
+            chosen = dict(options, max_degree=max_degree) if max_degree else options
+            done = run_passes(graph, APPROXIMATION_PIPELINE, chosen, print_after_all=print_after_all,
+                              progress=progress)
+            return done.graph, done
+        if options.get("activation_degree") is None:
+            from .degrees import choose_degrees
+            approximated, approx_result = choose_degrees(tensor, approximate,
+                                                         stack_inputs(tensor, calibration)[0])
+        else:
+            approximated, approx_result = approximate(None)
         # the magnitudes the polynomial program reaches on the same inputs size the parameters
         approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
         extra["approximations"] = _approximation_report(tensor, approximated, calibration)

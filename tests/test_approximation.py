@@ -128,3 +128,29 @@ def test_inspect_report(tmp_path, run_cli):
     assert run_cli("compile", _gelu_model(), "-o", art, "--calibration", tmp_path / "cal.npy")[0] == 0
     code, stdout, _ = run_cli("inspect", art, "--report")
     assert code == 0 and "batch layout: CKKS N=" in stdout and "gelu" in stdout and "sigmoid" in stdout
+
+
+def test_automatic_degrees_are_capped_when_the_network_answers_as_well():
+    """A ReLU's own error target asks for degree 9 or more (4 levels); the network's classes on
+    the calibration data are as good with degree 8 (3 levels), so the program takes degree 8."""
+    from onnx import TensorProto, helper, numpy_helper
+    from hecc.degrees import output_quality
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, s).astype(np.float32), n)
+             for n, s in (("w1", (16, 8)), ("w2", (3, 16)))]
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+                               helper.make_node("Relu", ["h"], ["r"]),
+                               helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(0, 1, (500, 8)).astype(np.float32)
+    chosen = hecc.compile(model, calibration=x, layout="batch", approx_error=0.009)
+    assert chosen.artifact.manifest["approximations"][0]["degree"] == 8  # alone it would be 9
+    given = hecc.compile(model, calibration=x, layout="batch", approx_error=0.009, activation_degree=9)
+    assert given.artifact.manifest["approximations"][0]["degree"] == 9  # a degree given is kept
+    exact = chosen.run(x)["y"]
+    for prog in (chosen, given):
+        agreement, error = output_quality([exact], [prog.run(x, backend="sim")["y"]])
+        assert agreement >= 0.93 and error < 0.01
+    assert output_quality([np.eye(3)], [np.eye(3)]) == (1.0, 0.0)
