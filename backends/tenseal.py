@@ -4,12 +4,12 @@ that imports tenseal).
 Keys: a secret key, a public key and, when the program relinearizes, relinearization keys; no
 Galois keys (the batch layout never rotates). Bias plaintexts are encoded once per loaded program;
 scalar weights are encoded as they are used (0.008 ms each on this machine, while caching all of
-them would take gigabytes). SEAL calls hold the GIL, so both cores are used through forked worker
-processes (``workers.forked_map``), which inherit keys and ciphertexts: whole batches run side by
-side while there are enough of them, and a remaining batch splits the rows of each large linear
-layer (and the elementwise ops after it) across the workers, which hand their ciphertexts back
-through nameless files. SEAL objects become bytes in memory only (``seal_bytes``), and bytes from
-outside are checked before SEAL reads them.
+them would take gigabytes). The backend evaluates one batch (or one input) in the process that
+calls it and manages no process: where batches run is an executor's concern (``hecc.executors``).
+An executor may hand ``_evaluate`` a row splitter (``parts``, ``map(fn, chunks)``), which runs
+the rows of each large linear layer (and the elementwise ops after it) elsewhere and returns
+their ciphertexts as bytes. SEAL objects become bytes in memory only (``seal_bytes``), and bytes
+from outside are checked before SEAL reads them.
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
-from .common import (RunStats, batches, is_slots, plain_rows, predicted_peak_bytes, program_params, quantized,
-                     run_client_tail, slot_inputs, split_program)
-from .workers import anonymous_file, forked_map, read_record, write_record
+from .common import (batches, is_slots, plain_rows, program_params, quantized, run_client_tail, slot_inputs,
+                     split_program)
 
 
 class _Seal:
@@ -171,12 +170,12 @@ class _Seal:
 
 
 class TensealBackend:
-    def __init__(self, graph: Graph, workers: int | None = None, progress=None):
+    """One program on SEAL, one batch (or one input) at a time, in the calling process."""
+
+    def __init__(self, graph: Graph):
         self.graph = graph
         self.params = program_params(graph)
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
-        self.workers = workers or min(2, os.cpu_count() or 1)
-        self.progress = progress
         self.blocks = {id(op): _block_plan(quantized(graph.constants[op.attrs["matrix"]],
                                                      op.attrs["weight_scale"]))
                        for op in self.server if op.name == "ckks.linear"}
@@ -458,14 +457,17 @@ class TensealBackend:
                 segments.append([op])
         return segments
 
-    def _evaluate(self, env, parallel: int = 1):
+    def _evaluate(self, env, rows=None):
+        """The server ops on ``env``; ``rows`` (an executor's row splitter, or None) runs the
+        rows of large linear layers in ``rows.parts`` pieces elsewhere."""
+        parallel = rows.parts if rows is not None else 1
         index = 0
         for segment in self._segments():
             head = segment[0]
             work = (sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan)
                     if head.name == "ckks.linear" else 0)
             if parallel > 1 and work >= PARALLEL_MIN_PRODUCTS:
-                self._run_segment_parallel(segment, env, parallel)
+                self._run_segment_split(segment, env, rows)
             else:
                 for offset, op in enumerate(segment):
                     env[op.result] = self._apply(op, [env[v] for v in op.operands],
@@ -485,38 +487,30 @@ class TensealBackend:
                 later.update(v for v in op.operands if v in inside)
         return [op.result for op in segment if op.result in later]
 
-    def _run_segment_parallel(self, segment, env, parallel):
-        rows = segment[0].result.type.count
-        bounds = np.linspace(0, rows, parallel + 1).astype(int)
+    def _run_segment_split(self, segment, env, rows):
+        """One segment with its rows cut into ``rows.parts`` chunks, each evaluated by
+        ``rows.map`` (elsewhere) and handed back as bytes, in row order."""
+        count = segment[0].result.type.count
+        bounds = np.linspace(0, count, rows.parts + 1).astype(int)
         chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         live = self._live_out(segment)
-        # results come back through nameless files on disk, not pipes or /dev/shm: a layer's
-        # ciphertexts can be gigabytes at N=16384, and a RAM copy beside the parent's would double
-        # the peak memory; nameless, they cannot outlive the run
-        files = [anonymous_file() for _ in chunks]
-        global _ACTIVE
-        _ACTIVE = (self, env, segment, live, files)
-        try:
-            for _ in forked_map(_worker_segment, list(enumerate(chunks)), len(chunks),
-                                        self.memory_hint(len(chunks))):
-                pass
-            results = {value: [] for value in live}
-            for (lo, hi), f in zip(chunks, files):
-                f.seek(0)
-                for value in live:
-                    results[value] += [seal_bytes.from_bytes(seal.Ciphertext(), self.seal.context,
-                                                             read_record(f)) for _ in range(lo, hi)]
-            env.update(results)
-        finally:
-            _ACTIVE = None
-            for f in files:
-                f.close()
 
-    def memory_hint(self, processes: int) -> str:
-        """What the program needs in memory, for the message when a worker dies."""
-        per = predicted_peak_bytes(self.graph)
-        return (f"This program keeps up to {per / 2 ** 30:.2f} GiB of ciphertexts per batch in memory "
-                f"({processes} processes at once).")
+        def work(chunk):
+            lo, hi = chunk
+            local = {}
+            for op in segment:
+                if op.name == "ckks.linear":
+                    local[op.result] = self._apply(op, [env[op.operands[0]]], (lo, hi))
+                else:
+                    local[op.result] = self._apply(op, [local[v] for v in op.operands])
+            return [seal_bytes.to_bytes(ct) for value in live for ct in local[value]]
+        results = {value: [] for value in live}
+        for (lo, hi), blobs in zip(chunks, rows.map(work, chunks)):
+            blobs = iter(blobs)
+            for value in live:
+                results[value] += [seal_bytes.from_bytes(seal.Ciphertext(), self.seal.context, next(blobs))
+                                   for _ in range(lo, hi)]
+        env.update(results)
 
     def _decrypt(self, env, lo, hi):
         s = self.seal
@@ -535,58 +529,20 @@ class TensealBackend:
         run_client_tail(self.graph, self.client, env)
         return [env[op.operands[0]] for op in self.outputs]
 
-    def run_batch(self, stacked, lo, hi, parallel: int = 1):
-        """Encrypt, evaluate and decrypt inputs lo..hi; ``parallel`` processes share the rows of
-        each large linear layer (the eval time is then wall time on that many cores)."""
+    def run_batch(self, stacked, lo, hi, rows=None):
+        """Encrypt, evaluate and decrypt inputs lo..hi; ``rows`` (a row splitter) shares the rows
+        of each large linear layer (the eval time is then wall time on that many cores)."""
         timings = {}
         start = time.perf_counter()
         env = self._encrypt(stacked, lo, hi)
         timings["encrypt"] = time.perf_counter() - start
         start = time.perf_counter()
-        env = self._evaluate(env, parallel)
+        env = self._evaluate(env, rows)
         timings["eval"] = time.perf_counter() - start
         start = time.perf_counter()
         outputs = self._decrypt(env, lo, hi)
         timings["decrypt"] = time.perf_counter() - start
         return outputs, timings
-
-    # --- all batches ---------------------------------------------------------------------------
-    def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
-        stats = stats or RunStats()
-        start = time.perf_counter()
-        self.connect(None)
-        stats.seconds["keygen"] = time.perf_counter() - start
-        stats.eval_key_bytes = self.seal.eval_key_bytes()
-        runs = stacked[0].shape[0] if stacked else 1
-        spans = self.spans(runs)
-        stats.batches = len(spans)
-        unit = "input" if self.slots_layout else "batch"
-        workers = self.workers
-        stats.workers = workers
-        rounds = len(spans) // workers * workers if workers > 1 else 0
-        results, per_worker = [], {}
-        if rounds:
-            global _ACTIVE
-            _ACTIVE = (self, stacked)
-            try:
-                for result in forked_map(_worker_batch, spans[:rounds], workers,
-                                                  self.memory_hint(workers)):
-                    results.append(result)
-                    per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
-                    count_progress(self.progress, len(results), len(spans), unit)
-            finally:
-                _ACTIVE = None
-        rest_eval = 0.0
-        for lo, hi in spans[rounds:]:
-            results.append(self.run_batch(stacked, lo, hi, parallel=workers))
-            rest_eval += results[-1][1]["eval"]
-            count_progress(self.progress, len(results), len(spans), unit)
-        per_worker_eval = [max(per_worker.values(), default=0.0) + rest_eval]
-        for _, t in results:
-            for key in ("encrypt", "eval", "decrypt"):
-                stats.seconds[key] += t[key]
-        stats.eval_wall_seconds = max(per_worker_eval)
-        return [np.concatenate([r[0][i] for r in results]) for i in range(len(self.outputs))]
 
 
 def generate_keys(graph: Graph, max_key_bytes: int | None = None) -> dict[str, bytes]:
@@ -630,20 +586,46 @@ def _load_group(backend, value, group, what: str) -> list:
             for j, data in enumerate(group)]
 
 
-def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progress=None) -> list[list[list[bytes]]]:
-    """Server: the program on ciphertexts, with no secret key; per batch, per decryption point.
-    Every ciphertext is checked against the program's input level and scale before SEAL reads it."""
+def server_backend(graph: Graph, eval_keys: dict[str, bytes]) -> TensealBackend:
+    """A backend for the server side: evaluation keys only (a secret key is refused)."""
     if "secret" in eval_keys:
         raise KeyFileError("the server was given a secret key; it must never have one")
     backend = TensealBackend(graph)
     backend.connect(eval_keys)
+    return backend
+
+
+def evaluate_batch(backend: TensealBackend, batch: list[list[bytes]], number: int, rows=None) -> list[list[bytes]]:
+    """Server: one batch (per input, its serialized ciphertexts) through the program; per
+    decryption point, the serialized results. Every ciphertext is checked against the program's
+    input level and scale before SEAL reads it."""
+    env = {op.result: _load_group(backend, op.result, cts, f"batch {number}, input {op.attrs['name']!r}")
+           for op, cts in zip(backend.inputs, batch)}
+    env = backend._evaluate(env, rows)
+    return [[seal_bytes.to_bytes(ct) for ct in env[op.operands[0]]] for op in backend.decrypts]
+
+
+def encrypt_batch(backend: TensealBackend, stacked, lo: int, hi: int) -> list[list[bytes]]:
+    """Client: runs lo..hi encrypted (seeded: half the bytes), per input its ciphertexts."""
+    env = backend._encrypt(stacked, lo, hi, seeded=True)
+    return [[seal_bytes.to_bytes(ct) for ct in env[op.result]] for op in backend.inputs]
+
+
+def decrypt_batch(backend: TensealBackend, results: list[list[bytes]], lo: int, hi: int, number: int) -> list:
+    """Client: one batch's serialized results (checked first) decrypted, with the client tail."""
+    env = {op.operands[0]: _load_group(backend, op.operands[0], cts, f"batch {number}, result {i}")
+           for i, (op, cts) in enumerate(zip(backend.decrypts, results))}
+    return backend._decrypt(env, lo, hi)
+
+
+def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progress=None, rows=None) -> list[list[list[bytes]]]:
+    """Server: the program on ciphertexts, with no secret key, batch after batch in this process
+    (``rows``: an executor's row splitter); per batch, per decryption point."""
+    backend = server_backend(graph, eval_keys)
     out = []
     unit = "evaluated input" if backend.slots_layout else "evaluated batch"
     for number, batch in enumerate(encrypted):
-        env = {op.result: _load_group(backend, op.result, cts, f"batch {number}, input {op.attrs['name']!r}")
-               for op, cts in zip(backend.inputs, batch)}
-        env = backend._evaluate(env, backend.workers)
-        out.append([[seal_bytes.to_bytes(ct) for ct in env[op.operands[0]]] for op in backend.decrypts])
+        out.append(evaluate_batch(backend, batch, number, rows))
         count_progress(progress, number + 1, len(encrypted), unit)
     return out
 
@@ -716,33 +698,9 @@ def _block_plan(matrix: np.ndarray):
     return plan
 
 
-_ACTIVE = None
 ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinearize", "ckks.rescale",
                "ckks.modswitch"}
 PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking for
-
-
-def _worker_segment(task):
-    backend, env, segment, live, files = _ACTIVE
-    index, (lo, hi) = task
-    out = files[index]
-    local = {}
-    for op in segment:
-        if op.name == "ckks.linear":
-            local[op.result] = backend._apply(op, [env[op.operands[0]]], (lo, hi))
-        else:
-            local[op.result] = backend._apply(op, [local[v] for v in op.operands])
-    for value in live:
-        for ct in local[value]:
-            write_record(out, seal_bytes.to_bytes(ct))
-    out.flush()
-
-
-def _worker_batch(span):
-    backend, stacked = _ACTIVE
-    outputs, timings = backend.run_batch(stacked, *span)
-    timings["pid"] = os.getpid()
-    return outputs, timings
 
 
 def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str, list[float]]:

@@ -86,7 +86,11 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stats", metavar="S.json", help="write run statistics as JSON")
     r.add_argument("--noise", action="store_true", help="sim backend: add CKKS-like encryption and "
                    "rescale errors to predict TenSEAL's precision")
-    r.add_argument("--workers", type=int, help="tenseal backend: worker processes (default: 2)")
+    r.add_argument("--workers", type=int, help="tenseal backend: worker processes (default: 2; with "
+                   "--cluster, one per CPU of the cluster)")
+    r.add_argument("--cluster", metavar="ADDRESS", help="tenseal backend: evaluate on the Ray cluster at "
+                   "ADDRESS (host:port of `ray start --head`; needs pip install 'hecc[ray]'); keys, "
+                   "encryption and decryption stay here")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     r.add_argument("--force", action="store_true", help="overwrite output files of another kind")
 
@@ -121,6 +125,10 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("ciphertexts", metavar="X.ct")
     v.add_argument("--eval-keys", required=True, metavar="eval.keys")
     v.add_argument("-o", "--output", required=True, metavar="Y.ct")
+    v.add_argument("--workers", type=int, help="worker processes (default: 2; with --cluster, one per "
+                   "CPU of the cluster)")
+    v.add_argument("--cluster", metavar="ADDRESS", help="evaluate on the Ray cluster at ADDRESS (host:port "
+                   "of `ray start --head`; needs pip install 'hecc[ray]')")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     v.add_argument("--force", action="store_true")
 
@@ -270,7 +278,7 @@ def _cmd_run(args) -> int:
     if args.backend == "tenseal" and not args.quiet:
         sys.stderr.write("hecc: generating keys, encrypting, evaluating and decrypting with SEAL...\n")
     outputs = prog.run(inputs, backend=args.backend, noise=args.noise, workers=args.workers,
-                       progress=progress, layout=args.layout)
+                       progress=progress, layout=args.layout, cluster=args.cluster)
     if args.output:
         _save_outputs(args.output, outputs)
     else:
@@ -368,7 +376,8 @@ def _cmd_eval(args) -> int:
     check_output(args.output, is_ciphertext_file, args.force,
                  reads=(args.artifact, args.ciphertexts, args.eval_keys))
     prog = _with_layout(load(args.artifact), args.layout, args.eval_keys)
-    Server(prog, args.eval_keys, _progress(args)).evaluate(args.ciphertexts, args.output)
+    Server(prog, args.eval_keys, _progress(args), cluster=args.cluster,
+           workers=args.workers).evaluate(args.ciphertexts, args.output)
     if not args.quiet:
         print(f"wrote {args.output}")
     return 0

@@ -214,10 +214,14 @@ class Client:
 
 
 class Server:
-    """The evaluating side: runs the program on ciphertexts with the evaluation keys only."""
+    """The evaluating side: runs the program on ciphertexts with the evaluation keys only, on
+    this machine (``workers`` processes) or on the Ray cluster at ``cluster`` (``hecc[ray]``)."""
 
-    def __init__(self, program, eval_keys_path: str, progress=None):
+    def __init__(self, program, eval_keys_path: str, progress=None, cluster: str | None = None,
+                 workers: int | None = None):
+        from .executors import executor_for
         _require_encrypted(program)
+        self.executor = executor_for(workers, cluster)
         self.program, self.progress = program, progress
         self.eval_keys_path = os.fspath(eval_keys_path)
         self.fingerprint = fingerprint(program)
@@ -227,14 +231,14 @@ class Server:
         self.keyset = header["keyset"]
 
     def evaluate(self, in_path: str, out_path: str) -> None:
-        from .backends.tenseal import evaluate_batches, input_groups
+        from .backends.tenseal import input_groups
         header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset,
                                        self.program.layout)
         batches = ciphertext_groups(header, files, input_groups(self.program.graph),
                                     _inputs_per_batch(self.program), in_path)
         try:
             with _naming(self.eval_keys_path):
-                results = evaluate_batches(self.program.graph, self.keys, batches, self.progress)
+                results = self.executor.evaluate(self.program.graph, self.keys, batches, self.progress)
         except CiphertextFileError as exc:
             raise CiphertextFileError(f"{in_path}: {exc}") from None
         write_container(out_path, "output", self.fingerprint, self.program.layout, self.keyset,

@@ -1,0 +1,128 @@
+"""The local executor: batches in this process or in forked workers on this machine.
+
+Forked workers (``backends.workers.forked_map``) inherit the keys, the SEAL context and the
+encoded weights, so nothing is serialized to start them. Whole batches run side by side while
+there are at least as many as workers; a remaining batch is evaluated here with the rows of each
+large linear layer split across forked workers, which hand their ciphertexts back through
+nameless files. A worker that dies ends the run with ``WorkerDied`` (see ``backends.workers``).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..backends.common import RunStats, predicted_peak_bytes
+from ..backends.workers import anonymous_file, forked_map, read_record, write_record
+from ..progress import count_progress
+
+_ACTIVE = None  # what forked workers read: set by the parent just before it forks
+
+
+class LocalExecutor:
+    """Batches on this machine: in process (``workers=1``) or on ``workers`` forked processes
+    (default: two, or one on a one-core machine)."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or min(2, os.cpu_count() or 1)
+
+    def rows(self, graph):
+        """The row splitter for one batch evaluated here (None: no forking)."""
+        return ForkedRows(self.workers, memory_hint(graph, self.workers)) if self.workers > 1 else None
+
+    def run(self, backend, stacked, stats: RunStats | None = None, progress=None) -> list[np.ndarray]:
+        """``hecc run``: keys, then every batch encrypted, evaluated and decrypted; outputs in
+        input order."""
+        global _ACTIVE
+        stats = stats or RunStats()
+        start = time.perf_counter()
+        backend.connect(None)
+        stats.seconds["keygen"] = time.perf_counter() - start
+        stats.eval_key_bytes = backend.seal.eval_key_bytes()
+        runs = stacked[0].shape[0] if stacked else 1
+        spans = backend.spans(runs)
+        stats.batches = len(spans)
+        unit = "input" if backend.slots_layout else "batch"
+        workers = stats.workers = self.workers
+        rounds = len(spans) // workers * workers if workers > 1 else 0
+        results, per_worker = [], {}
+        if rounds:
+            _ACTIVE = (backend, stacked)
+            try:
+                for result in forked_map(_worker_batch, spans[:rounds], workers,
+                                         memory_hint(backend.graph, workers)):
+                    results.append(result)
+                    per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
+                    count_progress(progress, len(results), len(spans), unit)
+            finally:
+                _ACTIVE = None
+        rest_eval = 0.0
+        rows = self.rows(backend.graph)
+        for lo, hi in spans[rounds:]:
+            results.append(backend.run_batch(stacked, lo, hi, rows))
+            rest_eval += results[-1][1]["eval"]
+            count_progress(progress, len(results), len(spans), unit)
+        for _, t in results:
+            for key in ("encrypt", "eval", "decrypt"):
+                stats.seconds[key] += t[key]
+        stats.eval_wall_seconds = max(per_worker.values(), default=0.0) + rest_eval
+        return [np.concatenate([r[0][i] for r in results]) for i in range(len(backend.outputs))]
+
+    def evaluate(self, graph, eval_keys: dict[str, bytes], batches, progress=None) -> list[list[list[bytes]]]:
+        """The server: each batch of serialized ciphertexts evaluated here, in turn, its large
+        layers split across the workers; per batch, per decryption point, serialized results."""
+        from ..backends.tenseal import evaluate_batches
+        return evaluate_batches(graph, eval_keys, batches, progress, self.rows(graph))
+
+
+class ForkedRows:
+    """A row splitter for ``TensealBackend._evaluate``: each chunk in a forked worker, its
+    ciphertexts back through a nameless file (not a pipe or /dev/shm: a layer's ciphertexts can
+    be gigabytes at N=16384, and a RAM copy beside the parent's would double the peak memory;
+    nameless, they cannot outlive the run)."""
+
+    def __init__(self, parts: int, hint: str = ""):
+        self.parts, self.hint = parts, hint
+
+    def map(self, fn, chunks) -> list[list[bytes]]:
+        global _ACTIVE
+        files = [anonymous_file() for _ in chunks]
+        _ACTIVE = (fn, chunks, files)
+        try:
+            for _ in forked_map(_worker_rows, range(len(chunks)), len(chunks), self.hint):
+                pass
+            out = []
+            for f in files:
+                f.seek(0)
+                count, = np.frombuffer(read_record(f), dtype="<u8")
+                out.append([read_record(f) for _ in range(int(count))])
+            return out
+        finally:
+            _ACTIVE = None
+            for f in files:
+                f.close()
+
+
+def memory_hint(graph, processes: int) -> str:
+    """What the program needs in memory, for the message when a worker dies."""
+    per = predicted_peak_bytes(graph)
+    return (f"This program keeps up to {per / 2 ** 30:.2f} GiB of ciphertexts per batch in memory "
+            f"({processes} processes at once).")
+
+
+def _worker_rows(index):
+    fn, chunks, files = _ACTIVE
+    blobs = fn(chunks[index])
+    out = files[index]
+    write_record(out, np.array([len(blobs)], dtype="<u8").tobytes())
+    for blob in blobs:
+        write_record(out, blob)
+    out.flush()
+
+
+def _worker_batch(span):
+    backend, stacked = _ACTIVE
+    outputs, timings = backend.run_batch(stacked, *span)
+    timings["pid"] = os.getpid()
+    return outputs, timings

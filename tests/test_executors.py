@@ -1,0 +1,52 @@
+"""Executors apart from backends: the TenSEAL backend manages no process, the local executor runs
+in process or on forked workers with equal results, and --cluster without Ray says what to install."""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import hecc
+from hecc import cli
+from hecc.backends import tenseal as tenseal_backend
+from hecc.executors import LocalExecutor, executor_for
+
+CRYPTONETS = os.path.join(os.path.dirname(__file__), "..", "examples", "cryptonets_mnist")
+
+
+def test_the_tenseal_backend_has_no_process_management():
+    source = inspect.getsource(tenseal_backend)
+    for word in ("forked_map", "multiprocessing", "os.fork", "ProcessPool", "anonymous_file", "_ACTIVE"):
+        assert word not in source, word
+
+
+def test_local_executor_in_process_and_forked_agree():
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x).with_layout("slots")
+    one = prog.run(x[:3], backend="tenseal", workers=1)["logits"]
+    assert prog.last_stats["workers"] == 1
+    two = prog.run(x[:3], backend="tenseal", workers=2)["logits"]
+    assert prog.last_stats["workers"] == 2
+    np.testing.assert_array_equal(one.argmax(1), two.argmax(1))
+    assert np.abs(one - two).max() <= 1e-3 * np.abs(one).max()
+    assert isinstance(executor_for(3), LocalExecutor) and executor_for(3).workers == 3
+
+
+def test_cluster_without_ray_says_to_install_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    with pytest.raises(hecc.UserError, match=r"pip install 'hecc\[ray\]'"):
+        executor_for(None, "127.0.0.1:6379")
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:2]
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x, layout="slots")
+    prog.save(str(tmp_path / "cn.hecc"))
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    code = cli.main(["run", str(tmp_path / "cn.hecc"), "--input", str(tmp_path / "x.npy"), "--backend",
+                     "tenseal", "--cluster", "127.0.0.1:6379", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "hecc[ray]" in err and "Traceback" not in err, err
+    with pytest.raises(hecc.UserError, match="tenseal backend only"):
+        prog.run(x, backend="sim", cluster="127.0.0.1:6379")
