@@ -14,6 +14,7 @@ encrypted tensor, ``MAX_ENCRYPTED_TOTAL`` for them all).
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 import warnings
@@ -194,7 +195,7 @@ class ImportContext:
         """Refuse results over MAX_TENSOR_ELEMENTS (MAX_ENCRYPTED_ELEMENTS if encrypted), and
         encrypted tensors that together exceed MAX_ENCRYPTED_TOTAL."""
         for t in types:
-            count = int(np.prod(getattr(t, "shape", ()), dtype=object))
+            count = math.prod(getattr(t, "shape", ()))
             secret = getattr(t, "secret", False)
             bound, name = ((MAX_ENCRYPTED_ELEMENTS, "MAX_ENCRYPTED_ELEMENTS") if secret else
                            (MAX_TENSOR_ELEMENTS, "MAX_TENSOR_ELEMENTS"))
@@ -236,7 +237,8 @@ def import_model(source) -> Graph:
     opsets = _opsets(model)
     _warn_untested_opset(opsets)
     g = model.graph
-    initializers = {t.name: tensor_to_array(t, f"initializer {t.name!r}") for t in g.initializer}
+    # load_model checked every tensor of the model (check_model_tensors)
+    initializers = {t.name: tensor_to_array(t, f"initializer {t.name!r}", checked=True) for t in g.initializer}
     initializers.update({sp.values.name: sparse_to_array(sp, f"sparse initializer {sp.values.name!r}")
                          for sp in g.sparse_initializer})
     model_inputs = [vi for vi in g.input if vi.name not in initializers]

@@ -110,11 +110,13 @@ def check_tensor(tensor: TensorProto, what: str) -> int:
     return count
 
 
-def tensor_to_array(tensor: TensorProto, what: str) -> np.ndarray:
-    """``numpy_helper.to_array`` after ``check_tensor``; any failure is a ``ModelError``."""
+def tensor_to_array(tensor: TensorProto, what: str, checked: bool = False) -> np.ndarray:
+    """``numpy_helper.to_array`` after ``check_tensor`` (unless ``checked`` already, as
+    ``check_model_tensors`` does for the whole model); any failure is a ``ModelError``."""
     if tensor.data_location == TensorProto.EXTERNAL:
         raise ModelError(f"{what} keeps its data in an external file that was not loaded")
-    check_tensor(tensor, what)
+    if not checked:
+        check_tensor(tensor, what)
     try:
         return numpy_helper.to_array(tensor)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
