@@ -6,6 +6,7 @@ a zombie counts as gone (it no longer runs; an orphan's zombie waits for PID 1 t
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 
@@ -101,3 +102,14 @@ def wait_gone(idents, marker: str | None = None, timeout: float = 2.0) -> tuple[
 
 def describe(idents) -> list[str]:
     return [f"pid {pid} ({stat(pid)[0] if stat(pid) else '?'}): {cmdline(pid)[:200]}" for pid, _ in idents]
+
+
+def communicate_or_fail(proc, timeout: float, what: str):
+    """``proc.communicate`` within ``timeout`` seconds, else kill it and fail the test with ``what``."""
+    import pytest
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(what)

@@ -426,12 +426,7 @@ def test_killed_worker_ends_the_run_with_one_message(art, tmp_path):
     victim = min(workers)
     start = time.monotonic()
     os.kill(victim[0], signal.SIGKILL)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("hecc run did not end within 60 s of its worker's death")
+    out, err = procutil.communicate_or_fail(proc, 60, "hecc run did not end within 60 s of its worker's death")
     elapsed = time.monotonic() - start
     left, waited = procutil.wait_gone(workers, str(art.root), timeout=2.0)
     print(f"\n[worker killed] workers {sorted(p for p, _ in workers)}, killed {victim[0]}: hecc exited "
@@ -452,12 +447,7 @@ def test_sigterm_during_run_ends_promptly_and_writes_nothing(art, tmp_path):
     proc, workers, tmpdir = _start_run_with_workers(art, tmp_path, ["--output", output, "--stats", stats])
     start = time.monotonic()
     os.kill(proc.pid, signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("hecc run did not end within 60 s of SIGTERM")
+    out, err = procutil.communicate_or_fail(proc, 60, "hecc run did not end within 60 s of SIGTERM")
     elapsed = time.monotonic() - start
     left, waited = procutil.wait_gone(workers, str(art.root), timeout=1.0)
     print(f"\n[sigterm] hecc exited {proc.returncode} {elapsed:.3f} s after SIGTERM; workers gone "

@@ -205,12 +205,7 @@ def test_killed_ray_worker_has_its_batch_run_again(cluster, cryptonets, tmp_path
     if victim is None:
         proc.kill()
         pytest.fail(f"no Ray worker seen evaluating; the run ended: {proc.communicate()[1]}")
-    try:
-        out, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("the run did not finish after its worker was killed")
+    out, err = procutil.communicate_or_fail(proc, 180, "the run did not finish after its worker was killed")
     print(f"\n[ray fault] killed pid {victim}; exit {proc.returncode}; stderr:\n{err.strip()}")
     assert proc.returncode == 0, err
     assert f"pid {victim}" in err and "died while evaluating batch 1 of 1" in err, err
