@@ -144,12 +144,20 @@ class ClusterExecutor:
         ray = self.ray
         if ray.is_initialized():
             return
+        # Ray puts the driver's working directory on its workers' sys.path. Run from a clone of
+        # hecc's sources, that would make the workers import the source folder `hecc/` (which
+        # lacks hecc.passes, hecc.backends: they are mapped at install time) instead of the
+        # installed package: connect from the folder that holds the package hecc runs from.
+        cwd = os.getcwd()
+        os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         try:
             ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
                      configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot connect to the Ray cluster at {self.address} ({exc}); start it with "
                             "`ray start --head` (see the README's 'A Ray cluster')") from None
+        finally:
+            os.chdir(cwd)
 
     def _start(self, graph, eval_keys):
         from ..ir import print_graph
