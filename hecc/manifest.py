@@ -143,8 +143,8 @@ def _check_input(graph: Graph, op, slots: int) -> None:
         raise ParameterError(f"input {op.attrs.get('name')!r} declares shape {shape!r}; its dimensions must be positive")
     table = graph.constants.get(op.attrs.get("layout"))
     size = math.prod(shape)
-    if (table is None or table.dtype.kind not in "iu" or table.shape != (op.result.type.count, slots)
-            or table.min(initial=-1) < -1 or table.max(initial=-1) >= size):
+    if (table is None or table.dtype.kind != "i" or table.shape != (op.result.type.count, slots)
+            or (table.size and (int(table.min()) < -1 or int(table.max()) >= size))):
         raise ParameterError(f"input {op.attrs.get('name')!r}: its layout {op.attrs.get('layout')!r} must be an "
                              f"integer table of {op.result.type.count} x {slots} entries from -1 to {size - 1}")
 

@@ -77,7 +77,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         if op.name in ("ckks.mul_plain", "ckks.add_plain"):
             table = graph.constants.get(op.attrs["plain"])
             count = op.operands[0].type.count
-            if (table is None or table.ndim != 2 or (n // 2) % table.shape[1]
+            if (table is None or table.ndim != 2 or table.shape[1] == 0 or (n // 2) % table.shape[1]
                     or op.attrs.get("row", 0) + count > table.shape[0]):
                 fail(f"plaintext {op.attrs['plain']!r} must be a stored array with rows "
                      f"{op.attrs.get('row', 0)}..{op.attrs.get('row', 0) + count - 1} whose length divides {n // 2}")
