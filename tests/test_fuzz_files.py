@@ -1021,43 +1021,22 @@ def mutate_container(data, world: World, layout: str, kind: str, label: str) -> 
     return blob
 
 
+@pytest.mark.parametrize("kind, name", [
+    ("eval", "eval.keys"),     # then Server() and evaluate
+    ("secret", "secret.key"),  # in a fresh 0700 folder with mode 0600; then decrypt
+    ("input", "input.ct"),     # the server evaluates it
+    ("output", "result.ct"),   # the client decrypts it
+])
 @FUZZ
 @given(data=st.data())
-def test_mutated_eval_keys(world, data):
-    """eval.keys edited (header fields, SEAL members' bytes, SEAL headers, bodies, members swapped
-    with the secret key's or the other layout's), digests recomputed; then Server() and evaluate."""
+def test_mutated_keys_and_ciphertexts(world, kind, name, data):
+    """A key or ciphertext file edited (header fields: layout/sizes, member names; SEAL members'
+    bytes, headers and bodies, ciphertext metadata re-compressed or stored, bodies of other
+    levels; members swapped with the other key file's or the other layout's), digests
+    recomputed; then used as that kind of file."""
     layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
-    blob = mutate_container(data, world, layout, "eval", "eval.keys")
-    hostile(lambda: use_file(world, "eval", layout, blob))
-
-
-@FUZZ
-@given(data=st.data())
-def test_mutated_secret_key(world, data):
-    """secret.key edited likewise, in a fresh 0700 folder with mode 0600; then decrypt."""
-    layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
-    blob = mutate_container(data, world, layout, "secret", "secret.key")
-    hostile(lambda: use_file(world, "secret", layout, blob))
-
-
-@FUZZ
-@given(data=st.data())
-def test_mutated_input_ciphertexts(world, data):
-    """An encrypted-input file edited (layout/sizes, member names, SEAL headers and bodies,
-    ciphertext metadata re-compressed or stored, bodies of other levels), digests recomputed;
-    then the server evaluates it."""
-    layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
-    blob = mutate_container(data, world, layout, "input", "input.ct")
-    hostile(lambda: use_file(world, "input", layout, blob))
-
-
-@FUZZ
-@given(data=st.data())
-def test_mutated_result_ciphertexts(world, data):
-    """An encrypted-result file edited likewise; then the client decrypts it."""
-    layout = data.draw(st.sampled_from(LAYOUTS), label="layout")
-    blob = mutate_container(data, world, layout, "output", "result.ct")
-    hostile(lambda: use_file(world, "output", layout, blob))
+    blob = mutate_container(data, world, layout, kind, name)
+    hostile(lambda: use_file(world, kind, layout, blob))
 
 
 # --- target 4: random bytes and random zips ---------------------------------------------------
