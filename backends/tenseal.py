@@ -169,6 +169,14 @@ class _Seal:
         return ct
 
 
+class Deferred:
+    """A value a row splitter left where its rows were computed; ``load`` brings its
+    ciphertexts here (see ``TensealBackend._evaluate``)."""
+
+    def load(self, backend) -> list:
+        raise NotImplementedError
+
+
 class TensealBackend:
     """One program on SEAL, one batch (or one input) at a time, in the calling process."""
 
@@ -187,6 +195,7 @@ class TensealBackend:
             for v in op.operands:
                 last_use[v] = index
         self.last_use = last_use
+        self.segments = self._group_segments()
         self.seal: _Seal | None = None
         self.align_target: dict[int, float] = {}
         self.plain_scale: dict[int, float] = {}  # mul_plain: the encoding scale that lands exactly
@@ -306,53 +315,68 @@ class TensealBackend:
         return env
 
     def _linear(self, op, cts, rows=None):
-        """Rows of y = matrix @ x + bias. Rows go in blocks of BLOCK_ROWS and, within a block,
-        column by column, so each input ciphertext is read once per block while it is in cache
-        (11% faster than row by row on this machine; SEAL's arithmetic is exact, so the order
-        does not change the result)."""
+        """Rows (all, or lo..hi) of y = matrix @ x + bias."""
+        lo, hi = rows if rows is not None else (0, op.result.type.count)
+        return self._linear_rows(op, self._linear_terms(op, cts, lo, hi), lo, hi, cts[0])
+
+    def _linear_terms(self, op, cts, lo: int, hi: int, first: int = 0) -> list:
+        """Per row lo..hi of ``matrix @ x``, the sum of its terms over the input ciphertexts
+        first..first + len(cts) - 1 (``cts``; None where there are none). Rows go in blocks of
+        BLOCK_ROWS and, within a block, column by column, so each input ciphertext is read once
+        per block while it is in cache (11% faster than row by row on this machine; SEAL's
+        arithmetic is exact, so the order does not change the result)."""
         s = self.seal
         ev, encoder = s.evaluator, s.encoder
         encode, multiply_plain, add_inplace = encoder.encode, ev.multiply_plain, ev.add_inplace
         weight_scale = 2.0 ** op.attrs["weight_scale"]
         eager = op.attrs.get("rescale_terms", False)
-        bias = self.graph.constants[op.attrs["bias"]] if op.attrs.get("bias") else None
         parms_id = cts[0].parms_id()
         plain, tmp = seal.Plaintext(), seal.Ciphertext()
-        lo, hi = rows if rows is not None else (0, op.result.type.count)
-        out = []
+        last = first + len(cts)
+        accs = [None] * (hi - lo)
         for block_lo, plan in self.blocks[id(op)]:
             if block_lo + BLOCK_ROWS <= lo or block_lo >= hi:
                 continue
-            accs = [None] * BLOCK_ROWS
             for j, entries in plan:
-                x = cts[j]
+                if not first <= j < last:
+                    continue
+                x = cts[j - first]
                 for b, w in entries:
-                    if not lo <= block_lo + b < hi:
+                    at = block_lo + b - lo
+                    if not 0 <= at < hi - lo:
                         continue
                     encode(w, parms_id, weight_scale, plain)
-                    if accs[b] is None:
-                        accs[b] = seal.Ciphertext()
-                        multiply_plain(x, plain, accs[b])
+                    if accs[at] is None:
+                        accs[at] = seal.Ciphertext()
+                        multiply_plain(x, plain, accs[at])
                         if eager:
-                            ev.rescale_to_next_inplace(accs[b])
+                            ev.rescale_to_next_inplace(accs[at])
                     else:
                         multiply_plain(x, plain, tmp)
                         if eager:
                             ev.rescale_to_next_inplace(tmp)
-                        add_inplace(accs[b], tmp)
-            for b in range(BLOCK_ROWS):
-                row = block_lo + b
-                if not lo <= row < hi or row >= op.result.type.count:
-                    continue
-                acc = accs[b] if accs[b] is not None else self._zero_like(cts[0], op, eager)
-                if bias is not None and bias[row] != 0:
-                    key = (id(op), row)
-                    if key not in self.bias_plain:
-                        pt = seal.Plaintext()
-                        encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, pt)
-                        self.bias_plain[key] = pt
-                    ev.add_plain_inplace(acc, self.bias_plain[key])
-                out.append(acc)
+                        add_inplace(accs[at], tmp)
+        return accs
+
+    def _linear_rows(self, op, accs: list, lo: int, hi: int, like) -> list:
+        """Rows lo..hi of a linear op from the sums of their terms (``_linear_terms``): an
+        encryption of zero where a row has none (at the level and scale of a row computed from
+        ``like``, an input ciphertext), plus the bias."""
+        ev, encoder = self.seal.evaluator, self.seal.encoder
+        eager = op.attrs.get("rescale_terms", False)
+        bias = self.graph.constants[op.attrs["bias"]] if op.attrs.get("bias") else None
+        out = []
+        for row, acc in zip(range(lo, hi), accs):
+            if acc is None:
+                acc = self._zero_like(like, op, eager)
+            if bias is not None and bias[row] != 0:
+                key = (id(op), row)
+                if key not in self.bias_plain:
+                    pt = seal.Plaintext()
+                    encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, pt)
+                    self.bias_plain[key] = pt
+                ev.add_plain_inplace(acc, self.bias_plain[key])
+            out.append(acc)
         return out
 
     def _zero_like(self, x, op, eager):
@@ -440,7 +464,7 @@ class TensealBackend:
             s.evaluator.add_plain(ct, plain, out)
         return out
 
-    def _segments(self):
+    def _group_segments(self):
         """Server ops grouped as [linear op, elementwise ops on its rows...]; a segment's rows are
         independent, so its work can be split by rows across processes."""
         segments, current, produced = [], None, set()
@@ -459,27 +483,44 @@ class TensealBackend:
 
     def _evaluate(self, env, rows=None):
         """The server ops on ``env``; ``rows`` (an executor's row splitter, or None) runs the
-        rows of large linear layers in ``rows.parts`` pieces elsewhere."""
+        rows of large linear layers in ``rows.parts`` pieces elsewhere. A splitter may leave a
+        segment's results where they were computed (a ``Deferred``): the next split segment
+        reads them there, anything else loads them here first."""
         parallel = rows.parts if rows is not None else 1
         index = 0
-        for segment in self._segments():
-            head = segment[0]
-            work = (sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan)
-                    if head.name == "ckks.linear" else 0)
-            if parallel > 1 and work >= PARALLEL_MIN_PRODUCTS:
-                self._run_segment_split(segment, env, rows)
+        for number, segment in enumerate(self.segments):
+            if parallel > 1 and self.splittable(segment):
+                count = segment[0].result.type.count
+                bounds = np.linspace(0, count, parallel + 1).astype(int)
+                chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                env.update(rows.split(self, number, env[segment[0].operands[0]], chunks))
             else:
                 for offset, op in enumerate(segment):
-                    env[op.result] = self._apply(op, [env[v] for v in op.operands],
+                    env[op.result] = self._apply(op, [self._loaded(env, v) for v in op.operands],
                                                  reuse=self._dies_here(op, index + offset))
             for op in segment:
                 for v in op.operands:
                     if self.last_use.get(v) == index:
                         env.pop(v, None)
                 index += 1
+        for v in list(env):
+            self._loaded(env, v)
         return env
 
-    def _live_out(self, segment):
+    def _loaded(self, env, value):
+        if isinstance(env[value], Deferred):
+            env[value] = env[value].load(self)
+        return env[value]
+
+    def splittable(self, segment) -> bool:
+        """Whether a segment's linear layer is large enough to share its rows among workers."""
+        head = segment[0]
+        return (head.name == "ckks.linear" and
+                sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan) >= PARALLEL_MIN_PRODUCTS)
+
+    def live_out(self, number: int) -> list:
+        """The values of segment ``number`` that later ops read, in segment order."""
+        segment = self.segments[number]
         inside = {op.result for op in segment}
         later = set()
         for op in self.server + self.decrypts:
@@ -487,30 +528,61 @@ class TensealBackend:
                 later.update(v for v in op.operands if v in inside)
         return [op.result for op in segment if op.result in later]
 
-    def _run_segment_split(self, segment, env, rows):
-        """One segment with its rows cut into ``rows.parts`` chunks, each evaluated by
-        ``rows.map`` (elsewhere) and handed back as bytes, in row order."""
-        count = segment[0].result.type.count
-        bounds = np.linspace(0, count, rows.parts + 1).astype(int)
-        chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        live = self._live_out(segment)
+    def segment_rows(self, number: int, source: list, lo: int, hi: int) -> list[bytes]:
+        """Rows lo..hi of segment ``number`` (a linear layer and the elementwise ops on its
+        rows) from ``source``, the linear layer's input ciphertexts: the serialized results of
+        every value of ``live_out(number)``, value after value, row after row."""
+        return [seal_bytes.to_bytes(ct) for cts in self.segment_values(number, source, lo, hi) for ct in cts]
 
-        def work(chunk):
-            lo, hi = chunk
-            local = {}
-            for op in segment:
-                if op.name == "ckks.linear":
-                    local[op.result] = self._apply(op, [env[op.operands[0]]], (lo, hi))
+    def segment_values(self, number: int, source: list, lo: int, hi: int) -> list[list]:
+        """Rows lo..hi of segment ``number`` from its input ``source``: per value of
+        ``live_out(number)``, its ciphertexts."""
+        head = self.segments[number][0]
+        return self.segment_finish(number, [self._linear_terms(head, source, lo, hi)], lo, hi, source[0])
+
+    def segment_partial(self, number: int, source: list, first: int, lo: int, hi: int) -> list:
+        """Rows lo..hi of segment ``number``'s linear layer summed over its input ciphertexts
+        first..first + len(source) - 1 only (None: no terms there): one worker's share when
+        the input is split among workers by rows (``segment_finish`` adds the shares)."""
+        return self._linear_terms(self.segments[number][0], source, lo, hi, first)
+
+    def segment_finish(self, number: int, shares: list[list], lo: int, hi: int, like) -> list[list]:
+        """Rows lo..hi of segment ``number`` from the shares of its linear layer's sums (each a
+        list over the rows, None where a share has no terms; ``like``: an input ciphertext of the
+        layer): the sums, bias, then the segment's elementwise ops; per value of
+        ``live_out(number)``, its ciphertexts."""
+        segment = self.segments[number]
+        add = self.seal.evaluator.add_inplace
+        sums = []
+        for terms in zip(*shares):
+            acc = None
+            for term in terms:
+                if term is None:
+                    continue
+                if acc is None:
+                    acc = term
                 else:
-                    local[op.result] = self._apply(op, [local[v] for v in op.operands])
-            return [seal_bytes.to_bytes(ct) for value in live for ct in local[value]]
+                    add(acc, term)
+            sums.append(acc)
+        local = {segment[0].result: self._linear_rows(segment[0], sums, lo, hi, like)}
+        for op in segment[1:]:
+            local[op.result] = self._apply(op, [local[v] for v in op.operands])
+        return [local[value] for value in self.live_out(number)]
+
+    def load_rows(self, blob: bytes):
+        """A ciphertext that ``segment_rows`` serialized (in this run: not outside input)."""
+        return seal_bytes.from_bytes(seal.Ciphertext(), self.seal.context, blob)
+
+    def assemble(self, number: int, chunks, blobs) -> dict:
+        """``segment_rows``'s results for each chunk of rows (in row order) as the segment's
+        values: per value of ``live_out(number)``, its ciphertexts."""
+        live = self.live_out(number)
         results = {value: [] for value in live}
-        for (lo, hi), blobs in zip(chunks, rows.map(work, chunks)):
-            blobs = iter(blobs)
+        for (lo, hi), part in zip(chunks, blobs):
+            part = iter(part)
             for value in live:
-                results[value] += [seal_bytes.from_bytes(seal.Ciphertext(), self.seal.context, next(blobs))
-                                   for _ in range(lo, hi)]
-        env.update(results)
+                results[value] += [self.load_rows(next(part)) for _ in range(lo, hi)]
+        return results
 
     def _decrypt(self, env, lo, hi):
         s = self.seal

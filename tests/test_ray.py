@@ -2,7 +2,8 @@
 process bound to this machine with one CPU and a small object store, started and stopped here
 (by their process group, nothing else). Results on the cluster equal the local run's (CKKS
 encryption is randomized: same classes, values within 1e-3 relative), in both layouts; a Ray
-worker killed with SIGKILL mid-batch has its batch run again; the secret key never reaches the
+worker killed with SIGKILL mid-batch has its work run again (whole batches, or the rows of a
+batch shared among the workers); the secret key never reaches the
 object store nor Ray's temporary folder."""
 from __future__ import annotations
 
@@ -184,32 +185,42 @@ def test_cluster_runs_equal_the_local_runs_and_keep_the_secret_key(cluster, cryp
     assert not hits, f"secret keys under Ray's temporary folder: {hits}"
 
 
-def test_killed_ray_worker_has_its_batch_run_again(cluster, cryptonets, tmp_path):
+@pytest.mark.parametrize("shared", [True, False], ids=["rows-shared", "whole-batch"])
+def test_killed_ray_worker_has_its_work_run_again(cluster, cryptonets, tmp_path, shared):
+    """One batch on two workers has its large layers' rows shared among them (when one is
+    killed, the driver evaluates the batch again); on one worker it runs whole (Ray restarts the
+    killed worker and the batch runs again there)."""
     prog, x, root, locals_ = cryptonets
     local = locals_.get("batch")
     if local is None:
-        local = prog.run(x, backend="tenseal", layout="batch")["logits"]
+        local = locals_["batch"] = prog.run(x, backend="tenseal", layout="batch")["logits"]
     out_path = tmp_path / "y.npy"
     proc = subprocess.Popen([HECC, "run", str(root / "cn.hecc"), "--input", str(root / "x4.npy"),
                              "--backend", "tenseal", "--layout", "batch", "--cluster", cluster.address,
-                             "--output", str(out_path), "-q"],
+                             "--output", str(out_path), "-q", *([] if shared else ["--workers", "1"])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    task = "ray::EvalWorker.partial" if shared else "ray::EvalWorker.evaluate"
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
-        busy = [p for p in procutil.pids() if procutil.cmdline(p).startswith("ray::EvalWorker.evaluate")]
+        busy = [p for p in procutil.pids() if procutil.cmdline(p).startswith(task)]
         if busy:
-            time.sleep(2)  # let it compute a while
+            time.sleep(1)  # let it compute a while
             victim = busy[0]
             os.kill(victim, signal.SIGKILL)
         time.sleep(0.1)
     if victim is None:
         proc.kill()
-        pytest.fail(f"no Ray worker seen evaluating; the run ended: {proc.communicate()[1]}")
+        pytest.fail(f"no Ray worker seen running {task}; the run ended: {proc.communicate()[1]}")
     out, err = procutil.communicate_or_fail(proc, 180, "the run did not finish after its worker was killed")
-    print(f"\n[ray fault] killed pid {victim}; exit {proc.returncode}; stderr:\n{err.strip()}")
+    print(f"\n[ray fault] killed pid {victim} ({task}); exit {proc.returncode}; stderr:\n{err.strip()}")
     assert proc.returncode == 0, err
-    assert f"pid {victim}" in err and "died while evaluating batch 1 of 1" in err, err
-    assert "runs again on another worker" in err and "1 batch was evaluated again" in err
+    if shared:
+        assert "a cluster worker died while evaluating its rows of batch 1" in err, err
+        assert "batch 1 is evaluated again here" in err, err
+    else:
+        assert f"pid {victim}" in err and "died while evaluating batch 1 of 1" in err, err
+        assert "runs again on another worker" in err, err
+    assert "1 batch was evaluated again; the results are complete" in err, err
     _close(np.load(out_path), local)
 
 
@@ -230,3 +241,15 @@ def test_server_evaluates_on_the_cluster(cluster, cryptonets, tmp_path):
     run("decrypt", root / "cn.hecc", "y.ct", "--keys", "keys", "-o", "y.npy", "-q")
     # the same ciphertexts and keys: SEAL's evaluation is deterministic, so equal to the bit
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "local.npy"))
+
+
+def test_workers_are_sized_by_the_clusters_cpus_and_memory(cluster, cryptonets, monkeypatch):
+    """Each worker asks Ray for the memory of one batch plus its keys; a run that cannot fit
+    says so before any work, not after a timeout."""
+    from hecc.executors import cluster as cluster_mod
+    prog, x, _, _ = cryptonets
+    with pytest.raises(hecc.UserError, match=r"--workers 3: the Ray cluster has room for 2 workers"):
+        prog.run(x, backend="tenseal", layout="batch", cluster=cluster.address, workers=3)
+    monkeypatch.setattr(cluster_mod, "worker_bytes", lambda graph, keys: 1 << 50)
+    with pytest.raises(hecc.UserError, match=r"no node of the Ray cluster has a CPU and 1048576.00 GiB"):
+        prog.run(x, backend="tenseal", layout="batch", cluster=cluster.address)

@@ -1,18 +1,21 @@
 """The cluster executor: batches (or inputs) evaluated by actors on a Ray cluster.
 
-Ray is an optional extra (``pip install 'hecc[ray]'``), imported only here and only when a
-cluster is asked for. The driver (the process that calls ``run`` or ``evaluate``) connects to a
+Ray is an optional extra (``pip install 'hecc[ray]'``), imported only by this package's cluster
+modules and only when a cluster is asked for. The driver (the process that calls ``run`` or ``evaluate``) connects to a
 running cluster (``ray start --head`` on one machine, ``ray start --address`` on the others) and:
 
 - puts the program (its final IR text and weights) and the evaluation keys into the object store
   once; never the secret key: in ``run`` keys, encryption and decryption stay in the driver, and
   only ciphertexts (as bytes) and evaluation keys go out. Every object the driver sends goes
   through ``ClusterExecutor._put``;
-- starts one actor per CPU of the cluster (or ``workers``); each rebuilds the SEAL context from
-  the program's parameters, loads the evaluation keys from bytes and encodes weights once, for
-  the life of the run;
-- streams batches to idle actors, one in flight per actor, each batch's ciphertexts in a few
-  object-store chunks (a CryptoNets batch is ~200 MB), and hands results back in batch order;
+- starts one actor (``cluster_worker.EvalWorker``) per CPU of the cluster, as many as each node's
+  memory holds at one batch's predicted peak plus the keys (or ``workers``); each rebuilds the
+  SEAL context from the program's parameters, loads the evaluation keys from bytes and encodes
+  weights once, for the life of the run;
+- evaluates the batches that do not divide evenly among the actors first, with the rows of
+  their large layers shared among all the actors (``cluster_rows``), then streams whole batches
+  to idle actors, one in flight per actor, each batch's ciphertexts in a few object-store chunks
+  (a CryptoNets batch is 144 MB), and hands results back in batch order;
 - when an actor's process or node dies, runs its batch again on another actor, says so on
   stderr, and takes the actor back once Ray has restarted it (``max_restarts=-1``); the results
   are those of an undisturbed run. A run whose every worker is gone for ``STALL_SECONDS`` stops
@@ -30,6 +33,8 @@ import numpy as np
 from ..backends.common import RunStats
 from ..errors import HeccError, UserError, WorkerDied
 from ..progress import count_progress
+from .cluster_rows import ClusterRows, RemoteRows
+from .cluster_worker import EvalWorker
 
 CHUNK_BYTES = 16 << 20  # ciphertext bytes per object-store object
 START_SECONDS = 300.0  # for the actors to start (import, context, keys)
@@ -44,43 +49,6 @@ def _import_ray():
         raise UserError("--cluster needs Ray, which is not installed: pip install 'hecc[ray]' (on this "
                         "machine and on every node of the cluster)") from None
     return ray
-
-
-class EvalWorker:
-    """A Ray actor: one program with the evaluation keys (never a secret key), batch after batch.
-    Its state comes from ``setup`` (object refs of the program and the keys, held by the driver
-    for the whole run), not from constructor arguments, so an actor Ray restarts after its
-    process died sets itself up again from the same refs."""
-
-    def __init__(self):
-        self.backend = None
-
-    def setup(self, refs: list) -> tuple[int, str]:
-        """Load [program, evaluation keys] once; this process's pid and node address."""
-        import ray
-
-        from ..backends.tenseal import server_backend
-        from ..ir import parse
-        if self.backend is None:
-            program, eval_keys = ray.get(refs)
-            graph = parse(program["text"], dict(program["constants"]), source="cluster program")
-            self.backend = server_backend(graph, eval_keys)
-        return os.getpid(), ray.util.get_node_ip_address()
-
-    def evaluate(self, refs: list, chunks: list, counts: list[int], number: int):
-        """One batch: its ciphertexts (in ``chunks``, object refs), ``counts`` per input."""
-        import ray
-
-        from ..backends.tenseal import evaluate_batch
-        self.setup(refs)
-        blobs = [blob for part in ray.get(chunks) for blob in part]
-        batch, at = [], 0
-        for count in counts:
-            batch.append(blobs[at:at + count])
-            at += count
-        start = time.perf_counter()
-        out = evaluate_batch(self.backend, batch, number)
-        return out, time.perf_counter() - start, os.getpid()
 
 
 class ClusterExecutor:
@@ -118,8 +86,7 @@ class ClusterExecutor:
         outputs = []
         wall = time.perf_counter()
         unit = "input" if backend.slots_layout else "batch"
-        for i, result, seconds in self._stream(backend.graph, eval_keys, len(spans), payload, progress, unit,
-                                               stats):
+        for i, result, seconds in self._stream(backend, eval_keys, len(spans), payload, progress, unit, stats):
             stats.seconds["eval"] += seconds
             t = time.perf_counter()
             outputs.append(decrypt_batch(backend, result, *spans[i], i))
@@ -133,7 +100,7 @@ class ClusterExecutor:
         backend = server_backend(graph, eval_keys)  # bad keys: the typed error, here and now
         unit = "evaluated input" if backend.slots_layout else "evaluated batch"
         return [result for _, result, _ in
-                self._stream(graph, eval_keys, len(batches), lambda i: batches[i], progress, unit)]
+                self._stream(backend, eval_keys, len(batches), lambda i: batches[i], progress, unit)]
 
     # --- Ray -----------------------------------------------------------------------------------
     def _put(self, obj):
@@ -159,29 +126,46 @@ class ClusterExecutor:
         finally:
             os.chdir(cwd)
 
-    def _start(self, graph, eval_keys):
+    def _launch(self, graph, eval_keys):
+        """Create the actors and ask each to set itself up; returns without waiting for them."""
         from ..ir import print_graph
         ray = self.ray
+        need = worker_bytes(graph, eval_keys)
+        count = self._capacity(need)
         program = self._put({"text": print_graph(graph), "constants": dict(graph.constants)})
         keys = self._put(eval_keys)
-        count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(EvalWorker)
+        actor_class = ray.remote(num_cpus=1, memory=need, max_restarts=-1, max_task_retries=0)(EvalWorker)
         actors = [actor_class.remote() for _ in range(count)]
         setup = [program, keys]
-        try:
-            started = [a.setup.remote(setup) for a in actors]
-            ready, waiting = ray.wait(started, num_returns=count,
-                                      timeout=START_SECONDS)
-            if waiting:
-                raise UserError(f"only {len(ready)} of {count} workers started on the cluster within "
-                                f"{START_SECONDS:.0f} s (it has {ray.cluster_resources().get('CPU', 0):g} "
-                                "CPUs); give fewer --workers or add nodes")
-            where = [self._get(ref) for ref in started]
-        except BaseException:
-            for actor in actors:
-                ray.kill(actor)
-            raise
-        return actors, setup, where
+        return actors, setup, [a.setup.remote(setup) for a in actors]
+
+    def _capacity(self, need: int) -> int:
+        """How many workers to start: one per CPU of the live nodes, as many as each node's
+        memory (Ray's ``memory`` resource) holds at ``need`` bytes each, or ``--workers``."""
+        fit = 0
+        for node in self.ray.nodes():
+            if node.get("Alive"):
+                res = node.get("Resources", {})
+                fit += min(int(res.get("CPU", 0)), int(res.get("memory", 0) // max(need, 1)))
+        gib = need / 2 ** 30
+        if fit == 0:
+            raise UserError(f"no node of the Ray cluster has a CPU and {gib:.2f} GiB of memory for one "
+                            "worker of this program (the predicted peak of one batch plus its keys); add "
+                            "nodes with more memory, or give this program a smaller batch")
+        if self.workers is not None and self.workers > fit:
+            raise UserError(f"--workers {self.workers}: the Ray cluster has room for {fit} workers of this "
+                            f"program ({gib:.2f} GiB each: one batch's predicted peak plus its keys)")
+        return self.workers or fit
+
+    def _await(self, started) -> list:
+        """Wait for the actors' setup; per actor, its (pid, node address)."""
+        ray = self.ray
+        ready, waiting = ray.wait(started, num_returns=len(started), timeout=START_SECONDS)
+        if waiting:
+            raise UserError(f"only {len(ready)} of {len(started)} workers started on the cluster within "
+                            f"{START_SECONDS:.0f} s (it has {ray.cluster_resources().get('CPU', 0):g} "
+                            "CPUs); give fewer --workers or add nodes")
+        return [self._get(ref) for ref in started]
 
     def _get(self, ref):
         """``ray.get``, with an error of hecc's raised inside an actor raised as itself."""
@@ -189,34 +173,83 @@ class ClusterExecutor:
             return self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
-            if isinstance(cause, HeccError):
+            if isinstance(cause, (HeccError, *lost_errors(self.ray))):
                 raise cause from None
             raise
 
-    def _stream(self, graph, eval_keys, total: int, payload, progress, unit: str, stats=None):
+    def _stream(self, backend, eval_keys, total: int, payload, progress, unit: str, stats=None):
         """Yield (index, result, eval seconds) for batches 0..total-1 in order; ``payload(i)``
-        gives batch i's ciphertexts (per input, bytes), asked for when an actor is free."""
+        gives batch i's ciphertexts (per input, bytes); the first is made while the actors
+        start, the next ones while the driver waits for actors.
+
+        With ``total`` not a multiple of the actors, the first ``total % actors`` batches are
+        evaluated by the driver's ``backend`` with the rows of their large linear layers shared
+        among all the actors (``_shared_batch``, as the local pool does with its last batches);
+        the rest go whole to the actors, one batch per actor at a time. No actor waits idle for
+        the last batch."""
         ray = self.ray
-        lost = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+        lost = lost_errors(ray)
         self._connect()
-        actors, setup, where = self._start(graph, eval_keys)
+        actors, setup, started = self._launch(backend.graph, eval_keys)
+        try:
+            shared = 0
+            if len(actors) > 1 and any(backend.splittable(s) for s in backend.segments):
+                shared = total % len(actors)
+            encrypted: dict[int, list] = {}  # payloads made ahead, while the actors work
+
+            def fetch(i):
+                return encrypted.pop(i) if i in encrypted else payload(i)
+
+            def ahead():
+                """One more whole batch's payload made while the driver waits for actors."""
+                for i in range(shared, min(total, shared + len(actors))):
+                    if i not in encrypted and i not in sent:
+                        encrypted[i] = payload(i)
+                        return
+            sent: dict[int, tuple] = {}  # batch -> (chunk refs, counts), kept until its result is in
+            if total:
+                encrypted[0] = payload(0)  # while the actors start
+            where = self._await(started)
+        except BaseException:
+            for actor in actors:
+                ray.kill(actor)
+            raise
         if stats is not None:
             stats.workers = len(actors)
-        idle = collections.deque(range(len(actors)))
-        pending = collections.deque(range(total))
-        sent: dict[int, tuple] = {}  # batch -> (chunk refs, counts), kept until its result is in
-        inflight: dict = {}  # result ref -> (actor, batch)
-        probes: dict = {}  # ready ref of a restarting actor -> actor
-        reprobe: list[tuple[float, int]] = []
-        results, done, next_out = {}, 0, 0
-        stalled = None
+        done = 0
         try:
+            # first the batches that cannot keep every actor busy on its own: their rows shared
+            splitter = ClusterRows(self, actors, setup, ahead)
+            for i in range(shared):
+                splitter.batch = i
+                batch = fetch(i)
+                start = time.perf_counter()
+                try:
+                    out = self._shared_batch(backend, batch, i, splitter)
+                except lost as exc:  # a worker (or its node) died with its rows
+                    self.notice(f"a cluster worker died while evaluating its rows of {unit.split()[-1]} {i + 1} "
+                                f"({type(exc).__name__}); {unit.split()[-1]} {i + 1} is evaluated again here")
+                    self.retried.append(i)
+                    out = self._shared_batch(backend, batch, i, None)
+                finally:
+                    self._release(splitter)
+                seconds = time.perf_counter() - start
+                done += 1
+                count_progress(progress, done, total, unit)
+                yield i, out, seconds
+            # then whole batches, one per actor at a time
+            idle = collections.deque(range(len(actors)))
+            pending = collections.deque(range(shared, total))
+            inflight: dict = {}  # result ref -> (actor, batch)
+            probes: dict = {}  # ready ref of a restarting actor -> actor
+            reprobe: list[tuple[float, int]] = []
+            results, next_out = {}, shared
+            stalled = None
             while next_out < total:
                 while idle and pending:
                     a, i = idle.popleft(), pending.popleft()
                     if i not in sent:
-                        sent[i] = self._chunks(payload(i))
+                        sent[i] = self._chunks(fetch(i))
                     refs, counts = sent[i]
                     inflight[actors[a].evaluate.remote(setup, refs, counts, i)] = (a, i)
                 now = time.monotonic()
@@ -264,25 +297,60 @@ class ClusterExecutor:
                     next_out += 1
             if self.retried:
                 n, what = len(self.retried), unit.split()[-1]
-                self.notice(f"{n} {what}{('es' if what == 'batch' else 's') if n > 1 else ''} "
-                            f"{'were' if n > 1 else 'was'} evaluated again after a worker died; the results "
+                self.notice(f"after a worker died, {n} {what}{('es' if what == 'batch' else 's') if n > 1 else ''} "
+                            f"{'were' if n > 1 else 'was'} evaluated again; the results "
                             "are complete")
         finally:
             for actor in actors:
                 ray.kill(actor)
-            del setup, sent
+            sent.clear()  # the object store frees what only these refs held
+            encrypted.clear()
+
+    def _release(self, splitter) -> None:
+        try:
+            splitter.release()
+        except lost_errors(self.ray):
+            pass  # a restarting actor holds nothing
+
+    def _shared_batch(self, backend, batch: list[list[bytes]], number: int, rows) -> list[list[bytes]]:
+        """Batch ``number`` evaluated by ``backend`` here with the rows of its large layers
+        shared among the actors (``rows``; None: all here). Its ciphertexts go to the object
+        store as they came; whoever reads them first checks them, as ``evaluate_batch`` does."""
+        from ..backends import seal_bytes
+        env = {op.result: RemoteRows(self._put_blobs(cts), (op.result.type.level, backend.scales[op.result],
+                                                            f"batch {number}, input {op.attrs['name']!r}"))
+               for op, cts in zip(backend.inputs, batch)}
+        env = backend._evaluate(env, rows)
+        return [[seal_bytes.to_bytes(ct) for ct in env[op.operands[0]]] for op in backend.decrypts]
 
     def _chunks(self, batch: list[list[bytes]]):
         """One batch's ciphertexts in object-store chunks of about CHUNK_BYTES, and the count
         per input."""
-        counts = [len(group) for group in batch]
-        refs, part, size = [], [], 0
-        for blob in (b for group in batch for b in group):
+        slices = self._put_blobs([b for group in batch for b in group])
+        return [ref for ref, _, _ in slices], [len(group) for group in batch]
+
+    def _put_blobs(self, blobs: list[bytes]) -> list[tuple]:
+        """``blobs`` in object-store chunks of about CHUNK_BYTES: (ref, 0, count) per chunk."""
+        slices, part, size = [], [], 0
+        for blob in blobs:
             part.append(blob)
             size += len(blob)
             if size >= CHUNK_BYTES:
-                refs.append(self._put(part))
+                slices.append((self._put(part), 0, len(part)))
                 part, size = [], 0
-        if part or not refs:
-            refs.append(self._put(part))
-        return refs, counts
+        if part or not slices:
+            slices.append((self._put(part), 0, len(part)))
+        return slices
+
+
+def worker_bytes(graph, eval_keys: dict[str, bytes]) -> int:
+    """Memory one worker asks Ray for: the predicted peak of one batch's ciphertexts (twice: the
+    serialized input and its results beside the live values) plus the evaluation keys."""
+    from ..backends.common import predicted_peak_bytes
+    return 2 * predicted_peak_bytes(graph) + sum(len(v) for v in eval_keys.values())
+
+
+def lost_errors(ray) -> tuple:
+    """Ray's exceptions for work lost with its worker process or node."""
+    return (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)

@@ -85,8 +85,11 @@ class ForkedRows:
     def __init__(self, parts: int, hint: str = ""):
         self.parts, self.hint = parts, hint
 
-    def map(self, fn, chunks) -> list[list[bytes]]:
+    def split(self, backend, number: int, source: list, chunks) -> dict:
+        """Rows (lo, hi) of segment ``number`` per chunk, each in a forked worker; the
+        segment's values read later (``backend.assemble``)."""
         global _ACTIVE
+        fn = lambda chunk: backend.segment_rows(number, source, *chunk)  # noqa: E731 (inherited by fork)
         files = [anonymous_file() for _ in chunks]
         _ACTIVE = (fn, chunks, files)
         try:
@@ -97,7 +100,7 @@ class ForkedRows:
                 f.seek(0)
                 count, = np.frombuffer(read_record(f), dtype="<u8")
                 out.append([read_record(f) for _ in range(int(count))])
-            return out
+            return backend.assemble(number, chunks, out)
         finally:
             _ACTIVE = None
             for f in files:
