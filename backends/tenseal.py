@@ -25,6 +25,8 @@ from ..ir import Graph
 from . import seal_bytes
 from .common import (batches, is_slots, plain_rows, program_params, quantized, run_client_tail, slot_inputs,
                      split_program)
+from . import segments as row_segments
+from .segments import external, group_segments, live_out
 
 
 class _Seal:
@@ -187,7 +189,6 @@ class TensealBackend:
         self.blocks = {id(op): _block_plan(quantized(graph.constants[op.attrs["matrix"]],
                                                      op.attrs["weight_scale"]))
                        for op in self.server if op.name == "ckks.linear"}
-        self.bias_plain: dict[tuple[int, int], object] = {}
         self.slots_layout = is_slots(graph)
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
         last_use = {}
@@ -195,7 +196,8 @@ class TensealBackend:
             for v in op.operands:
                 last_use[v] = index
         self.last_use = last_use
-        self.segments = self._group_segments()
+        self.segments = group_segments(graph, self.server, self.slots_layout)
+        self._live_out: dict[int, list] = {}
         self.seal: _Seal | None = None
         self.align_target: dict[int, float] = {}
         self.plain_scale: dict[int, float] = {}  # mul_plain: the encoding scale that lands exactly
@@ -365,17 +367,15 @@ class TensealBackend:
         ev, encoder = self.seal.evaluator, self.seal.encoder
         eager = op.attrs.get("rescale_terms", False)
         bias = self.graph.constants[op.attrs["bias"]] if op.attrs.get("bias") else None
-        out = []
+        out, plain = [], seal.Plaintext()
         for row, acc in zip(range(lo, hi), accs):
             if acc is None:
                 acc = self._zero_like(like, op, eager)
             if bias is not None and bias[row] != 0:
-                key = (id(op), row)
-                if key not in self.bias_plain:
-                    pt = seal.Plaintext()
-                    encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, pt)
-                    self.bias_plain[key] = pt
-                ev.add_plain_inplace(acc, self.bias_plain[key])
+                # encoded per use, not kept: a constant costs what the addition costs, and one
+                # kept per row and layer took gigabytes at N=16384
+                encoder.encode(float(bias[row]), acc.parms_id(), acc.scale, plain)
+                ev.add_plain_inplace(acc, plain)
             out.append(acc)
         return out
 
@@ -464,36 +464,24 @@ class TensealBackend:
             s.evaluator.add_plain(ct, plain, out)
         return out
 
-    def _group_segments(self):
-        """Server ops grouped as [linear op, elementwise ops on its rows...]; a segment's rows are
-        independent, so its work can be split by rows across processes."""
-        segments, current, produced = [], None, set()
-        for op in self.server:
-            if op.name == "ckks.linear":
-                current, produced = [op], {op.result}
-                segments.append(current)
-            elif (current is not None and op.name in ELEMENTWISE
-                  and all(v in produced for v in op.operands)):
-                current.append(op)
-                produced.add(op.result)
-            else:
-                current = None
-                segments.append([op])
-        return segments
-
     def _evaluate(self, env, rows=None):
-        """The server ops on ``env``; ``rows`` (an executor's row splitter, or None) runs the
-        rows of large linear layers in ``rows.parts`` pieces elsewhere. A splitter may leave a
-        segment's results where they were computed (a ``Deferred``): the next split segment
-        reads them there, anything else loads them here first."""
+        """The server ops on ``env``, segment by segment (``segments``): a segment of several
+        ops runs ROW_CHUNK rows at a time, so its temporaries never exist for all rows at once.
+        ``rows`` (an executor's row splitter, or None) runs the rows of large segments in
+        ``rows.parts`` pieces elsewhere. A splitter may leave a segment's results where they
+        were computed (a ``Deferred``): the next split segment reads them there, anything else
+        loads them here first."""
         parallel = rows.parts if rows is not None else 1
         index = 0
         for number, segment in enumerate(self.segments):
-            if parallel > 1 and self.splittable(segment):
+            if parallel > 1 and self.splittable(number):
                 count = segment[0].result.type.count
                 bounds = np.linspace(0, count, parallel + 1).astype(int)
                 chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
                 env.update(rows.split(self, number, env[segment[0].operands[0]], chunks))
+            elif len(segment) > 1 and not self.slots_layout:
+                values = self._chunked(number, lambda v: self._loaded(env, v), 0, segment[0].result.type.count)
+                env.update(zip(self.live_out(number), values))
             else:
                 for offset, op in enumerate(segment):
                     env[op.result] = self._apply(op, [self._loaded(env, v) for v in op.operands],
@@ -512,46 +500,65 @@ class TensealBackend:
             env[value] = env[value].load(self)
         return env[value]
 
-    def splittable(self, segment) -> bool:
-        """Whether a segment's linear layer is large enough to share its rows among workers."""
+    def splittable(self, number: int) -> bool:
+        """Whether segment ``number`` is worth sharing among workers by rows: its linear layer is
+        large, and the only value it reads from before it is that layer's input."""
+        segment = self.segments[number]
         head = segment[0]
-        return (head.name == "ckks.linear" and
+        return (head.name == "ckks.linear" and external(segment) == [head.operands[0]] and
                 sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan) >= PARALLEL_MIN_PRODUCTS)
 
     def live_out(self, number: int) -> list:
         """The values of segment ``number`` that later ops read, in segment order."""
-        segment = self.segments[number]
-        inside = {op.result for op in segment}
-        later = set()
-        for op in self.server + self.decrypts:
-            if op not in segment:
-                later.update(v for v in op.operands if v in inside)
-        return [op.result for op in segment if op.result in later]
+        if number not in self._live_out:
+            segment = self.segments[number]
+            at = self.server.index(segment[-1]) + 1
+            self._live_out[number] = live_out(segment, self.server[at:] + self.decrypts)
+        return self._live_out[number]
 
-    def segment_rows(self, number: int, source: list, lo: int, hi: int) -> list[bytes]:
-        """Rows lo..hi of segment ``number`` (a linear layer and the elementwise ops on its
-        rows) from ``source``, the linear layer's input ciphertexts: the serialized results of
-        every value of ``live_out(number)``, value after value, row after row."""
-        return [seal_bytes.to_bytes(ct) for cts in self.segment_values(number, source, lo, hi) for ct in cts]
-
-    def segment_values(self, number: int, source: list, lo: int, hi: int) -> list[list]:
-        """Rows lo..hi of segment ``number`` from its input ``source``: per value of
+    def _chunked(self, number: int, read, lo: int, hi: int, shares=None, like=None) -> list[list]:
+        """Rows lo..hi of segment ``number``, ROW_CHUNK at a time (``_rows``); per value of
         ``live_out(number)``, its ciphertexts."""
-        head = self.segments[number][0]
-        return self.segment_finish(number, [self._linear_terms(head, source, lo, hi)], lo, hi, source[0])
+        out = [[] for _ in self.live_out(number)]
+        step = row_segments.ROW_CHUNK
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            part = None if shares is None else [share[a - lo:b - lo] for share in shares]
+            for acc, cts in zip(out, self._rows(number, read, a, b, part, like)):
+                acc += cts
+        return out
 
-    def segment_partial(self, number: int, source: list, first: int, lo: int, hi: int) -> list:
-        """Rows lo..hi of segment ``number``'s linear layer summed over its input ciphertexts
-        first..first + len(source) - 1 only (None: no terms there): one worker's share when
-        the input is split among workers by rows (``segment_finish`` adds the shares)."""
-        return self._linear_terms(self.segments[number][0], source, lo, hi, first)
-
-    def segment_finish(self, number: int, shares: list[list], lo: int, hi: int, like) -> list[list]:
-        """Rows lo..hi of segment ``number`` from the shares of its linear layer's sums (each a
-        list over the rows, None where a share has no terms; ``like``: an input ciphertext of the
-        layer): the sums, bias, then the segment's elementwise ops; per value of
-        ``live_out(number)``, its ciphertexts."""
+    def _rows(self, number: int, read, lo: int, hi: int, shares=None, like=None) -> list[list]:
+        """Rows lo..hi of segment ``number``; ``read(value)`` gives a value made before the
+        segment (all its rows). ``shares``: instead of computing the head linear op, add these
+        shares of its sums (``segment_partial``; ``like``: an input ciphertext of it). A value
+        is dropped after its last read within the segment."""
         segment = self.segments[number]
+        keep = set(self.live_out(number))
+        last = {v: i for i, op in enumerate(segment) for v in op.operands}
+        local = {}
+        for i, op in enumerate(segment):
+            if i == 0 and shares is not None:
+                local[op.result] = self._linear_rows(op, self._sum_shares(shares), lo, hi, like)
+            elif op.name == "ckks.linear":
+                v = op.operands[0]
+                if v in local:  # diagonal: rows lo..hi of its input are all it reads
+                    local[op.result] = self._linear_rows(op, self._linear_terms(op, local[v], lo, hi, lo), lo, hi,
+                                                         local[v][0])
+                else:
+                    local[op.result] = self._linear(op, read(v), (lo, hi))
+            else:
+                args = [local[v] if v in local else read(v)[lo:hi] for v in op.operands]
+                if op.name in ("ckks.mul_plain", "ckks.add_plain"):
+                    local[op.result] = [self._plain_op(op, ct, lo + c) for c, ct in enumerate(args[0])]
+                else:
+                    local[op.result] = self._apply(op, args)
+            for v in op.operands:
+                if last.get(v) == i and v in local and v not in keep:
+                    del local[v]
+        return [local[v] for v in self.live_out(number)]
+
+    def _sum_shares(self, shares: list[list]) -> list:
         add = self.seal.evaluator.add_inplace
         sums = []
         for terms in zip(*shares):
@@ -564,10 +571,31 @@ class TensealBackend:
                 else:
                     add(acc, term)
             sums.append(acc)
-        local = {segment[0].result: self._linear_rows(segment[0], sums, lo, hi, like)}
-        for op in segment[1:]:
-            local[op.result] = self._apply(op, [local[v] for v in op.operands])
-        return [local[value] for value in self.live_out(number)]
+        return sums
+
+    def segment_rows(self, number: int, source: list, lo: int, hi: int) -> list[bytes]:
+        """Rows lo..hi of segment ``number`` (a ``splittable`` one) from ``source``, its linear
+        layer's input ciphertexts: the serialized results of every value of
+        ``live_out(number)``, value after value, row after row."""
+        return [seal_bytes.to_bytes(ct) for cts in self.segment_values(number, source, lo, hi) for ct in cts]
+
+    def segment_values(self, number: int, source: list, lo: int, hi: int) -> list[list]:
+        """Rows lo..hi of segment ``number`` (a ``splittable`` one) from its input ``source``:
+        per value of ``live_out(number)``, its ciphertexts."""
+        return self._chunked(number, lambda v: source, lo, hi)
+
+    def segment_partial(self, number: int, source: list, first: int, lo: int, hi: int) -> list:
+        """Rows lo..hi of segment ``number``'s linear layer summed over its input ciphertexts
+        first..first + len(source) - 1 only (None: no terms there): one worker's share when
+        the input is split among workers by rows (``segment_finish`` adds the shares)."""
+        return self._linear_terms(self.segments[number][0], source, lo, hi, first)
+
+    def segment_finish(self, number: int, shares: list[list], lo: int, hi: int, like) -> list[list]:
+        """Rows lo..hi of segment ``number`` from the shares of its linear layer's sums (each a
+        list over the rows, None where a share has no terms; ``like``: an input ciphertext of the
+        layer): the sums, bias, then the rest of the segment; per value of
+        ``live_out(number)``, its ciphertexts."""
+        return self._chunked(number, None, lo, hi, shares, like)
 
     def load_rows(self, blob: bytes):
         """A ciphertext that ``segment_rows`` serialized (in this run: not outside input)."""
@@ -770,8 +798,6 @@ def _block_plan(matrix: np.ndarray):
     return plan
 
 
-ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinearize", "ckks.rescale",
-               "ckks.modswitch"}
 PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking for
 
 

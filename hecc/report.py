@@ -212,8 +212,9 @@ def _render_layout(program, lines: list[str], measure: bool):
                  f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
     from .backends.common import predicted_peak_bytes
     live = predicted_peak_bytes(graph)
-    lines.append(f"  ciphertexts held at once while one {unit} is evaluated: {live / 1e6:.0f} MB at most "
-                 f"(each worker process holds its own, besides the keys)")
+    lines.append(f"  predicted memory while one {unit} is evaluated: {live / 1e6:.0f} MB of ciphertexts and "
+                 f"encoded weights (SEAL keeps each ciphertext size's peak), besides the keys; each "
+                 f"worker process holds its own")
     precision = program.artifact.manifest.get("predicted_precision", {})
     precision = precision.get(layout) if isinstance(precision, dict) else precision
     if precision is not None:

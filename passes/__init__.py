@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from . import (align_levels, approximate_activations, canonicalize, eliminate_dead_code,
                insert_relinearize, insert_rescale, lower_to_ckks, minimize_rotation_keys,
-               select_parameters, validate)
+               schedule_for_memory, select_parameters, validate)
 
 PASSES = {module.NAME: module for module in (
     canonicalize, eliminate_dead_code, approximate_activations, lower_to_ckks, insert_rescale,
-    insert_relinearize, align_levels, select_parameters, minimize_rotation_keys, validate)}
+    insert_relinearize, align_levels, select_parameters, minimize_rotation_keys, schedule_for_memory,
+    validate)}
 
 # The passes `hecc compile` runs on tensor IR, in order.
 TENSOR_PIPELINE = ["canonicalize", "eliminate-dead-code"]
@@ -19,4 +20,4 @@ APPROXIMATION_PIPELINE = ["approximate-activations"]
 CKKS_PIPELINE = ["lower-to-ckks"]
 # The passes that make the ckks program executable (the "final" stage).
 FINAL_PIPELINE = ["insert-rescale", "insert-relinearize", "align-levels", "select-parameters",
-                  "minimize-rotation-keys", "validate"]
+                  "minimize-rotation-keys", "schedule-for-memory", "validate"]

@@ -254,3 +254,22 @@ def test_slots_layout_sums_align_exactly_after_a_dozen_26_bit_rescales():
     encrypted = prog.run(x[:2], backend="tenseal")["y"]
     simulated = prog.run(x[:2], backend="sim")["y"]
     assert_close(encrypted, simulated, 3e-3, "TenSEAL vs simulator")
+
+
+def test_segments_evaluated_a_few_rows_at_a_time_equal_the_simulator(monkeypatch):
+    """A batch-layout segment (a linear layer and the polynomial after it) runs ROW_CHUNK rows
+    at a time so its temporaries never exist for every row at once; with chunks of 2 rows (and
+    one worker, so nothing is split by the executor) TenSEAL still equals the simulator."""
+    torch_data = os.path.join(os.path.dirname(__file__), "data", "torch")
+    x = np.load(os.path.join(torch_data, "mlp_gelu.input.npy"))
+    rng = np.random.default_rng(0)
+    cal = np.concatenate([x + 0.2 * rng.standard_normal(x.shape) for _ in range(40)]).astype(np.float32)
+    prog = hecc.compile(os.path.join(torch_data, "mlp_gelu_dynamo21_b1.onnx"), calibration=cal,
+                        activation_degree=5, layout="batch")
+    segments = tenseal_backend.TensealBackend(prog.graph).segments
+    assert any(len(s) > 3 and s[0].result.type.count > 2 for s in segments)
+    from hecc.backends import segments as row_segments
+    monkeypatch.setattr(row_segments, "ROW_CHUNK", 2)
+    simulated = prog.run(x, backend="sim")["output"]
+    encrypted = prog.run(x, backend="tenseal", workers=1)["output"]
+    assert np.abs(encrypted - simulated).max() < 1e-3

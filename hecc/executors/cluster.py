@@ -193,7 +193,7 @@ class ClusterExecutor:
         actors, setup, started = self._launch(backend.graph, eval_keys)
         try:
             shared = 0
-            if len(actors) > 1 and any(backend.splittable(s) for s in backend.segments):
+            if len(actors) > 1 and any(backend.splittable(i) for i in range(len(backend.segments))):
                 shared = total % len(actors)
             encrypted: dict[int, list] = {}  # payloads made ahead, while the actors work
 

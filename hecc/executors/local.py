@@ -9,6 +9,7 @@ nameless files. A worker that dies ends the run with ``WorkerDied`` (see ``backe
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -44,7 +45,7 @@ class LocalExecutor:
         spans = backend.spans(runs)
         stats.batches = len(spans)
         unit = "input" if backend.slots_layout else "batch"
-        workers = stats.workers = self.workers
+        workers = stats.workers = fitting_workers(backend.graph, self.workers, len(spans))
         rounds = len(spans) // workers * workers if workers > 1 else 0
         results, per_worker = [], {}
         if rounds:
@@ -105,6 +106,40 @@ class ForkedRows:
             _ACTIVE = None
             for f in files:
                 f.close()
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fitting_workers(graph, workers: int, batches: int, notice=None) -> int:
+    """How many batches to evaluate side by side: ``workers``, fewer when that many batches'
+    predicted memory (``predicted_peak_bytes`` each) does not fit in the memory available now,
+    saying so on stderr; a run whose one batch does not fit is told it may be killed."""
+    notice = notice or (lambda line: (sys.stderr.write(f"hecc: {line}\n"), sys.stderr.flush()))
+    free, per = available_bytes(), predicted_peak_bytes(graph)
+    if free is None or per == 0:
+        return workers
+    side_by_side = min(workers, batches)
+    if per > free:
+        notice(f"this program's predicted memory for one batch is {per / 2 ** 30:.1f} GiB and "
+               f"{free / 2 ** 30:.1f} GiB are available: the kernel may stop the run. Free memory, or "
+               "compile a smaller program (a lower --activation-degree, fewer or smaller layers)")
+        return 1 if side_by_side > 1 else workers
+    if side_by_side > 1 and per * side_by_side > free:
+        fit = max(1, int(free // per))
+        notice(f"{fit} of {workers} batches side by side: each needs {per / 2 ** 30:.1f} GiB (predicted) "
+               f"and {free / 2 ** 30:.1f} GiB are available")
+        return fit
+    return workers
 
 
 def memory_hint(graph, processes: int) -> str:

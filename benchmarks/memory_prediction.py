@@ -1,0 +1,78 @@
+"""Predicted against measured peak memory of `hecc run --backend tenseal` (issue 13): every
+example in both layouts, one process (`--workers 1`), peak resident memory from
+`/usr/bin/time -v`.
+
+    python benchmarks/memory_prediction.py [--skip relu_cnn_mnist/batch ...]
+
+The prediction is the Python process with hecc and TenSEAL loaded (measured once here, the same
+way), plus the evaluation keys in memory (twice their seeded size), plus ``predicted_peak_bytes``
+(the compile report's "predicted memory": the sum over ciphertext sizes of each size's peak, since
+SEAL keeps freed memory per size, and the encoded weights kept for reuse). Writes benchmarks/results/memory_prediction.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import hecc
+from hecc.backends.common import predicted_peak_bytes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "examples")
+BIN = os.path.dirname(sys.executable)
+CASES = [("cryptonets_mnist", {}), ("tenseal_tutorial_mnist", {}), ("sigmoid_mlp_mnist", {}),
+         ("relu_cnn_mnist", {"activation_degree": 8})]
+
+
+def max_rss(cmd) -> int:
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) * 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", nargs="*", default=[], help="cases to leave out, as example/layout")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "memory_prediction.json"))
+    args = parser.parse_args()
+    base = max_rss([sys.executable, "-c", "import hecc, tenseal, onnxruntime, hecc.backends.tenseal"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, options in CASES:
+            folder = os.path.join(EXAMPLES, name)
+            x = np.load(os.path.join(folder, "input.npy"))
+            prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x, **options)
+            art = os.path.join(tmp, f"{name}.hecc")
+            prog.save(art)
+            for layout in prog.layouts:
+                if f"{name}/{layout}" in args.skip:
+                    continue
+                inputs = os.path.join(tmp, f"{name}.{layout}.npy")
+                np.save(inputs, x if layout == "batch" else x[:2])
+                stats = os.path.join(tmp, f"{name}.{layout}.json")
+                measured = max_rss([os.path.join(BIN, "hecc"), "run", art, "--input", inputs, "--backend", "tenseal",
+                                    "--layout", layout, "--workers", "1", "--output",
+                                    os.path.join(tmp, f"{name}.{layout}.out.npy"), "--stats", stats, "-q"])
+                with open(stats) as f:
+                    keys = json.load(f).get("eval_key_bytes", 0)
+                ciphertexts = predicted_peak_bytes(prog.with_layout(layout).graph)
+                predicted = base + 2 * keys + ciphertexts  # keys are stored seeded: half their size
+                rows.append({"example": name, "layout": layout, "measured_bytes": measured,
+                             "predicted_bytes": predicted, "ciphertext_bytes": ciphertexts, "key_bytes": keys,
+                             "base_bytes": base, "ratio": round(measured / predicted, 2)})
+                print(f"{name:24s} {layout:5s} measured {measured / 2 ** 30:6.2f} GiB, predicted "
+                      f"{predicted / 2 ** 30:6.2f} GiB (ratio {measured / predicted:.2f})", flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"base_bytes": base, "cases": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
