@@ -95,9 +95,15 @@ def check_output(path: str, looks_ours, force: bool = False, reads: tuple = (), 
 AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
 
 
+_LIBC = None
+
+
 def _link(fd: int, path: str) -> bool:
     """Give the nameless (O_TMPFILE) file ``fd`` the name ``path``."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    libc = _LIBC
     if libc.linkat(fd, b"", AT_FDCWD, os.fsencode(path), AT_EMPTY_PATH) == 0:
         return True
     try:
@@ -135,7 +141,9 @@ def atomic_outputs(targets):
     """Binary files to write several paths through (``targets``: (path, mode) pairs), all or
     none: each is written as a nameless file in its folder (O_TMPFILE) and fsynced; only when
     every one is complete are they named and renamed over their paths, in order. A process
-    killed while writing (even by SIGKILL) leaves nothing behind; a failed write (disk full,
+    killed while writing (even by SIGKILL) leaves nothing behind (only a SIGKILL between the
+    two system calls that name one file and rename it, a few microseconds, leaves a hidden
+    ``.NAME.*.tmp`` beside it); a failed write (disk full,
     read-only folder) replaces nothing and is a UserError naming the path and the reason. Where
     the file system cannot do that, named temporary files are used and removed on any error and
     on SIGTERM/SIGINT."""
@@ -157,14 +165,16 @@ def atomic_outputs(targets):
                 current, f = entry[0], entry[1]
                 f.flush()
                 os.fsync(f.fileno())
+            # every file is complete: name each and rename it over its path at once, in order,
+            # so a SIGKILL can leave a named temporary file only between those two system calls
+            for entry in staged:
+                current, f = entry[0], entry[1]
                 if entry[2] is None:
                     folder = os.path.dirname(os.path.abspath(current))
                     name = os.path.join(folder, f".{os.path.basename(current)}.{secrets.token_hex(6)}.tmp")
                     if not _link(f.fileno(), name):
                         raise OSError(f"the file system cannot name the file written for {current}")
                     entry[2] = name
-            for entry in staged:
-                current = entry[0]
                 os.replace(entry[2], current)
                 entry[2] = None
         except OSError as exc:
