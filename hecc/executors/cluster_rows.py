@@ -36,8 +36,9 @@ class ClusterRows:
         if isinstance(source, Held) and len(source.chunks) != len(chunks):
             source = source.load(backend)
         if isinstance(source, Held):
-            parts = [actor.partial.options(num_returns=1 + len(chunks)).remote(
-                self.setup, number, source.key, source.index, chunks, k) for k, actor in enumerate(self.actors)]
+            # actor k holds chunk k of the input (as many chunks as this segment has: checked above)
+            parts = [self.actors[k].partial.options(num_returns=1 + len(chunks)).remote(
+                self.setup, number, source.key, source.index, chunks, k) for k in range(len(source.chunks))]
             self.idle()
             for part in parts:
                 ex._get(part[0])
