@@ -69,7 +69,8 @@ def _death_message(processes: dict, memory_hint: str) -> str:
         process.join(timeout=1)
         if process.exitcode not in (None, 0):
             codes.append(process.exitcode)
-    killed = [-c for c in codes if c < 0]
+    # the pool sends SIGTERM to the workers left once one has died: name the other death first
+    killed = sorted((-c for c in codes if c < 0), key=lambda sig: sig == signal.SIGTERM)
     if killed:
         name = signal.Signals(killed[0]).name
         why = (f"a worker process was killed by {name}"

@@ -825,3 +825,19 @@ def test_keygen_that_cannot_write_keeps_the_old_keys(art, tmp_path):
     assert set(os.listdir(keys)) == KEY_NAMES and os.listdir(tmpdir) == []
     assert _listing(keys) == before, (f"a keygen that failed changed the keys: secret.key and eval.keys now "
                                       f"belong to key sets {after}")
+
+
+def test_worker_death_message_names_the_death_not_the_pools_sigterm():
+    """When one worker dies the pool sends SIGTERM to the others; whichever order they are
+    listed in, the message names the first death (CI once saw SIGTERM named instead)."""
+    from hecc.backends.workers import _death_message
+
+    class Gone:
+        def __init__(self, code):
+            self.exitcode = code
+
+        def join(self, timeout=None):
+            pass
+    for order in ([-signal.SIGTERM, -signal.SIGKILL], [-signal.SIGKILL, -signal.SIGTERM]):
+        message = _death_message({i: Gone(c) for i, c in enumerate(order)}, "")
+        assert message.startswith("a worker process was killed by SIGKILL"), message
