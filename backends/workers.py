@@ -64,17 +64,22 @@ def forked_map(fn, items, workers: int, memory_hint: str = ""):
 
 
 def _death_message(processes: dict, memory_hint: str) -> str:
-    codes = []
+    codes, unseen = [], 0
     for process in processes.values():
         process.join(timeout=1)
-        if process.exitcode not in (None, 0):
+        if process.exitcode is None:
+            unseen += 1  # reaped before the pool saw it: its status is lost
+        elif process.exitcode != 0:
             codes.append(process.exitcode)
     # the pool sends SIGTERM to the workers left once one has died: name the other death first
     killed = sorted((-c for c in codes if c < 0), key=lambda sig: sig == signal.SIGTERM)
-    if killed:
+    if killed and (killed[0] != signal.SIGTERM or not unseen):
         name = signal.Signals(killed[0]).name
         why = (f"a worker process was killed by {name}"
                + (", most likely by the kernel's out-of-memory killer" if killed[0] == signal.SIGKILL else ""))
+    elif unseen:
+        why = ("a worker process was killed (its exit status was lost; a SIGKILL from the kernel's "
+               "out-of-memory killer is the usual cause)")
     else:
         why = f"a worker process exited unexpectedly (exit code {codes[0] if codes else 'unknown'})"
     return (f"{why}; the run was stopped. {memory_hint} Run with --workers 1, fewer inputs at a time, or "

@@ -841,3 +841,6 @@ def test_worker_death_message_names_the_death_not_the_pools_sigterm():
     for order in ([-signal.SIGTERM, -signal.SIGKILL], [-signal.SIGKILL, -signal.SIGTERM]):
         message = _death_message({i: Gone(c) for i, c in enumerate(order)}, "")
         assert message.startswith("a worker process was killed by SIGKILL"), message
+    # a death whose status was lost (reaped elsewhere) beside the pool's SIGTERM
+    message = _death_message({0: Gone(None), 1: Gone(-signal.SIGTERM)}, "")
+    assert message.startswith("a worker process was killed (its exit status was lost; a SIGKILL"), message
