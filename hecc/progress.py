@@ -67,3 +67,9 @@ def count_progress(progress, done: int, total: int, unit: str) -> None:
         count(done, total, unit)
     else:
         progress(f"{unit} {done}/{total} done")
+
+
+def notice(line: str) -> None:
+    """One line for the user on stderr, as ``hecc: LINE`` (retried work, reduced parallelism)."""
+    sys.stderr.write(f"hecc: {line}\n")
+    sys.stderr.flush()

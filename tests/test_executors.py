@@ -56,14 +56,14 @@ def test_batches_side_by_side_are_limited_by_the_memory_available(monkeypatch):
     """The local pool evaluates as many batches at once as their predicted memory fits in what
     is available, and says so; a batch that does not fit alone is told it may be killed."""
     from hecc.executors import local
-    monkeypatch.setattr(local, "predicted_peak_bytes", lambda graph: 3 << 30)
+    per = 3 << 30
     said = []
     monkeypatch.setattr(local, "available_bytes", lambda: 100 << 30)
-    assert local.fitting_workers(None, 4, 10, said.append) == 4 and not said
+    assert local.fitting_workers(per, 4, 10, said.append) == 4 and not said
     monkeypatch.setattr(local, "available_bytes", lambda: 7 << 30)
-    assert local.fitting_workers(None, 4, 10, said.append) == 2
+    assert local.fitting_workers(per, 4, 10, said.append) == 2
     assert said[-1] == "2 of 4 batches side by side: each needs 3.0 GiB (predicted) and 7.0 GiB are available"
-    assert local.fitting_workers(None, 4, 1, said.append) == 4  # one batch: its rows are shared
+    assert local.fitting_workers(per, 4, 1, said.append) == 4  # one batch: its rows are shared
     monkeypatch.setattr(local, "available_bytes", lambda: 2 << 30)
-    assert local.fitting_workers(None, 2, 5, said.append) == 1
+    assert local.fitting_workers(per, 2, 5, said.append) == 1
     assert "predicted memory for one batch is 3.0 GiB and 2.0 GiB are available" in said[-1]

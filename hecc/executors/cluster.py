@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import time
 
 import numpy as np
 
 from ..backends.common import RunStats
 from ..errors import HeccError, UserError, WorkerDied
-from ..progress import count_progress
+from ..progress import count_progress, notice as stderr_notice
 from .cluster_rows import ClusterRows, RemoteRows
 from .cluster_worker import EvalWorker
 
@@ -60,7 +59,7 @@ class ClusterExecutor:
         if workers is not None and workers < 1:
             raise UserError(f"--workers {workers}: give at least 1")
         self.address, self.workers = address, workers
-        self.notice = notice or (lambda line: (sys.stderr.write(f"hecc: {line}\n"), sys.stderr.flush()))
+        self.notice = notice or stderr_notice
         self.retried: list[int] = []  # batches run again, in the order they were
 
     # --- the two entry points ------------------------------------------------------------------

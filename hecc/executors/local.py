@@ -9,14 +9,13 @@ nameless files. A worker that dies ends the run with ``WorkerDied`` (see ``backe
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
 
 from ..backends.common import RunStats, predicted_peak_bytes
 from ..backends.workers import anonymous_file, forked_map, read_record, write_record
-from ..progress import count_progress
+from ..progress import count_progress, notice as stderr_notice
 
 _ACTIVE = None  # what forked workers read: set by the parent just before it forks
 
@@ -28,9 +27,12 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = workers or min(2, os.cpu_count() or 1)
 
-    def rows(self, graph):
-        """The row splitter for one batch evaluated here (None: no forking)."""
-        return ForkedRows(self.workers, memory_hint(graph, self.workers)) if self.workers > 1 else None
+    def rows(self, graph, per: int | None = None):
+        """The row splitter for one batch evaluated here (None: no forking); ``per``: the
+        program's ``predicted_peak_bytes``, if known."""
+        if self.workers < 2:
+            return None
+        return ForkedRows(self.workers, memory_hint(predicted_peak_bytes(graph) if per is None else per, self.workers))
 
     def run(self, backend, stacked, stats: RunStats | None = None, progress=None) -> list[np.ndarray]:
         """``hecc run``: keys, then every batch encrypted, evaluated and decrypted; outputs in
@@ -45,21 +47,22 @@ class LocalExecutor:
         spans = backend.spans(runs)
         stats.batches = len(spans)
         unit = "input" if backend.slots_layout else "batch"
-        workers = stats.workers = fitting_workers(backend.graph, self.workers, len(spans))
+        per = predicted_peak_bytes(backend.graph)
+        workers = stats.workers = fitting_workers(per, self.workers, len(spans))
         rounds = len(spans) // workers * workers if workers > 1 else 0
         results, per_worker = [], {}
         if rounds:
             _ACTIVE = (backend, stacked)
             try:
                 for result in forked_map(_worker_batch, spans[:rounds], workers,
-                                         memory_hint(backend.graph, workers)):
+                                         memory_hint(per, workers)):
                     results.append(result)
                     per_worker[result[1]["pid"]] = per_worker.get(result[1]["pid"], 0.0) + result[1]["eval"]
                     count_progress(progress, len(results), len(spans), unit)
             finally:
                 _ACTIVE = None
         rest_eval = 0.0
-        rows = self.rows(backend.graph)
+        rows = self.rows(backend.graph, per)
         for lo, hi in spans[rounds:]:
             results.append(backend.run_batch(stacked, lo, hi, rows))
             rest_eval += results[-1][1]["eval"]
@@ -120,12 +123,12 @@ def available_bytes() -> int | None:
     return None
 
 
-def fitting_workers(graph, workers: int, batches: int, notice=None) -> int:
+def fitting_workers(per: int, workers: int, batches: int, notice=stderr_notice) -> int:
     """How many batches to evaluate side by side: ``workers``, fewer when that many batches'
-    predicted memory (``predicted_peak_bytes`` each) does not fit in the memory available now,
-    saying so on stderr; a run whose one batch does not fit is told it may be killed."""
-    notice = notice or (lambda line: (sys.stderr.write(f"hecc: {line}\n"), sys.stderr.flush()))
-    free, per = available_bytes(), predicted_peak_bytes(graph)
+    predicted memory (``per`` bytes each: ``predicted_peak_bytes``) does not fit in the memory
+    available now, saying so on stderr; a run whose one batch does not fit is told it may be
+    killed."""
+    free = available_bytes()
     if free is None or per == 0:
         return workers
     side_by_side = min(workers, batches)
@@ -142,9 +145,9 @@ def fitting_workers(graph, workers: int, batches: int, notice=None) -> int:
     return workers
 
 
-def memory_hint(graph, processes: int) -> str:
-    """What the program needs in memory, for the message when a worker dies."""
-    per = predicted_peak_bytes(graph)
+def memory_hint(per: int, processes: int) -> str:
+    """What the program needs in memory (``per`` bytes per batch), for the message when a worker
+    dies."""
     return (f"This program keeps up to {per / 2 ** 30:.2f} GiB of ciphertexts per batch in memory "
             f"({processes} processes at once).")
 
