@@ -45,10 +45,26 @@ def is_slots(graph: Graph) -> bool:
 
 def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1) -> np.ndarray:
     """The plaintext vectors a mul_plain / add_plain uses, repeated periodically to ``slots``:
-    (count, slots), one row per ciphertext of the operand."""
+    (count, slots), one row per ciphertext of the operand (a one-row table serves them all)."""
     table = graph.constants[op.attrs["plain"]]
-    rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
+    if table.shape[0] == 1:
+        rows = np.repeat(table, count, axis=0)
+    else:
+        rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
     return np.tile(rows, (1, slots // rows.shape[1]))
+
+
+def slot_outputs(graph: Graph, op: Op, slots: np.ndarray) -> np.ndarray:
+    """A slots-layout decryption's tensor from the decoded slots (C, R, slots) of its
+    ciphertexts: (R, *shape), read at the slots of the ``layout`` constant (without one, the
+    first slots of the first ciphertext)."""
+    runs = slots.shape[1]
+    if op.attrs.get("layout"):
+        pos = graph.constants[op.attrs["layout"]]
+        flat = np.transpose(slots, (1, 0, 2)).reshape(runs, -1)
+        return flat[:, pos].reshape((runs,) + op.result.type.shape)
+    return slots[0, :, :op.result.type.size].reshape((runs,) + op.result.type.shape)
+
 
 
 def slot_inputs(graph: Graph, op: Op, x: np.ndarray) -> np.ndarray:

@@ -53,15 +53,27 @@ def _merge_runs(x):
     return x.reshape((-1,) + x.shape[2:]), x.shape[:2]
 
 
+CONV_CHUNK_ENTRIES = 1 << 24  # im2col entries built at once (128 MB of float64)
+
+
 def conv2d(op: Op, x, w, b=None):
+    """im2col and one matrix product per group (BLAS), a chunk of runs at a time."""
     xs, lead = _merge_runs(x)
     w = w[0]
     group = op.attrs.get("group", 1)
-    win = _windows(xs, w.shape[2:], op.attrs["strides"], op.attrs["pads"], op.attrs["dilations"])
-    n, c, oh, ow, kh, kw = win.shape
-    win = win.reshape(n, group, c // group, oh, ow, kh, kw)
-    wg = w.reshape(group, w.shape[0] // group, c // group, kh, kw)
-    out = np.einsum("ngcxyij,gocij->ngoxy", win, wg, optimize=True).reshape(n, w.shape[0], oh, ow)
+    kh, kw = w.shape[2:]
+    cg, og = w.shape[1], w.shape[0] // group
+    win = _windows(xs, (kh, kw), op.attrs["strides"], op.attrs["pads"], op.attrs["dilations"])
+    n, c, oh, ow = win.shape[:4]
+    out = np.empty((n, w.shape[0], oh, ow))
+    chunk = max(1, CONV_CHUNK_ENTRIES // max(1, oh * ow * cg * kh * kw))
+    for lo in range(0, n, chunk):
+        part = win[lo:lo + chunk]
+        m = part.shape[0]
+        for g in range(group):
+            cols = part[:, g * cg:(g + 1) * cg].transpose(0, 2, 3, 1, 4, 5).reshape(m * oh * ow, cg * kh * kw)
+            y = cols @ w[g * og:(g + 1) * og].reshape(og, -1).T
+            out[lo:lo + m, g * og:(g + 1) * og] = y.reshape(m, oh, ow, og).transpose(0, 3, 1, 2)
     if b is not None:
         out = out + b[0][None, :, None, None]
     return out.reshape(lead + out.shape[1:])
@@ -115,6 +127,13 @@ def _matmul(op: Op, a, b):
     if rb == 1:
         b = b[..., None]
     lead = max(ra, 2) - 2, max(rb, 2) - 2
+    if b.shape[0] == 1 and lead[1] == 0:  # a constant matrix: one BLAS product over every run and row
+        y = (a.reshape(-1, a.shape[-1]) @ b[0]).reshape(a.shape[:-1] + (b.shape[-1],))
+        if rb == 1:
+            y = y[..., 0]
+        if ra == 1:
+            y = y[..., 0, :] if rb != 1 else y[..., 0]
+        return y
     batch = max(lead)
     a = a.reshape(a.shape[:1] + (1,) * (batch - lead[0]) + a.shape[1:])
     b = b.reshape(b.shape[:1] + (1,) * (batch - lead[1]) + b.shape[1:])

@@ -24,6 +24,7 @@ from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
 from .common import (batches, is_slots, plain_rows, program_params, quantized, run_client_tail, slot_inputs,
+                     slot_outputs,
                      split_program)
 from . import segments as row_segments
 from .segments import external, group_segments, live_out
@@ -270,8 +271,10 @@ class TensealBackend:
                 want = desired.setdefault(result, 2.0 ** result.type.scale_bits)
                 for v in op.operands:
                     desired.setdefault(v, want)
-            elif op.name in ("ckks.rotate", "ckks.relinearize") and result in desired:
+            elif op.name in ("ckks.rotate", "ckks.relinearize", "ckks.add_plain") and result in desired:
                 desired.setdefault(op.operands[0], desired[result])
+            elif op.name == "ckks.square" and result in desired:  # a linear map merged into the product
+                desired.setdefault(op.operands[0], desired[result] ** 0.5)
         return desired
 
     def _modswitch(self, op, ct, out):
@@ -414,6 +417,8 @@ class TensealBackend:
             return [args[0][op.attrs["index"]]]
         if name in ("ckks.mul_plain", "ckks.add_plain"):
             return [self._plain_op(op, ct, c) for c, ct in enumerate(args[0])]
+        if name == "ckks.concat" and self.slots_layout:  # single ciphertexts into a tensor of them
+            return [ct for a in args for ct in a]
         if name == "ckks.concat":
             parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
             return list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
@@ -621,8 +626,7 @@ class TensealBackend:
                 s.decryptor.decrypt(ct, plain)
                 values.append(np.asarray(s.encoder.decode_double(plain)))
             if self.slots_layout:
-                size = op.result.type.size
-                env[op.result] = values[0][:size].reshape((hi - lo,) + op.result.type.shape)
+                env[op.result] = slot_outputs(self.graph, op, np.asarray(values)[:, None, :])
             else:
                 env[op.result] = np.stack([v[: hi - lo] for v in values], axis=1).reshape(
                     (hi - lo,) + op.result.type.shape)

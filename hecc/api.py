@@ -202,7 +202,7 @@ class Program:
             self.last_stats.update({
                 "parameters": {"poly_modulus_degree": params["poly_modulus_degree"],
                                "coeff_modulus_bits": params["coeff_modulus_bits"],
-                               "scale_bits": self.artifact.manifest.get("options", {}).get("scale_bits")},
+                               "scale_bits": self.artifact.manifest.get("scales", {}).get(self.layout, [None])[0]},
                 "galois_steps": params.get("galois_steps", []),
                 "op_counts": op_counts(graph, stats.batches)})
         return unstack_outputs(graph, results)
@@ -235,7 +235,7 @@ def warn_outside_calibration(program: "Program", inputs: dict) -> None:
                       "--calibration data that covers such inputs", HeccWarning, stacklevel=3)
 
 
-def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 26,
+def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | None = None,
             weight_scale_bits: int | None = None, rescale: str = "lazy",
             max_rotation_keys: int | None = None, activation_degree: int | None = None,
             approx_error: float = 0.01, activation_margin: float = 0.1,
@@ -256,7 +256,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
     calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
-    from .calibrate import activation_samples, max_abs, random_inputs, value_intervals
+    from .calibrate import activation_samples, calibration_trace, max_abs, random_inputs, value_intervals
     from .errors import ModelError, ParameterError, UnsupportedOpError
     from .frontends.onnx import import_model
     from .passes import APPROXIMATION_PIPELINE, TENSOR_PIPELINE
@@ -297,10 +297,11 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
     try:
         if guessed:
             calibration = random_inputs(tensor)
-        intervals = value_intervals(tensor, calibration)
+        trace = calibration_trace(tensor, calibration)
+        intervals = value_intervals(tensor, calibration, trace)
         extra["input_ranges"] = {op.attrs["name"]: list(intervals[op.result]) for op in tensor.inputs()
                                  if op.result in intervals}
-        samples = activation_samples(tensor, calibration)
+        samples = activation_samples(tensor, calibration, trace=trace)
 
         def approximate(max_degree):
             graph = tensor.copy()
@@ -318,8 +319,13 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
         else:
             approximated, approx_result = approximate(None)
         # the magnitudes the polynomial program reaches on the same inputs size the parameters
-        approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
-        extra["approximations"] = _approximation_report(tensor, approximated, calibration)
+        if not any(op.name == "tensor.poly" for op in approximated.ops):  # nothing was approximated
+            pairs = dict(zip(_values(tensor), _values(approximated)))
+            approximated.meta["ranges"] = {pairs[v]: m for v, m in max_abs(intervals).items() if v in pairs}
+        else:
+            approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
+        extra["approximations"] = _approximation_report(tensor, approximated, calibration, trace)
+        del trace
         if guessed and extra["approximations"]:
             assumed = "; ".join(f"{a['kind']} on [{a['interval'][0]:.3g}, {a['interval'][1]:.3g}]"
                                 for a in extra["approximations"])
@@ -330,8 +336,8 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
         reasons, slots, refused = {}, None, []
         for name in wanted:
             try:
-                graph, timings = _lower(approximated, calibration, dict(options, layout=name), slots,
-                                        print_after_all, progress)
+                chosen = dict(options, layout=name)
+                graph, timings = _lower(approximated, calibration, chosen, slots, print_after_all, progress)
                 lowered, final = graph
                 precision = _predicted_precision(final, calibration)
                 if precision is not None and precision > PRECISION_LIMIT:
@@ -357,6 +363,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int = 
             constants.update(final.constants)
             layouts.append(name)
             extra.setdefault("predicted_precision", {})[name] = precision
+            extra.setdefault("scales", {})[name] = [chosen["scale_bits"], chosen["weight_scale_bits"]]
             if "rotation_keys" in final.meta:
                 extra["rotation_keys"] = final.meta["rotation_keys"]
         if not layouts and refused:
@@ -379,16 +386,102 @@ def _lower(approximated: Graph, calibration, options: dict, slots: int | None, p
            progress):
     """The CKKS program of one layout: (the graph right after lowering, the final graph) and the
     pass timings. The slots layout is laid out for a slot count first (the batch program's, if
-    any, else 4096) and again for more slots when its parameters need a larger ring."""
-    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
-    from .passes.select_parameters import SlotsMismatch
+    any, else 4096) and again for more slots when its parameters need a larger ring; unless the
+    weight scale is given, it is compiled with weights small enough for a linear map and the
+    product after it to share one prime, and with weights at the waterline scale, and keeps the
+    program the cost model predicts faster (the first, only if its predicted CKKS error stays
+    within MERGED_PRECISION)."""
     if options["layout"] == "slots":
-        options["slots"] = slots or 4096
         if options["rescale"] == "eager":
             raise UserError("--rescale eager is the batch layout's baseline; the slots layout "
                             "rescales every linear map already")
-    elif options.get("weight_scale_bits") is None:  # slots: vectors take the waterline scale
+        return _lower_slots(approximated, calibration, options, slots or 4096, print_after_all, progress)
+    if options.get("scale_bits") is None:
+        options["scale_bits"] = DEFAULT_SCALE_BITS
+    if options.get("weight_scale_bits") is None:
         options["weight_scale_bits"] = options["scale_bits"] if options["rescale"] == "eager" else 14
+    return _lower_measured(approximated, calibration, options, print_after_all, progress)
+
+
+DEFAULT_SCALE_BITS = 26
+MERGED_SCALE_BITS = 22  # the slots layout's scale when a linear map and its product share a 60-bit prime
+
+
+def _slots_variants(scale_bits: int | None, weight_scale_bits: int | None) -> list[tuple[int, int]]:
+    """(scale, weight scale) pairs the slots layout is compiled with, the one with merged levels
+    first: encrypted values at 2^22 and weights at 2^19 (22 + 2 x 19 = 60) balance the noise of
+    fresh encryptions against the encoding error of weight vectors (4.6x less error than 2^26
+    and 2^17 on LeNet-5), then both at 2^26, a prime per linear map."""
+    from .passes.lower_to_ckks.slots import merged_weight_bits
+    if scale_bits is not None and weight_scale_bits is not None:
+        return [(scale_bits, weight_scale_bits)]
+    if weight_scale_bits is not None:
+        return [(DEFAULT_SCALE_BITS, weight_scale_bits)]
+    if scale_bits is not None:
+        pairs = [(scale_bits, merged_weight_bits(scale_bits)), (scale_bits, scale_bits)]
+    else:
+        pairs = [(MERGED_SCALE_BITS, merged_weight_bits(MERGED_SCALE_BITS)), (DEFAULT_SCALE_BITS, DEFAULT_SCALE_BITS)]
+    return list(dict.fromkeys(pairs))
+
+
+# predicted CKKS error past which (or a class changed by the noise on the calibration data) the slots
+# layout keeps its weights at the waterline, a prime per linear map
+MERGED_PRECISION = 1e-2
+
+
+def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress):
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    from .passes.select_parameters import SlotsMismatch
+    ranked = []
+    for order, (scale, bits) in enumerate(_slots_variants(options.get("scale_bits"), options.get("weight_scale_bits"))):
+        trial = dict(options, scale_bits=scale, weight_scale_bits=bits, slots=slots)
+        while True:  # the ring this program needs, from the lowering's own magnitude estimates
+            ckks = run_passes(approximated, CKKS_PIPELINE, trial)
+            try:
+                estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, trial).graph
+            except SlotsMismatch as exc:
+                trial["slots"] = exc.n // 2
+                continue
+            except UserError:
+                estimate = None
+            break
+        ranked.append((_predicted_time(estimate), order, trial))
+    ranked.sort(key=lambda entry: entry[:2])
+    for position, (_, _, trial) in enumerate(ranked):
+        (lowered, final), timings = _lower_measured(approximated, calibration, trial, print_after_all, progress)
+        options.update(trial)
+        if position + 1 < len(ranked) and trial["weight_scale_bits"] != trial["scale_bits"]:
+            precision, agreement = _noise_prediction(final, calibration)
+            if precision is None or precision > MERGED_PRECISION or agreement < 1.0:
+                continue
+        return (lowered, final), timings
+
+
+def _analyzed_copy(graph: Graph) -> Graph:
+    """A copy of ``graph`` that passes may change freely: its own constant store, and the
+    magnitudes of ``graph.meta["max_abs"]`` carried over to its values."""
+    copy = graph.copy()
+    copy.constants = dict(graph.constants)
+    pairs = dict(zip(_values(graph), _values(copy)))
+    copy.meta = {"max_abs": {pairs[v]: m for v, m in graph.meta.get("max_abs", {}).items() if v in pairs}}
+    return copy
+
+
+def _predicted_time(graph: Graph | None) -> float:
+    """Seconds per batch or input the cost model predicts (stored costs, else modeled)."""
+    if graph is None:
+        return float("inf")
+    from .costmodel import modeled_costs
+    from .report import predict_seconds, primitive_costs
+    params = next(op.attrs for op in graph.ops if op.name == "ckks.params")
+    costs = primitive_costs(params, measure=False) or modeled_costs(params["poly_modulus_degree"],
+                                                                     params["coeff_modulus_bits"])
+    return sum(predict_seconds(graph, costs).values())
+
+
+def _lower_measured(approximated: Graph, calibration, options: dict, print_after_all, progress):
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    from .passes.select_parameters import SlotsMismatch
     while True:
         ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
                           progress=progress)
@@ -406,6 +499,12 @@ def _lower(approximated: Graph, calibration, options: dict, slots: int | None, p
 def _predicted_precision(final: Graph, calibration) -> float | None:
     """Largest CKKS error relative to the largest output, by the simulator's noise model on (up to
     256, in the slots layout 64, of) the calibration inputs."""
+    return _noise_prediction(final, calibration)[0]
+
+
+def _noise_prediction(final: Graph, calibration) -> tuple[float | None, float]:
+    """(``_predicted_precision``, the fraction of calibration inputs whose classes (the argmax
+    of each output with several columns) the noise leaves unchanged)."""
     from .backends.common import is_slots
     from .backends.sim import Simulator
     small = {k: np.asarray(v)[:64 if is_slots(final) else 256] for k, v in calibration.items()}
@@ -416,15 +515,18 @@ def _predicted_precision(final: Graph, calibration) -> float | None:
             exact = Simulator(final).run(stacked)
             noisy = Simulator(final, noise=True).run(stacked)
     except UserError:
-        return None
+        return None, 1.0
     pairs = [(a, b) for a, b in zip(exact, noisy) if a.dtype.kind == "f" and a.size]
     if not pairs:
-        return None
-    return float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
+        return None, 1.0
+    precision = float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
+    agree = [np.mean(a.reshape(a.shape[0], -1).argmax(1) == b.reshape(b.shape[0], -1).argmax(1))
+             for a, b in pairs if a.ndim >= 2 and a.reshape(a.shape[0], -1).shape[1] > 1]
+    return precision, float(min(agree, default=1.0))
 
 
 PRECISION_LIMIT = 0.05  # predicted CKKS error, relative to the largest output, past which compile refuses
-SLOTS_SAMPLE = 512  # calibration inputs the slots layout simulates (a slot vector per input)
+SLOTS_SAMPLE = 128  # calibration inputs the slots layout simulates (a slot vector per input)
 
 
 def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None:
@@ -443,14 +545,10 @@ def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None
         estimates[value] = max(peak, before) if slots and np.isfinite(before) else peak
 
 
-def _approximation_report(tensor: Graph, approximated: Graph, calibration) -> list[dict]:
+def _approximation_report(tensor: Graph, approximated: Graph, calibration, trace: dict) -> list[dict]:
     """Per approximated activation: kind, interval, degree, depth and its max error on the
-    calibration data (the activation's real inputs)."""
-    from .backends.reference import apply_op, evaluate
-    from .runtime import stack_inputs
-    trace: dict = {}
-    stacked, _ = stack_inputs(tensor, calibration)
-    evaluate(tensor, stacked, trace)
+    calibration data (the activation's real inputs, ``trace``: the tensor graph's values on it)."""
+    from .backends.reference import apply_op
     report = []
     for original, poly in zip(tensor.ops, approximated.ops):
         if poly.name != "tensor.poly" or original.name != "tensor.activation":

@@ -27,22 +27,27 @@ def random_inputs(graph: Graph) -> dict[str, np.ndarray]:
                                           + op.result.type.shape[1:]) for op in graph.inputs()}
 
 
-def value_intervals(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[Value, tuple[float, float]]:
-    """(min, max) of every float tensor value of ``graph`` over ``inputs`` (by input name)."""
+def calibration_trace(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[Value, np.ndarray]:
+    """Every value of ``graph`` on the calibration ``inputs`` (by input name), computed once for
+    the intervals, the activation samples and the approximation report."""
     from .backends.reference import evaluate
     stacked, _ = stack_inputs(graph, inputs)
     trace: dict[Value, np.ndarray] = {}
     evaluate(graph, stacked, trace)
+    return trace
+
+
+def value_intervals(graph: Graph, inputs: dict[str, np.ndarray], trace: dict | None = None) -> dict[Value, tuple[float, float]]:
+    """(min, max) of every float tensor value of ``graph`` over ``inputs`` (by input name)."""
+    trace = calibration_trace(graph, inputs) if trace is None else trace
     return {v: (float(a.min()), float(a.max())) if a.size else (0.0, 0.0) for v, a in trace.items()
             if isinstance(v.type, TensorType) and a.dtype.kind == "f"}
 
 
-def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0) -> dict[Value, np.ndarray]:
+def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0,
+                       trace: dict | None = None) -> dict[Value, np.ndarray]:
     """Up to ``count`` calibration values of each activation's input."""
-    from .backends.reference import evaluate
-    stacked, _ = stack_inputs(graph, inputs)
-    trace: dict[Value, np.ndarray] = {}
-    evaluate(graph, stacked, trace)
+    trace = calibration_trace(graph, inputs) if trace is None else trace
     rng = np.random.default_rng(seed)
     out = {}
     for op in graph.ops:

@@ -42,9 +42,12 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rescale", default="lazy", choices=["lazy", "eager"],
                    help="lazy: rescale once per multiplicative level (default); eager: after every "
                         "multiply (a baseline)")
-    c.add_argument("--scale-bits", type=int, default=26, help="CKKS scale of encrypted values (log2)")
+    c.add_argument("--scale-bits", type=int,
+                   help="CKKS scale of encrypted values (log2; default 26, and 22 for a slots program whose "
+                        "linear maps share a prime with the product after them)")
     c.add_argument("--weight-scale-bits", type=int,
-                   help="scale of plaintext weights (log2; default 14, or --scale-bits when eager)")
+                   help="scale of plaintext weights (log2; default 14 in the batch layout, --scale-bits when "
+                        "eager; the slots layout compiles 19 and the scale, and keeps the faster)")
     c.add_argument("--activation-degree", type=int,
                    help="degree of the polynomials that replace activations (default: automatic)")
     c.add_argument("--approx-error", type=float, default=0.01,
@@ -324,8 +327,15 @@ def _cmd_opt(args) -> int:
     graph = parse(text, constants, source=source)
     from .ir import verify
     verify(graph, check_constants=bool(args.weights))
-    result = run_passes(graph, args.passes, print_after_all=sys.stderr if args.print_after_all else None,
-                        check_constants=bool(args.weights))
+    try:
+        result = run_passes(graph, args.passes, print_after_all=sys.stderr if args.print_after_all else None,
+                            check_constants=bool(args.weights))
+    except KeyError as exc:
+        name = exc.args[0] if exc.args else ""
+        if isinstance(name, str) and name not in graph.constants:
+            raise UserError(f"{source}: a pass needs the value of constant {name!r}, which the IR names "
+                            "but does not hold; pass --weights W.npz with the constants' arrays") from None
+        raise
     sys.stdout.write(print_graph(result.graph))
     return 0
 

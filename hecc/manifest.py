@@ -71,6 +71,7 @@ FIELDS = {
         isinstance(v, list) and all(_is_int(s) for s in v))),
     "not_encrypted_because": lambda x: isinstance(x, str),
     "layout_unavailable": lambda x: _str_dict(x, lambda v: isinstance(v, str)),
+    "scales": lambda x: _str_dict(x, lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(b, 0, 60) for b in v)),
     "pass_seconds": lambda x: isinstance(x, list) and all(
         isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _is_num(p[1]) for p in x),
 }

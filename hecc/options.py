@@ -21,8 +21,8 @@ class OptionError(UserError):
 @dataclass(frozen=True)
 class CompileOptions:
     layout: str = "auto"
-    scale_bits: int = 26
-    weight_scale_bits: int | None = None  # batch: 14; eager baseline and slots: scale_bits
+    scale_bits: int | None = None  # batch: 26; slots: 22 with merged levels, else 26
+    weight_scale_bits: int | None = None  # batch: 14; eager baseline: scale_bits; slots: see api._slots_variants
     rescale: str = "lazy"
     max_rotation_keys: int | None = None
     activation_degree: int | None = None
@@ -40,7 +40,7 @@ class CompileOptions:
             raise OptionError(f"rescale {self.rescale!r}: choose lazy or eager")
         for name, (lo, hi) in self.RANGES.items():
             value = getattr(self, name)
-            if value is None and name != "scale_bits":
+            if value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise OptionError(f"{name.replace('_', '-')} must be an integer from {lo} to {hi}, got {value!r}")

@@ -78,9 +78,20 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
             table = graph.constants.get(op.attrs["plain"])
             count = op.operands[0].type.count
             if (table is None or table.ndim != 2 or table.shape[1] == 0 or (n // 2) % table.shape[1]
-                    or op.attrs.get("row", 0) + count > table.shape[0]):
+                    or (table.shape[0] != 1 and op.attrs.get("row", 0) + count > table.shape[0])):
                 fail(f"plaintext {op.attrs['plain']!r} must be a stored array with rows "
-                     f"{op.attrs.get('row', 0)}..{op.attrs.get('row', 0) + count - 1} whose length divides {n // 2}")
+                     f"{op.attrs.get('row', 0)}..{op.attrs.get('row', 0) + count - 1} (or one row) whose "
+                     f"length divides {n // 2}")
+        for attr in ("layout", "checks_interval"):
+            name = op.attrs.get(attr) if op.name in ("ckks.decrypt", "ckks.add_plain") else None
+            if name:
+                slots = op.operands[0].type.count * (n // 2)
+                table = graph.constants.get(name)
+                if (table is None or table.ndim != 1 or table.dtype.kind not in "iu"
+                        or (table.size and (table.min() < 0 or table.max() >= slots))
+                        or (attr == "layout" and table.size != op.result.type.size)):
+                    fail(f"{attr} {name!r} must be a stored array of slot numbers below {slots}"
+                         + (f", one per element ({op.result.type.size})" if attr == "layout" else ""))
         if op.name == "ckks.linear":
             matrix = graph.constants.get(op.attrs["matrix"])
             rows, cols = op.result.type.count, op.operands[0].type.count

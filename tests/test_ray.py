@@ -118,9 +118,11 @@ def cryptonets(tmp_path_factory):
     return prog, x[:4], root, {}
 
 
-def _close(out, local):
+def _close(out, local, precision=1e-3):
+    """Two encrypted runs (each its own keys and noise): the same classes, values within twice
+    a run's error."""
     np.testing.assert_array_equal(out.argmax(1), local.argmax(1))
-    assert np.abs(out - local).max() <= 1e-3 * np.abs(local).max()
+    assert np.abs(out - local).max() <= 2 * precision * np.abs(local).max()
 
 
 def test_cluster_runs_equal_the_local_runs_and_keep_the_secret_key(cluster, cryptonets, monkeypatch):
@@ -152,7 +154,7 @@ def test_cluster_runs_equal_the_local_runs_and_keep_the_secret_key(cluster, cryp
         start = time.perf_counter()
         out = prog.run(x, backend="tenseal", layout=layout, cluster=cluster.address)["logits"]
         timings[f"cluster {layout}"] = time.perf_counter() - start
-        _close(out, local)
+        _close(out, local, max(1e-3, prog.artifact.manifest["predicted_precision"][layout]))
         stats = prog.last_stats
         assert stats["layout"] == layout and stats["workers"] == 2
         assert stats["batches"] == (1 if layout == "batch" else len(x))

@@ -66,6 +66,8 @@ def _add(types, attrs):
 def _concat(types, attrs):
     cs = [_cipher(t) for t in types]
     axis = attrs["axis"]
+    if axis == 0 and all(c.shape == () for c in cs):  # single ciphertexts into a tensor of them
+        cs = [c.but(shape=(1,)) for c in cs]
     first = cs[0]
     if any(len(c.shape) != len(first.shape) or not 0 <= axis < len(first.shape) for c in cs):
         raise ValueError(f"concat axis {axis} does not fit shapes {[c.shape for c in cs]}")
@@ -96,7 +98,7 @@ def _modswitch(types, attrs):
 def _decrypt(types, attrs):
     a = _cipher(types[0])
     if attrs["shape"]:
-        if a.shape != ():
+        if a.shape != () and not attrs["layout"]:
             raise ValueError(f"a slots-layout decrypt takes one ciphertext, got shape {a.shape}")
         return [TensorType(tuple(attrs["shape"]), True)]
     return [TensorType(a.shape, True)]
@@ -152,21 +154,26 @@ define("ckks.relinearize", 1, infer=_relinearize, doc="Size 3 -> 2 with the reli
 define("ckks.rescale", 1, infer=_rescale, attrs={"bits": Attr("int")},
        doc="Divide by the next prime (of `bits` bits): one level down, scale - bits.")
 define("ckks.modswitch", 1, infer=_modswitch, doc="Drop the next prime: one level down, same scale.")
-define("ckks.decrypt", 1, infer=_decrypt, client_side=True, attrs={"shape": Attr("ints", [])},
+define("ckks.decrypt", 1, infer=_decrypt, client_side=True,
+       attrs={"shape": Attr("ints", []), "layout": Attr("str", "")},
        doc="Decrypt and decode (client-side): the server's result becomes a plaintext tensor. "
-           "With `shape` (slots layout) the tensor is read from the first slots of one ciphertext.")
+           "With `shape` (slots layout) the tensor is read from the slots listed by the constant "
+           "`layout` (element e at slot layout[e] of the ciphertexts laid end to end), or without it "
+           "from the first slots of one ciphertext.")
 define("ckks.rotate", 1, infer=_rotate, attrs={"step": Attr("int")},
        doc="Slots layout: rotate the slots left by `step` (slot s receives slot s + step, cyclic), "
            "with the Galois key of that step.")
 define("ckks.mul_plain", 1, infer=_mul_plain,
        attrs={"plain": Attr("str"), "row": Attr("int", 0), "weight_scale": Attr("int")},
        doc="Slots layout: multiply by the plaintext vector in row `row` of the constant `plain` "
-           "(repeated periodically over the slots; ciphertext c of a tensor takes row `row` + c), "
+           "(repeated periodically over the slots; ciphertext c of a tensor takes row `row` + c, or "
+           "the only row), "
            "encoded at 2^weight_scale: the scale grows by weight_scale.")
 define("ckks.add_plain", 1, infer=_same_cipher,
-       attrs={"plain": Attr("str"), "row": Attr("int", 0), "checks_interval": Attr("int", 0)},
-       doc="Slots layout: add the plaintext vector in row `row` of `plain` (repeated periodically), "
-           "encoded at the ciphertext's scale. checks_interval > 0 marks the input of a polynomial "
-           "activation mapped to [-1, 1], valid in its first checks_interval slots.")
+       attrs={"plain": Attr("str"), "row": Attr("int", 0), "checks_interval": Attr("str", "")},
+       doc="Slots layout: add the plaintext vector in row `row` of `plain` (repeated periodically; "
+           "ciphertext c of a tensor takes row `row` + c, or the only row), encoded at the "
+           "ciphertext's scale. checks_interval names a constant listing the slots (ciphertexts laid "
+           "end to end) that hold the input of a polynomial activation mapped to [-1, 1].")
 define("ckks.extract", 1, infer=_extract, attrs={"index": Attr("int")},
        doc="Slots layout: ciphertext `index` of a tensor of ciphertexts (no arithmetic).")

@@ -15,17 +15,21 @@ exact weight scale.
 
 Assumes: verified tensor IR whose constants have values; ``graph.meta["ranges"]`` (optional) maps
 tensor values to their calibrated max |value|.
-Slots layout: the same affine forms, over ciphertexts that each hold a whole tensor of one input;
-a form becomes a diagonal-method map (``ckks.rotate``, ``ckks.mul_plain``, ``ckks.add``,
-``ckks.add_plain``), and each input's slot layout (``hecc.input`` ``layout``) is chosen at its first
-use. A linear map too large for one ciphertext raises UnsupportedOpError.
+Slots layout: the same affine forms (convolutions, pooling and products by constant matrices kept
+sparse), over ciphertext values that each hold one input's tensor in one ciphertext or several
+(``placement``); a form becomes a diagonal-method map between placements (``ckks.rotate``,
+``ckks.mul_plain``, ``ckks.add``, ``ckks.add_plain``, ``ckks.extract`` and ``ckks.concat`` for
+values over several ciphertexts), and each input's slot layout (``hecc.input`` ``layout``) is
+chosen at its first use (``inputs``). A decryption reads its tensor at the slots its ``layout``
+constant lists.
 
 Guarantees: ckks IR with inputs at level 0 and scale 2^scale_bits, no rescale, relinearize or
 modswitch yet (later passes insert them), ``slots`` 0 until parameters are selected (slots layout:
 the given slot count, which select-parameters keeps); ``graph.meta["max_abs"]`` maps each
 ciphertext value to a bound on the values it holds.
 Options: layout ("batch" | "slots"), scale_bits (26), weight_scale_bits (batch: 14; slots: the
-scale_bits), slots (the slots layout's slot count, N/2; 4096).
+largest w with scale_bits + 2w <= 60, if 16 or more, else scale_bits), slots (the slots layout's
+slot count, N/2; 4096).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Secret tensors as affine forms over ciphertext tensors, the lowering's working representation
 (see the package docstring): sum_b A_b @ base_b + bias. An elementwise form keeps each A_b as a
 vector (``Diagonal``), so activations and products of large tensors cost memory and time linear
-in their size; other forms keep a dense matrix, bounded by MAX_MATRIX_ENTRIES.
+in their size; structured maps (convolutions, pooling, products by constant matrices) keep a
+``Sparse`` matrix; other forms keep a dense matrix, bounded by MAX_MATRIX_ENTRIES.
 """
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import numpy as np
 
 from hecc.ir import Value
 
+from .sparse import Sparse
+
 MAX_MATRIX_ENTRIES = 20_000_000  # 160 MB of float64 per fused linear map
+MAX_SPARSE_ENTRIES = 50_000_000  # non-zero weights of one fused linear map
 
 
 def element_count(base: Value) -> int:
@@ -31,13 +35,16 @@ class Diagonal:
 
 class Affine:
     """A secret tensor as sum_b A_b @ base_b + bias over ciphertext tensors. ``matrix`` is None
-    (the identity), a dense 2-D array over the concatenated bases, or a ``Diagonal``."""
+    (the identity), a dense 2-D array over the concatenated bases, a ``Diagonal`` or a
+    ``Sparse`` matrix over the concatenated bases. ``geometry`` (the slots layout's, or None)
+    says where the form's elements lie on its bases' grid (see ``slots.Geometry``)."""
 
-    __slots__ = ("bases", "matrix", "bias", "shape")
+    __slots__ = ("bases", "matrix", "bias", "shape", "geometry")
 
-    def __init__(self, bases: list[Value], matrix, bias, shape):
+    def __init__(self, bases: list[Value], matrix, bias, shape, geometry=None):
         self.bases = list(bases)
         self.matrix, self.bias, self.shape = matrix, bias, tuple(shape)
+        self.geometry = geometry
 
     @classmethod
     def of(cls, base: Value) -> "Affine":
@@ -75,15 +82,39 @@ class Affine:
         """alpha * form + beta, keeping its structure."""
         if self.elementwise:
             matrix = Diagonal([alpha * v for v in self.diagonals()])
+        elif isinstance(self.matrix, Sparse):
+            matrix = self.matrix.scaled(alpha)
         else:
             matrix = self.dense()[0] * alpha
-        return Affine(self.bases, matrix, self.bias_vector() * alpha + beta, self.shape)
+        return Affine(self.bases, matrix, self.bias_vector() * alpha + beta, self.shape, self.geometry)
+
+    def sparse(self) -> Sparse:
+        """The linear part over the concatenated bases, as a sparse matrix."""
+        if isinstance(self.matrix, Sparse):
+            return self.matrix
+        if self.elementwise:
+            parts = [Sparse.diagonal(v).widen(offset, self.width) for v, offset
+                     in zip(self.diagonals(), self.offsets()[:-1])]
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            return total
+        if self.matrix is None:
+            return Sparse.identity(self.width)
+        return Sparse.from_dense(self.matrix)
+
+    def offsets(self) -> np.ndarray:
+        return np.cumsum([0] + [element_count(b) for b in self.bases])
 
     def dense(self):
         if isinstance(self.matrix, Diagonal):
             if self.size * self.width > MAX_MATRIX_ENTRIES:
                 raise TooLarge(f"{self.size} x {self.width}")
             matrix = np.hstack([np.diag(v) for v in self.matrix.vectors])
+        elif isinstance(self.matrix, Sparse):
+            if self.size * self.width > MAX_MATRIX_ENTRIES:
+                raise TooLarge(f"{self.size} x {self.width}")
+            matrix = self.matrix.dense()
         else:
             matrix = np.eye(self.width) if self.matrix is None else self.matrix
         return matrix, self.bias_vector()
@@ -100,17 +131,45 @@ class Affine:
             col += element_count(base)
         return out
 
+    def sparse_over(self, bases: list[Value]) -> Sparse:
+        """``over`` as a sparse matrix."""
+        mine = self.sparse()
+        offsets = np.cumsum([0] + [element_count(b) for b in bases])
+        total = None
+        for base, lo, hi in zip(self.bases, self.offsets()[:-1], self.offsets()[1:]):
+            i = next(i for i, b in enumerate(bases) if b is base)
+            part = mine.columns(lo, hi).widen(int(offsets[i]), int(offsets[-1]))
+            total = part if total is None else total + part
+        return total
+
     def parts(self):
         """(base, its block of the linear part) for each base; an elementwise form's blocks are
-        1-D (the diagonal)."""
+        1-D (the diagonal), a sparse form's are ``Sparse``."""
         if self.elementwise:
             yield from zip(self.bases, self.diagonals())
+            return
+        if isinstance(self.matrix, Sparse):
+            for base, lo, hi in zip(self.bases, self.offsets()[:-1], self.offsets()[1:]):
+                yield base, self.matrix.columns(int(lo), int(hi))
             return
         matrix, _ = self.dense()
         col = 0
         for base in self.bases:
             yield base, matrix[:, col:col + element_count(base)]
             col += element_count(base)
+
+
+def block_entries(block):
+    """(rows, cols, values) of a block of ``Affine.parts``: a diagonal vector, a dense matrix or
+    a ``Sparse`` one."""
+    if isinstance(block, Sparse):
+        return block.rows, block.cols, block.vals
+    block = np.asarray(block)
+    if block.ndim == 1:
+        rows = np.flatnonzero(block)
+        return rows, rows, block[rows]
+    rows, cols = np.nonzero(block)
+    return rows, cols, block[rows, cols]
 
 
 def elementwise_sum(parts, constant, shape) -> Affine:
@@ -126,7 +185,30 @@ def elementwise_sum(parts, constant, shape) -> Affine:
         for base, vector in zip(form.bases, form.diagonals()):
             vectors[next(i for i, b in enumerate(bases) if b is base)] += c * vector
         bias += c * form.bias_vector()
-    return Affine(bases, Diagonal(vectors), bias, shape)
+    return Affine(bases, Diagonal(vectors), bias, shape, common_geometry([form for _, form in parts]))
+
+
+def sparse_sum(parts, constant, shape) -> Affine:
+    """sum of c * form + constant (c and constant scalars or arrays of ``shape``) over forms of
+    ``shape``, as a sparse form over the union of their bases."""
+    bases = union_bases([form for _, form in parts])
+    bias = np.broadcast_to(np.asarray(constant, dtype=np.float64), shape).reshape(-1).copy()
+    total = None
+    for c, form in parts:
+        c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape).reshape(-1)
+        part = form.sparse_over(bases).scale_rows(c)
+        total = part if total is None else total + part
+        bias += c * form.bias_vector()
+    if total.nnz > MAX_SPARSE_ENTRIES:
+        raise TooLarge(f"{total.nnz} weights")
+    return Affine(bases, total, bias, shape, common_geometry([form for _, form in parts]))
+
+
+def common_geometry(forms):
+    """The geometry all ``forms`` share, or None."""
+    geometries = [form.geometry for form in forms]
+    first = geometries[0]
+    return first if first is not None and all(g == first for g in geometries) else None
 
 
 def union_bases(forms) -> list[Value]:
@@ -140,5 +222,3 @@ def union_bases(forms) -> list[Value]:
 
 class TooLarge(Exception):
     pass
-
-

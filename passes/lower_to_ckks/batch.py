@@ -11,7 +11,9 @@ from hecc.backends.reference import apply_op
 from hecc.errors import UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
-from .affine import MAX_MATRIX_ENTRIES, Affine, TooLarge, element_count, elementwise_sum, union_bases
+from .affine import (MAX_MATRIX_ENTRIES, MAX_SPARSE_ENTRIES, Affine, TooLarge, element_count,
+                     elementwise_sum, sparse_sum, union_bases)
+from .sparse import Sparse, avgpool_matrix, conv2d_matrix, matmul_matrix, pad_rows, transpose_rows
 
 DEFAULT_SCALE_BITS = 26
 DEFAULT_WEIGHT_SCALE_BITS = 14
@@ -66,6 +68,10 @@ class Lowering:
         bias = aff.bias_vector()
         total = None
         for i, (base, block) in enumerate(aff.parts()):
+            if isinstance(block, Sparse):  # ckks.linear takes a dense matrix
+                if block.shape[0] * block.shape[1] > MAX_MATRIX_ENTRIES:
+                    raise TooLarge(f"{block.shape[0]} x {block.shape[1]}")
+                block = block.dense()
             part_bias = bias if i == 0 else np.zeros_like(bias)
             if i > 0 and not np.any(block):
                 continue
@@ -130,6 +136,73 @@ class Lowering:
                         for sign, f in zip(signs, forms) if not isinstance(f, Affine)), np.zeros(shape))
         return elementwise_sum(parts, constant, shape)
 
+    def structured(self, op: Op, forms: list) -> Affine | None:
+        """The form of a structured affine op (convolution, pooling, product by a constant
+        matrix, reshape, transpose, padding, sums and scalings of sparse forms) composed from its
+        own sparse matrix, or None for anything else (``through`` then)."""
+        x = forms[0]
+        shape = tuple(op.result.type.shape)
+        constants = forms[1:]
+        if not isinstance(x, Affine) or any(isinstance(f, Affine) for f in constants):
+            if op.name in ("tensor.add", "tensor.sub") and all(isinstance(f, Affine) for f in forms):
+                if all(f.shape == shape for f in forms):
+                    return sparse_sum([(1.0, forms[0]), (1.0 if op.name == "tensor.add" else -1.0, forms[1])],
+                                      0.0, shape)
+            return None
+        if op.name == "tensor.conv2d":
+            matrix, _ = conv2d_matrix(op, constants[0], x.shape)
+            bias = (np.tile(np.repeat(constants[1], shape[2] * shape[3]), shape[0])
+                    if len(constants) > 1 else None)
+            return self.compose(x, matrix, bias, shape)
+        if op.name == "tensor.avgpool":
+            return self.compose(x, avgpool_matrix(op, x.shape)[0], None, shape)
+        if op.name == "tensor.matmul" and constants[0].ndim == 2:
+            matrix = matmul_matrix(constants[0], x.shape)
+            return None if matrix is None else self.compose(x, matrix, None, shape)
+        if op.name == "tensor.reshape":
+            return Affine(x.bases, x.matrix, x.bias, shape)
+        if op.name == "tensor.transpose":
+            source = transpose_rows(op.attrs["perm"], x.shape)
+            return self.compose(x, Sparse.identity(x.size).permute_rows(source), None, shape)
+        if op.name == "tensor.pad":
+            source, _ = pad_rows(op.attrs["pads"], x.shape)
+            bias = np.where(source < 0, op.attrs.get("value", 0.0), 0.0)
+            return self.compose(x, Sparse.identity(x.size).permute_rows(source), bias, shape)
+        if isinstance(x.matrix, Sparse) and x.shape == shape and op.name in ELEMENTWISE_AFFINE:
+            try:
+                c = np.broadcast_to(np.asarray(constants[0] if constants else 0.0, dtype=np.float64), shape)
+            except ValueError:
+                return None
+            if op.name == "tensor.mul":
+                return sparse_sum([(c, x)], 0.0, shape)
+            if op.name == "tensor.neg":
+                return sparse_sum([(-1.0, x)], 0.0, shape)
+            return sparse_sum([(1.0, x)], c if op.name == "tensor.add" else -c, shape)
+        return None
+
+    def compose(self, x: Affine, matrix: Sparse, bias, shape) -> Affine:
+        """The form of matrix @ x + bias."""
+        total = self._bias_through(matrix, x.bias_vector())
+        if bias is not None:
+            total = total + np.asarray(bias, dtype=np.float64).reshape(-1)
+        if x.matrix is None and len(x.bases) == 1:  # x is its base
+            return Affine(x.bases, matrix, total, shape)
+        inner = x.sparse()
+        start = np.searchsorted(inner.rows, np.arange(inner.shape[0] + 1))
+        joined = int((start[matrix.cols + 1] - start[matrix.cols]).sum())
+        if joined > MAX_SPARSE_ENTRIES:  # two dense maps: their product is dense
+            if matrix.shape[0] * x.width > MAX_MATRIX_ENTRIES:
+                raise TooLarge(f"{matrix.shape[0]} x {x.width}")
+            product = matrix.dense() @ x.dense()[0]
+            composed = Sparse.from_dense(product)
+        else:
+            composed = matrix @ inner
+        return Affine(x.bases, composed, total, shape)
+
+    @staticmethod
+    def _bias_through(matrix: Sparse, bias: np.ndarray) -> np.ndarray:
+        return np.bincount(matrix.rows, weights=matrix.vals * bias[matrix.cols], minlength=matrix.shape[0])
+
     def through(self, forms: list, fn, shape) -> Affine:
         """The affine form of fn applied to ``forms`` (affine forms or constant arrays): fn runs on
         one offset run plus one run per column of the union of their bases."""
@@ -170,11 +243,20 @@ class Lowering:
 
     # --- ops -----------------------------------------------------------------------------------
     def lower(self, op: Op) -> None:
+        try:
+            self.lower_op(op)
+        except TooLarge as exc:
+            self.fail(op, f"its dense linear map ({exc}) is too large for the {self.LAYOUT} layout of "
+                          "this version")
+
+    LAYOUT = "batch"
+
+    def lower_op(self, op: Op) -> None:
         if op.name == "hecc.input":
             t = op.result.type
             ct = self.out.append("hecc.input", [], [CipherType(t.shape, 0, self.scale_bits, 0)],
                                  dict(op.attrs)).result
-            self.env[op.result] = Affine.of(ct)
+            self.env[op.result] = self.base_form(ct)
             self.max_abs[ct] = self.ranges.get(op.result, float("nan"))
         elif op.name == "tensor.constant":
             self.env[op.result] = np.asarray(self.src.constants[op.attrs["name"]], dtype=np.float64)
@@ -195,20 +277,20 @@ class Lowering:
             self.poly(op)
         elif op.name in AFFINE_OPS:
             forms = [self.env[v] for v in op.operands]
-            try:
-                self.env[op.result] = self.elementwise(op, forms) or self.through(
-                    forms, lambda args: apply_op(op, args), op.result.type.shape)
-            except TooLarge as exc:
-                self.fail(op, f"its dense linear map ({exc}) is too large for the batch layout of "
-                              "this version")
+            self.env[op.result] = (self.elementwise(op, forms) or self.structured(op, forms) or self.through(
+                forms, lambda args: apply_op(op, args), op.result.type.shape))
         elif op.name == "tensor.activation":
             self.fail(op, f"the {op.attrs['kind']} activation is not a polynomial (run "
                           "approximate-activations first)")
         else:
             self.fail(op, "no CKKS lowering for this op in the batch layout")
 
+    def base_form(self, ct: Value) -> Affine:
+        """The affine form of ciphertext value ``ct`` itself."""
+        return Affine.of(ct)
+
     def set_ct(self, v: Value, ct: Value) -> None:
-        self.env[v] = Affine.of(ct)
+        self.env[v] = self.base_form(ct)
         self.materialized[v] = ct
         self.max_abs[ct] = self.ranges.get(v, float("nan"))
 
@@ -273,16 +355,24 @@ class Lowering:
             if k % 2 == 0:
                 prod = self.emit("ckks.square", [ct_of(m)])
                 self.max_abs[prod] = 1.0
-                terms[k] = self.combination([(2.0, Affine.of(prod))], -1.0)
+                terms[k] = self.combination([(2.0, self.base_form(prod))], -1.0)
             else:
                 prod = self.emit("ckks.mul", [ct_of(m), ct_of(m + 1)])
                 self.max_abs[prod] = 1.0
-                terms[k] = self.combination([(2.0, Affine.of(prod)), (-1.0, t)], 0.0)
+                terms[k] = self.combination([(2.0, self.base_form(prod)), (-1.0, self.t1_term(t, ct_of(1)))], 0.0)
+        if len(coefficients) > 2:
+            terms[1] = self.t1_term(t, ct_of(1))
         parts = [(c, terms[k]) for k, c in enumerate(coefficients) if k >= 1 and c != 0]
         if not parts:
             self.env[op.result] = np.full(op.result.type.shape, coefficients[0])
             return
         self.env[op.result] = self.combination(parts, coefficients[0])
+
+    def t1_term(self, t: Affine, ct: Value) -> Affine:
+        """T_1 in the odd recurrences and the sum of terms: its form (the layer before the
+        activation, which the next layer's weights absorb at one weight scale), not its
+        ciphertext (one weight scale more)."""
+        return t
 
     def combination(self, parts, constant: float) -> Affine:
         """sum of c * (affine form) + constant, as one affine form over the union of bases."""

@@ -1,12 +1,24 @@
-"""The generalized diagonal method's arithmetic for the slots layout: which diagonals a matrix
-has between an input of period p and an output of period q, and the baby-step size that needs
-the fewest rotations. Pure functions of numpy arrays.
+"""The generalized diagonal method's arithmetic for the slots layout, between placements (see
+``placement``): which diagonals a linear map has from its inputs' ciphertexts to its output's,
+the baby-step size that needs the fewest rotations, and what a plan costs. Pure functions of
+numpy arrays; ``matvec`` emits the plan as IR.
+
+A weight (i, j) reads input element j at slot s_j of its ciphertext and adds to output element i
+at slot s_i of its own. With input period p (the slots, for a value over several ciphertexts) and
+output period q, it belongs to diagonal k = (s_j - s_i) mod p, reduced mod q when q < p (then it
+lands in the block of q slots d - k after s_i, and a rotate-and-sum over the p / q blocks adds the
+blocks up). Diagonal vectors are P = max(p, q) slots long, repeated over the ciphertext; for a
+spanned output (``placement.spanned``) they are the whole ciphertext long, each span of p slots
+gathering its own outputs.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .affine import MAX_MATRIX_ENTRIES, TooLarge
+from .placement import Placement, next_pow2
 
 # Relative costs (ms at N=8192, three primes, measured with SEAL on this machine) used only to
 # choose between equivalent plans; the compile report uses the measured cost model.
@@ -16,38 +28,140 @@ PLAN_COSTS = {"rotate": 1.9, "multiply_plain": 0.14, "add": 0.05, "encrypt": 2.0
 MAX_INPUT_CIPHERTEXTS = 64
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+@dataclass
+class Part:
+    """One input of a linear map: its placement and its weights (output element, input element,
+    value)."""
+
+    key: object  # the base value
+    placement: Placement
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
 
 
-def diagonal_entries(matrix: np.ndarray, p: int, q: int):
-    """The generalized diagonals of ``matrix`` (m x n, or a vector: a diagonal map) between an input stored with period p
-    (n <= p) and an output stored with period q (m <= q), as (k, u, value) arrays, one entry per
-    non-zero weight: diagonal k (k < min(p, q)) is the vector over slots u < max(p, q) holding
-    matrix[u mod q, (u + k) mod p]. Then sum_k D_k * rotate(x, k) holds the output with period q
-    when q >= p; when q < p it holds partial sums whose p/q blocks of q slots add up to it."""
-    if matrix.ndim == 1:  # a diagonal map
-        rows = cols = np.flatnonzero(matrix)
-        values = matrix[rows]
-    else:
-        rows, cols = np.nonzero(matrix)
-        values = matrix[rows, cols]
-    d = (cols - rows) % p
-    if q >= p:
-        return d, rows, values
-    t = d // q
-    return d - t * q, rows + t * q, values
+class Plan:
+    """The diagonal method for ``parts`` into placement ``out`` over ciphertexts of ``slots``:
+    the non-zero diagonals per (input ciphertext, output ciphertext), the baby step, and the
+    rotation steps it takes."""
 
+    def __init__(self, parts: list[Part], out: Placement, slots: int, g: int | None = None):
+        self.parts, self.out, self.slots = parts, out, slots
+        q = self.gather = out.gather
+        # the rotate-and-sum gathers blocks of q slots from spans this long; diagonals are one
+        # span long, or the whole ciphertext when its spans gather different elements
+        self.span = out.span or max([q] + [part.placement.period for part in parts])
+        self.length = out.period if out.span else self.span
+        inputs, cos, ks, us, values = [], [], [], [], []
+        self.inputs: list[tuple[int, int]] = []  # (part index, ciphertext)
+        shift = slots.bit_length() - 1  # slots, periods and q are powers of two
+        for index, part in enumerate(parts):
+            p = part.placement.period
+            sj = part.placement.pos[part.cols]
+            si = out.pos[part.rows]
+            d = (sj - si) & (p - 1)
+            if q < p:
+                k = d & (q - 1)
+                us.append((si & (slots - 1)) + d - k)
+            else:
+                k = d
+                us.append(si & (slots - 1))
+            first = len(self.inputs)
+            if part.placement.cts == 1:
+                self.inputs.append((index, 0))
+                inputs.append(np.full(sj.size, first, dtype=np.int64))
+            else:
+                ci = sj >> shift
+                cts = np.flatnonzero(np.bincount(ci))
+                self.inputs += [(index, int(c)) for c in cts]
+                inputs.append(first + np.searchsorted(cts, ci))
+            cos.append(si >> shift if out.cts > 1 else np.zeros(si.size, dtype=np.int64))
+            ks.append(k)
+            values.append(part.vals)
+        cat = (lambda arrays: np.concatenate(arrays) if len(arrays) != 1 else arrays[0])
+        self.input_of, self.co, self.k, self.u = (cat(a) for a in (inputs, cos, ks, us))
+        self.values = cat(values)
+        present = np.bincount(self.k, minlength=1) if self.k.size else np.zeros(0)
+        keys = np.flatnonzero(present)
+        self.g = g or (baby_step(keys.tolist()) if keys.size else 1)
+        # distinct (input, output ciphertext, diagonal): one product each (counted, not sorted:
+        # the keys are few and dense)
+        triple = (self.input_of * (out.cts + 1) + self.co) * self.length + self.k
+        used = np.zeros(len(self.inputs) * (out.cts + 1) * self.length + 1, dtype=bool)
+        used[triple] = True
+        self.products = np.flatnonzero(used)
+        index = np.cumsum(used) - 1
+        self.product_of = index[triple]
+        if self.products.size * self.length > MAX_MATRIX_ENTRIES:
+            raise TooLarge(f"{self.products.size} diagonals of {self.length} slots")
 
-def diagonals(matrix: np.ndarray, p: int, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the non-zero diagonal numbers k, ascending; their vectors, one row each)."""
-    k, u, values = diagonal_entries(matrix, p, q)
-    ks, index = np.unique(k, return_inverse=True)
-    if ks.size * max(p, q) > MAX_MATRIX_ENTRIES:
-        raise TooLarge(f"{ks.size} diagonals of {max(p, q)} slots")
-    dense = np.zeros((ks.size, max(p, q)))
-    dense[index, u] = values
-    return ks, dense
+    def babies(self, g: int | None = None) -> dict[int, list[int]]:
+        """Per input ciphertext, the baby steps (k mod g) its diagonals use, 0 included."""
+        g = g or self.g
+        inputs, ks, _ = self._product_fields()
+        out: dict[int, set] = {}
+        for i, k in zip(inputs.tolist(), (ks % g).tolist()):
+            out.setdefault(i, {0}).add(k)
+        return {i: sorted(b) for i, b in out.items()}
+
+    def giants(self, g: int | None = None) -> dict[int, list[int]]:
+        """Per output ciphertext, the giant steps (k // g) its diagonals use."""
+        g = g or self.g
+        _, ks, cos = self._product_fields()
+        out: dict[int, set] = {}
+        for co, j in zip(cos.tolist(), (ks // g).tolist()):
+            out.setdefault(co, set()).add(j)
+        return {c: sorted(j) for c, j in out.items()}
+
+    def _product_fields(self):
+        """(input ciphertext, diagonal, output ciphertext) of each product."""
+        p = self.products
+        k = p % self.length
+        rest = p // self.length
+        return rest // (self.out.cts + 1), k, rest % (self.out.cts + 1)
+
+    def steps(self, g: int | None = None, client=frozenset()) -> list[int]:
+        """Every rotation the plan performs, by step (with repeats); the baby steps of the input
+        ciphertexts in ``client`` are the client's (encrypted rotated)."""
+        g = g or self.g
+        steps = []
+        for index, babies in self.babies(g).items():
+            if index not in client:
+                steps += [b - a for a, b in zip(babies, babies[1:])]
+        for giants in self.giants(g).values():
+            down = sorted(giants, reverse=True)
+            steps += [(a - b) * g for a, b in zip(down, down[1:])] + ([down[-1] * g] if down[-1] else [])
+        block = self.span // 2
+        while block >= self.gather:
+            steps += [block] * len(self.giants(g))
+            block //= 2
+        return steps
+
+    def cost(self, known_steps: set, g: int | None = None, client=frozenset()) -> float:
+        """Relative cost: rotations, products, each rotation step no earlier map used (a new
+        Galois key the client must make and send), and the client's rotated inputs."""
+        steps = self.steps(g, client)
+        c = PLAN_COSTS
+        encrypted = sum(len(b) for i, b in self.babies(g).items() if i in client)
+        return (len(steps) * c["rotate"] + self.products.size * (c["multiply_plain"] + c["add"])
+                + len(set(steps) - known_steps) * c["key"] + encrypted * c["encrypt"])
+
+    def client_step(self, known_steps: set, client) -> tuple[int, float]:
+        """(baby step, cost) cheapest when the inputs in ``client`` arrive rotated by the client."""
+        best = None
+        g = 1
+        while g <= self.length:
+            cost = self.cost(known_steps, g, client)
+            if best is None or cost < best[1]:
+                best = (g, cost)
+            g *= 2
+        return best
+
+    def diagonal_rows(self) -> np.ndarray:
+        """One row of ``length`` slots per product (in ``products`` order)."""
+        flat = np.bincount(self.product_of * self.length + self.u, weights=self.values,
+                           minlength=self.products.size * self.length)
+        return flat.reshape(self.products.size, self.length)
 
 
 def baby_step(nonzero: list[int]) -> int:
@@ -64,5 +178,3 @@ def baby_step(nonzero: list[int]) -> int:
             best = (cost, g)
         g *= 2
     return best[1]
-
-

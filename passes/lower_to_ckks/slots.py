@@ -1,5 +1,6 @@
-"""The slots layout (LoLa's packing): one input's tensor in the slots of one ciphertext, linear
-maps by the generalized diagonal method (see ``SlotsLowering``).
+"""The slots layout (LoLa's packing, over one or more ciphertexts): one input's tensor in the slots
+of one ciphertext, or of several when it is larger, linear maps by the generalized diagonal method
+between placements (see ``SlotsLowering``).
 """
 from __future__ import annotations
 
@@ -8,57 +9,65 @@ import numpy as np
 from hecc.errors import PassError, UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
-from .affine import Affine, TooLarge
-from .batch import Lowering
-from .diagonal import MAX_INPUT_CIPHERTEXTS, PLAN_COSTS, baby_step, diagonal_entries, diagonals, next_pow2
+from .affine import Affine, TooLarge, block_entries
+from .batch import AFFINE_OPS, ELEMENTWISE_AFFINE, Lowering
+from .diagonal import Part, Plan
+from .inputs import InputLayouts, Relayout
+from .placement import Geometry, Placement, blocked_grid, compact, multiplexed, next_pow2, spanned
 
-class Relayout(Exception):
-    """An input laid out for one linear map is needed by another: lower again with it periodic."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
+MIN_MERGED_WEIGHT_BITS = 16
 
 
-class SlotsLowering(Lowering):
-    """The slots layout: one input's tensors in the slots of one ciphertext (LoLa's packing).
+def merged_weight_bits(scale_bits: int) -> int:
+    """The slots layout's default weight scale: the largest w with scale_bits + 2w <= 60, so that
+    a linear map and the product after it share one 60-bit prime (insert-rescale); at least
+    MIN_MERGED_WEIGHT_BITS (a vector is encoded with an error of about 0.3 sqrt(N) / 2^w per
+    slot), else the waterline scale itself (each linear map then gets its own prime)."""
+    w = (60 - int(scale_bits)) // 2
+    return w if w >= MIN_MERGED_WEIGHT_BITS else int(scale_bits)
 
-    A ciphertext value of n elements is stored periodically: element i in every slot s with
-    s mod p = i, for a power of two p >= n (other slots of a period hold bounded values that are
-    never read with a non-zero weight). Periodic storage makes every rotation cyclic within the
-    data, so a linear map (any fused chain of affine tensor ops: conv, dense, pooling, flatten,
-    BN) is the generalized diagonal method: sum_k D_k * rotate(x, k) over the non-zero diagonals
-    (zero diagonals, e.g. pruned blocks, are skipped), baby-step giant-step, and, when the output
-    is shorter than the input period, a rotate-and-sum over its blocks. Baby steps rotate the
-    previous baby and giant steps are in Horner form, so a map needs few distinct steps (keys)
-    for the same number of rotations (SEAL has no hoisting to lose); the output period is chosen
-    by the plan costs, a new key counting as a cost. The input is laid out by the client, who
-    may copy pixels: for the first linear map it is either periodic, or expanded (im2col-style:
-    tap t of output i in slot t*q + i, over as many ciphertexts as the taps need), whichever the
-    plan costs say is cheaper; then that map is C products and log2(slots/q) rotations. During
-    the lowering a ciphertext value has the shape of the tensor it holds; at the end every value
-    but the inputs becomes one ciphertext.
+
+class SlotsLowering(InputLayouts, Lowering):
+    """The slots layout: one input's tensors in the slots of one or a few ciphertexts.
+
+    Every ciphertext value has a ``Placement``: a slot for each element, over one ciphertext
+    (whose content may repeat with a period, a power of two: then every rotation is cyclic within
+    the data) or several. A linear map (any fused chain of affine tensor ops: conv, dense,
+    pooling, flatten, BN) is the generalized diagonal method between placements (``diagonal``):
+    for each output ciphertext, sum over input ciphertexts and non-zero diagonals k of
+    D_k * rotate(x, k), baby-step giant-step, the baby steps of each input ciphertext computed
+    once for every output ciphertext, and, when the output's period is shorter than the input's,
+    a rotate-and-sum over its blocks. The output's placement is the cheapest of a few candidates
+    (compact; channel blocks of a power of two; for a convolution or pooling, multiplexed on its
+    input's grid), a new rotation key counting as a cost. Baby steps rotate the previous baby
+    and giant steps are in Horner form, so a map needs few distinct steps. The input is laid out
+    by the client, who may copy pixels: for the first linear map it is either periodic, or
+    expanded (im2col-style: tap t of output i in slot t*q + s_i, over as many ciphertexts as the
+    taps need), whichever the plan costs say is cheaper; then that map is C products and
+    log2(slots/q) rotations. During the lowering a ciphertext value has the shape of the tensor it
+    holds; at the end every value but the inputs becomes one ciphertext, or a tensor of them.
     """
+
+    LAYOUT = "slots"
 
     def __init__(self, graph: Graph, options: dict):
         super().__init__(graph, options)
         self.slots = int(options["slots"])
-        # a vector is encoded with an error of about sqrt(N) / 2^bits per slot (a scalar, only
-        # 2^-bits), so weights get the full waterline scale and each linear map is rescaled
-        self.weight_bits = int(options.get("weight_scale_bits") or self.scale_bits)
+        self.weight_bits = int(options.get("weight_scale_bits") or merged_weight_bits(self.scale_bits))
         if self.slots < 1 or self.slots & (self.slots - 1):
             raise PassError(f"slots must be a power of two, got {self.slots}")
         self.periodic_inputs = set(options.get("periodic_inputs", ()))
-        self.period: dict[Value, int] = {}
+        self.placement: dict[Value, Placement] = {}
         self.placeholders: dict[Value, Op] = {}
         self.input_values: dict[Value, tuple[str, Value]] = {}
         self.input_ops: list[tuple[int, Op]] = []
         self.steps: set[int] = set()
+        self.client_babies: dict[Value, dict[int, Value]] = {}  # an input's rotations the client sent
         self.count = 0
 
     def fail_size(self, what: str, n: int):
-        raise UnsupportedOpError({what: []}, {what: f"{n} values do not fit the {self.slots} slots of "
-                                              "one ciphertext in the slots layout of this version"})
+        raise UnsupportedOpError({what: []}, {what: f"{n} values are too many for the slots layout of "
+                                              "this version"})
 
     def typed(self, name: str, operands, attrs, result_type=None, shape=None) -> Value:
         """Append op ``name``; its type is ``result_type``, or inferred (with ``shape``, the
@@ -75,10 +84,17 @@ class SlotsLowering(Lowering):
 
     def emit(self, name: str, operands, attrs=None) -> Value:
         value = super().emit(name, operands, attrs)
-        periods = [self.period[v] for v in operands if v in self.period]
-        if periods:
-            self.period[value] = max(periods)
+        placed = [self.placement[v] for v in operands if v in self.placement]
+        if placed:  # elementwise: the operands share a placement (the longest period holds)
+            self.placement[value] = max(placed, key=lambda p: p.period)
         return value
+
+    def base_form(self, ct: Value) -> Affine:
+        form = Affine.of(ct)
+        placed = self.placement.get(ct)
+        if placed is not None and placed.grid is not None:
+            form.geometry = Geometry(placed.grid, 1, 1, 0, 0)
+        return form
 
     def constant(self, stem: str, array: np.ndarray) -> str:
         self.count += 1
@@ -90,141 +106,311 @@ class SlotsLowering(Lowering):
         return name
 
     # --- ops -----------------------------------------------------------------------------------
-    def lower(self, op: Op) -> None:
+    def lower_op(self, op: Op) -> None:
         if op.name == "hecc.input":
             t = op.result.type
             placeholder = Value(CipherType(t.shape, 0, self.scale_bits, self.slots))
             self.placeholders[placeholder] = op
-            self.env[op.result] = Affine.of(placeholder)
+            form = Affine.of(placeholder)
+            grid = blocked_grid(t.shape, self.slots)
+            if grid is not None:
+                form.geometry = Geometry(grid.grid, 1, 1, 0, 0)
+            self.env[op.result] = form
             self.max_abs[placeholder] = self.ranges.get(op.result, float("nan"))
             return
-        super().lower(op)
+        super().lower_op(op)
+        form = self.env.get(op.result) if op.results else None
+        if op.name in AFFINE_OPS and isinstance(form, Affine) and not form.is_base:  # not a product
+            form.geometry = self._geometry_after(op)
+
+    def _geometry_after(self, op: Op):
+        """Where the result of an affine op lies on its input's grid (see ``Geometry``)."""
+        forms = [self.env[v] for v in op.operands]
+        x = forms[0]
+        if not isinstance(x, Affine) or x.geometry is None or len(x.shape) != 4:
+            if op.name in ELEMENTWISE_AFFINE:
+                return self.env[op.result].geometry
+            return None
+        if op.name in ("tensor.conv2d", "tensor.avgpool"):
+            return x.geometry.window(op.attrs["strides"], op.attrs["pads"])
+        if op.name == "tensor.pad":
+            pads = op.attrs["pads"]
+            if pads[0] == pads[1] == pads[4] == pads[5] == 0:
+                return x.geometry.padded(pads[2], pads[3])
+            return None
+        if op.name in ELEMENTWISE_AFFINE and tuple(op.result.type.shape) == x.shape:
+            secret = [f for f in forms if isinstance(f, Affine)]
+            return x.geometry if all(f.geometry == x.geometry for f in secret) else None
+        return None
+
+    def poly(self, op: Op) -> None:
+        """As in the batch layout, then the sum of the terms (T_1 as its ciphertext) becomes one
+        ciphertext here: the next linear map then rotates one input instead of one per term."""
+        super().poly(op)
+        form = self.env[op.result]
+        if isinstance(form, Affine) and len(form.bases) > 1:
+            ct = self.mat(form, self.ranges.get(op.result, float("nan")),
+                          want=self.placement.get(form.bases[0]))
+            self.set_ct(op.result, ct)
+
+    def t1_term(self, t: Affine, ct: Value) -> Affine:
+        """T_1 as its ciphertext: its form would rotate the layer's input again."""
+        return self.base_form(ct)
+
+    def product(self, op: Op, a: Value, b: Value) -> None:
+        """Both factors in one placement (the first factor's)."""
+        if a is b:
+            return super().product(op, a, b)
+        shape = op.result.type.shape
+        a, b = self.broadcast(a, shape), self.broadcast(b, shape)
+        x = self.materialize(a)
+        y = self.mat(self.env[b], self.ranges.get(b, float("nan")), want=self.placement[x])
+        self.set_ct(op.result, self.emit("ckks.mul", [x, y]))
 
     def tensor_operand(self, v: Value) -> Value:
         if v not in self.decrypted and isinstance(self.env[v], Affine):
             ct = self.materialize(v)
-            self.decrypted[v] = self.typed("ckks.decrypt", [ct], {"shape": list(v.type.shape)},
-                                           TensorType(v.type.shape, True))
+            placed = self.placement[ct]
+            attrs = {"shape": list(v.type.shape), "layout": self.constant("result.", placed.pos.copy())}
+            self.decrypted[v] = self.typed("ckks.decrypt", [ct], attrs, TensorType(v.type.shape, True))
         return super().tensor_operand(v)
 
-    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False) -> Value:
+    # --- linear maps ---------------------------------------------------------------------------
+    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False, want: Placement | None = None) -> Value:
         base = aff.bases[0]
-        if aff.is_base and base not in self.placeholders:
+        if (aff.is_base and base not in self.placeholders
+                and (want is None or self.placement[base].same(want))):
             return base
-        m = int(np.prod(aff.shape, dtype=np.int64))
-        q = next_pow2(m)
-        if q > self.slots:
-            self.fail_size("a linear map", m)
-        bias = aff.bias_vector()
-        total, bound = None, 0.0
-        groups: dict[int, list] = {}
+        scalar = self.scalar_map(aff, want)
+        if scalar is not None:
+            self.max_abs[scalar] = max_abs if np.isfinite(max_abs) else self.max_abs.get(scalar, float("nan"))
+            return scalar
+        parts, inputs = [], []
         for base, block in aff.parts():
-            if not np.any(block):
-                continue
-            row_sums = np.abs(block) if block.ndim == 1 else np.abs(block).sum(axis=1)
-            bound += float(np.max(row_sums * self.max_abs.get(base, 1.0)))
+            rows, cols, vals = block_entries(block)
             if base in self.placeholders:
-                part = self.from_input(base, block, q, aff.shape)
-                total = part if total is None else self._add(total, part, bound)
+                inputs.append((base, rows, cols, vals))
+            elif vals.size:
+                parts.append(Part(base, self.placement[base], rows, cols, vals))
+        expanded, hint = [], None
+        for placeholder, rows, cols, vals in inputs:
+            kind, laid, plan = self.lay_out_input(placeholder, aff, rows, cols, vals, parts, want)
+            if kind == "periodic":
+                hint = plan
+                parts.append(Part(laid, self.placement[laid], rows, cols, vals))
             else:
-                groups.setdefault(self.period[base], []).append((base, block))
-        if total is None and not groups:  # the zero map
-            base, block = next(iter(aff.parts()))
+                expanded.append((placeholder, rows, cols, vals, kind, plan))
+        if not parts and not expanded:  # the zero map
+            base = aff.bases[0]
             if base in self.placeholders:
-                total = self.from_input(base, block, q, aff.shape)
+                base = self.input_value(base)
+            parts = [Part(base, self.placement[base], np.zeros(1, int), np.zeros(1, int), np.zeros(1))]
+        g = None
+        if want is not None:
+            out = want
+        elif expanded:
+            out = self.default_placement(aff)
+        elif hint is not None and len(inputs) == 1:
+            out, g = hint
+        else:
+            out = self.cheapest(aff, parts)[0]
+        total, bound = None, 0.0
+        for placeholder, rows, cols, vals, kind, plan in expanded:
+            bound += self._bound(placeholder, rows, vals, aff.size)
+            if kind == "gather":
+                part = self.gathered_map(placeholder, plan, out, aff.shape)
             else:
-                groups[self.period[base]] = [(base, block)]
-        if groups and total is None:  # the output period: the cheapest plan, keys included
-            top = max([q] + list(groups))
-            options = [q << i for i in range(int(np.log2(top // q)) + 1)]
-            q = min(options, key=lambda period: (sum(self.plan_cost(parts, period)
-                                                     for parts in groups.values()), period))
-        for p, parts in groups.items():
+                part = self.expanded_map(placeholder, rows, cols, vals, out, aff.shape)
+            total = part if total is None else self._add_ct(total, part, bound)
+        if parts:
+            bound += sum(self._bound(p.key, p.rows, p.vals, aff.size) for p in parts)
             try:
-                part = self.matvec(parts, q, aff.shape)
+                plan = Plan(parts, out, self.slots, g)
             except TooLarge as exc:
                 raise UnsupportedOpError({"a linear map": []}, {"a linear map": f"{exc} are too many "
                                          "for the slots layout of this version"}) from None
-            self.max_abs[part] = bound
-            total = part if total is None else self._add(total, part, bound)
+            part = self.matvec(plan, aff.shape)
+            total = part if total is None else self._add_ct(total, part, bound)
+        self.placement[total] = out
+        bias = aff.bias_vector()
         if np.any(bias) or checks_interval:
-            row = np.zeros((1, q))
-            row[0, :m] = bias
-            attrs = {"plain": self.constant("bias", row)}
+            attrs = {"plain": self.constant("bias", self.plain_table(out, bias))}
             if checks_interval:
-                attrs["checks_interval"] = m
-            total = self.typed("ckks.add_plain", [total], attrs, total.type)
+                attrs["checks_interval"] = self.constant("interval.", out.pos.copy())
+            total = self._placed(self.typed("ckks.add_plain", [total], attrs, total.type), out)
             bound += float(np.max(np.abs(bias)))
-        self.period[total] = q
         self.max_abs[total] = max_abs if np.isfinite(max_abs) else bound
         return total
 
-    def plan(self, parts: list, q: int):
-        """The diagonal method's plan for ``parts`` (see ``matvec``) with output period q:
-        ({part index: its non-zero diagonal numbers}, baby step g, the rotation steps it uses)."""
-        p = self.period[parts[0][0]]
-        used = {index: np.unique(diagonal_entries(matrix, p, q)[0]).tolist()
-                for index, (_, matrix) in enumerate(parts)}
-        used = {index: ks for index, ks in used.items() if ks} or {0: [0]}
-        g = baby_step(sorted({k for ks in used.values() for k in ks}))
-        steps = []
-        for ks in used.values():
-            babies = sorted({k % g for k in ks} | {0})
-            steps += [b - a for a, b in zip(babies, babies[1:])]
-        giants = sorted({k // g for ks in used.values() for k in ks}, reverse=True)
-        steps += [(a - b) * g for a, b in zip(giants, giants[1:])] + ([giants[-1] * g] if giants[-1] else [])
-        block = p // 2
-        while block >= q:
-            steps.append(block)
-            block //= 2
-        return used, g, steps
+    def scalar_map(self, aff: Affine, want: Placement | None) -> Value | None:
+        """An elementwise form whose weights and bias are each one number, over bases in one
+        placement: products by constants (a constant vector is a constant polynomial, encoded
+        exactly at the fewest bits that hold it; 1 is no product, 2 a sum), no rotation, and the
+        junk slots between elements scaled alike; or None for any other form."""
+        if not aff.elementwise or any(b in self.placeholders for b in aff.bases):
+            return None
+        placed = self.placement[aff.bases[0]]
+        if any(not self.placement[b].same(placed) for b in aff.bases) or (want is not None and not want.same(placed)):
+            return None
+        vectors, bias = aff.diagonals(), aff.bias_vector()
+        if any(np.ptp(v) > 0 for v in vectors) or np.ptp(bias) > 0 or placed.pos.size != aff.size:
+            return None
+        total, bound = None, 0.0
+        for base, vector in zip(aff.bases, vectors):
+            c = float(vector[0]) if vector.size else 0.0
+            if c == 0.0:
+                continue
+            term = self.times_constant(base, c)
+            bound += abs(c) * self.max_abs.get(base, 1.0)
+            total = term if total is None else self._add_ct(total, term, bound)
+        if total is None:
+            return None
+        if bias.size and bias[0] != 0:
+            total = self._placed(self.typed("ckks.add_plain", [total], {"plain": self.constant(
+                "bias", np.full((1, 1), float(bias[0])))}, total.type), placed)
+        self.max_abs[total] = bound + (abs(float(bias[0])) if bias.size else 0.0)
+        return total
 
-    def plan_cost(self, parts: list, q: int) -> float:
-        """Relative cost of the plan with output period q: its rotations and products, and each
-        rotation step no earlier map used (a new Galois key the client must make and send)."""
-        used, _, steps = self.plan(parts, q)
-        c = PLAN_COSTS
-        products = sum(len(ks) for ks in used.values())
-        return (len(steps) * c["rotate"] + products * (c["multiply_plain"] + c["add"])
-                + len(set(steps) - self.steps) * c["key"])
+    def times_constant(self, x: Value, c: float) -> Value:
+        """x * c for a constant c: x itself, a sum (2), or a product by c encoded at the fewest
+        bits (up to the weight scale) that hold it exactly."""
+        if c == 1.0:
+            return x
+        if c == 2.0:
+            return self._placed(self.typed("ckks.add", [x, x], {}, x.type), self.placement[x])
+        bits = next((k for k in range(self.weight_bits) if (c * 2.0 ** k) % 1.0 == 0), self.weight_bits)
+        y = self.typed("ckks.mul_plain", [x], {"plain": self.constant("scalar", np.full((1, 1), c)),
+                                                "weight_scale": bits})
+        return self._placed(y, self.placement[x])
 
-    def matvec(self, parts: list, q: int, shape) -> Value:
-        """y = sum over (x, matrix) in ``parts`` of matrix @ x, by the diagonal method (see the
-        class docstring); every x has the same period p, and they share the giant steps. y has
-        period q."""
-        p = self.period[parts[0][0]]
+    def _bound(self, base, rows, vals, size) -> float:
+        sums = np.bincount(rows, weights=np.abs(vals), minlength=size)
+        return float(np.max(sums * self.max_abs.get(base, 1.0))) if sums.size else 0.0
+
+    def _add_ct(self, a: Value, b: Value, bound: float) -> Value:
+        total = self.typed("ckks.add", [a, b], {})
+        self.max_abs[total] = bound
+        self.placement[total] = self.placement.get(a)
+        return total
+
+    def _placed(self, value: Value, placement: Placement) -> Value:
+        self.placement[value] = placement
+        return value
+
+    def plain_table(self, placement: Placement, vector) -> np.ndarray:
+        """A vector over the elements as plaintext rows of ``placement``: one row per
+        ciphertext (its period long), the element values at their slots."""
+        width = placement.period
+        table = np.zeros((placement.cts, width))
+        pos = placement.pos
+        table[pos // self.slots, pos % self.slots] = vector
+        return table
+
+    def default_placement(self, aff: Affine) -> Placement:
+        """An expanded map's output: channel blocks (for the next convolution), unless packing
+        the elements end to end needs fewer ciphertexts or a shorter period (fewer input
+        ciphertexts: the client's taps fill the rest)."""
+        grid, flat = blocked_grid(aff.shape, self.slots), compact(aff.size, self.slots)
+        if grid is None or (flat.cts, flat.period) < (grid.cts, grid.period):
+            return flat
+        return grid
+
+    def candidates(self, aff: Affine, parts: list[Part]) -> list[Placement]:
+        """Output placements worth pricing: multiplexed on the input's grid (a convolution or
+        pooling), channel blocks, compact; single-ciphertext ones also with longer periods, up
+        to the inputs' (a shorter rotate-and-sum)."""
+        found = []
+        g = aff.geometry
+        if g is not None and all(p.placement.grid == g.grid for p in parts):
+            found.append(multiplexed(g, aff.shape, self.slots))
+        periods = {p.placement.period for p in parts}
+        found += [blocked_grid(aff.shape, self.slots), compact(aff.size, self.slots),
+                  spanned(aff.size, min(periods), self.slots) if len(periods) == 1 else None]
+        found = [c for c in found if c is not None]
+        top = max(p.placement.period for p in parts)
+        longer = []
+        for c in found:
+            period = c.period
+            while c.cts == 1 and not c.span and period < top:
+                period *= 2
+                longer.append(c.with_period(period))
+        return found + longer
+
+    def cheapest(self, aff: Affine, parts: list[Part]):
+        """(placement, cost) of the cheapest output placement for ``parts``."""
+        best = None
+        for candidate in self.candidates(aff, parts):
+            try:
+                cost = Plan(parts, candidate, self.slots).cost(self.steps)
+            except TooLarge:
+                continue
+            if best is None or cost < best[1]:
+                best = (candidate, cost)
+        if best is None:
+            raise UnsupportedOpError({"a linear map": []}, {"a linear map": "its diagonals are too many "
+                                     "for the slots layout of this version"})
+        return best
+
+    def matvec(self, plan: Plan, shape) -> Value:
+        """Emit ``plan``: per output ciphertext, the sum over its inputs' baby steps of products
+        by pre-rotated diagonals, giant steps in Horner form, then the rotate-and-sum."""
         w = self.weight_bits
-        _, g, _ = self.plan(parts, q)
-        terms = []  # (k, part index, diagonal)
-        for index, (_, matrix) in enumerate(parts):
-            ks, dense = diagonals(matrix, p, q)
-            terms += [(int(k), index, row) for k, row in zip(ks, dense)]
-        if not terms:
-            terms = [(0, 0, np.zeros(max(p, q)))]
-        babies = {(0, index): x for index, (x, _) in enumerate(parts)}
-        name = self.constant("diagonals", np.zeros((0, max(p, q))))
-        rows, inner = [], {}
-        for i, index in sorted({(k % g, index) for k, index, _ in terms}):
-            if (i, index) not in babies:  # from the previous baby: one key (step 1) serves them all
-                before = max(b for b, c in babies if c == index and b < i)
-                x = babies[(before, index)]
-                babies[(i, index)] = self.typed("ckks.rotate", [x], {"step": i - before}, x.type)
-        for k, index, diagonal in sorted(terms, key=lambda t: (t[0], t[1])):
-            i, j = k % g, k // g
-            rows.append(np.roll(diagonal, j * g))
-            term = self.typed("ckks.mul_plain", [babies[(i, index)]],
-                              {"plain": name, "row": len(rows) - 1, "weight_scale": w}, shape=shape)
-            inner[j] = term if j not in inner else self.typed("ckks.add", [inner[j], term], {})
-        self.out.constants[name] = np.asarray(rows)
-        giants = sorted(inner, reverse=True)
-        acc, previous = inner[giants[0]], giants[0]
-        for j in giants[1:]:
-            acc = self.typed("ckks.rotate", [acc], {"step": (previous - j) * g})
-            acc = self.typed("ckks.add", [acc, inner[j]], {})
-            previous = j
-        if previous:
-            acc = self.typed("ckks.rotate", [acc], {"step": previous * g})
-        return self.rotate_and_sum(acc, p, q)
+        g, out = plan.g, plan.out
+        inputs, ks, cos = plan._product_fields()
+        rows = plan.diagonal_rows()
+        babies: dict[tuple[int, int], Value] = {}
+        for index, steps in plan.babies().items():
+            part_index, ct = plan.inputs[index]
+            x = self._ciphertext(plan.parts[part_index].key, ct)
+            sent = self.client_babies.get(x, {})
+            babies[(index, 0)] = x
+            for before, after in zip(steps, steps[1:]):
+                babies[(index, after)] = sent[after] if after in sent else self.typed(
+                    "ckks.rotate", [babies[(index, before)]], {"step": after - before})
+        results = []
+        order = np.lexsort((inputs, ks, cos))
+        name = self.constant("diagonals", np.zeros((0, plan.length)))
+        table = []
+        for co in range(out.cts):
+            mine = order[cos[order] == co]
+            inner: dict[int, Value] = {}
+            for at in mine:
+                k = int(ks[at])
+                i, j = k % g, k // g
+                table.append(np.roll(rows[at], j * g))
+                x = babies[(int(inputs[at]), i)]
+                term = self.typed("ckks.mul_plain", [x], {"plain": name, "row": len(table) - 1, "weight_scale": w},
+                                  shape=shape)
+                inner[j] = term if j not in inner else self.typed("ckks.add", [inner[j], term], {})
+            if not inner:  # an output ciphertext no weight reaches: zeros
+                x = next(iter(babies.values()), None) or self._ciphertext(plan.parts[0].key, 0)
+                table.append(np.zeros(plan.length))
+                inner[0] = self.typed("ckks.mul_plain", [x], {"plain": name, "row": len(table) - 1,
+                                                              "weight_scale": w}, shape=shape)
+            giants = sorted(inner, reverse=True)
+            acc, previous = inner[giants[0]], giants[0]
+            for j in giants[1:]:
+                acc = self.typed("ckks.rotate", [acc], {"step": (previous - j) * g})
+                acc = self.typed("ckks.add", [acc, inner[j]], {})
+                previous = j
+            if previous:
+                acc = self.typed("ckks.rotate", [acc], {"step": previous * g})
+            results.append(self.rotate_and_sum(acc, plan.span, plan.gather))
+        self.out.constants[name] = np.asarray(table)
+        return self._joined(results, out)
+
+    def _joined(self, results: list[Value], out: Placement) -> Value:
+        """The output ciphertexts as one value (during the lowering, of the tensor's shape)."""
+        if len(results) == 1:
+            return self._placed(results[0], out)
+        joined = self.typed("ckks.concat", results, {"axis": 0}, results[0].type)
+        return self._placed(joined, out)
+
+    def _ciphertext(self, value: Value, ct: int) -> Value:
+        """Ciphertext ``ct`` of a value (the value itself when it has one)."""
+        if self.placement[value].cts == 1:
+            return value
+        return self.typed("ckks.extract", [value], {"index": ct}, value.type)
 
     def rotate_and_sum(self, z: Value, p: int, q: int) -> Value:
         """Sum the p/q blocks of q slots of a p-periodic z into every block: period q."""
@@ -234,87 +420,18 @@ class SlotsLowering(Lowering):
             step //= 2
         return z
 
-    def from_input(self, placeholder: Value, matrix: np.ndarray, q: int, shape) -> Value:
-        """A linear map of an input, choosing the input's layout at its first use."""
-        source = self.placeholders[placeholder]
-        name = source.attrs["name"]
-        if placeholder in self.input_values:
-            kind, value = self.input_values[placeholder]
-            if kind == "expanded":
-                raise Relayout(name)
-            return self.matvec([(value, matrix)], q, shape)
-        n = matrix.shape[-1]
-        p = next_pow2(n)
-        taps = 1 if matrix.ndim == 1 else int(np.max(np.count_nonzero(matrix, axis=1))) if matrix.size else 0
-        per_ct = self.slots // q
-        cts = max(1, -(-taps // per_ct))
-        c = PLAN_COSTS
-        expanded = (cts * (c["encrypt"] + c["multiply_plain"] + c["add"])
-                    + int(np.log2(per_ct)) * (c["rotate"] + c["add"]))
-        if p <= self.slots:
-            k = min(p, q)
-            periodic = (c["encrypt"] + k * (c["multiply_plain"] + c["add"])
-                        + 2 * np.sqrt(k) * c["rotate"] + np.log2(max(p // q, 1)) * c["rotate"])
-        else:
-            periodic = float("inf")
-        diagonal = matrix.ndim == 1  # a diagonal map: the input periodic, one product
-        if name in self.periodic_inputs or diagonal or cts > MAX_INPUT_CIPHERTEXTS or periodic <= expanded:
-            if p > self.slots:
-                self.fail_size(f"input {name!r}", n)
-            layout = np.where(np.arange(self.slots) % p < n, np.arange(self.slots) % p, -1)[None]
-            inp = self.emit_input(source, layout)
-            value = self.typed("ckks.extract", [inp], {"index": 0},
-                               inp.type.but(shape=tuple(source.result.type.shape)))
-            self.period[value] = p
-            self.input_values[placeholder] = ("periodic", value)
-            self.max_abs[value] = self.max_abs.get(placeholder, float("nan"))
-            return self.matvec([(value, matrix)], q, shape)
-        # expanded: tap t of output row r in ciphertext t // per_ct, slot (t % per_ct) * q + r
-        layout = np.full((cts, self.slots), -1, dtype=np.int64)
-        weights = np.zeros((cts, self.slots))
-        for r in range(matrix.shape[0]):
-            cols = np.flatnonzero(matrix[r])
-            t = np.arange(cols.size)
-            layout[t // per_ct, (t % per_ct) * q + r] = cols
-            weights[t // per_ct, (t % per_ct) * q + r] = matrix[r, cols]
-        inp = self.emit_input(source, layout)
-        self.input_values[placeholder] = ("expanded", inp)
-        w = self.weight_bits
-        plain = self.constant("taps", weights)
-        total = None
-        for index in range(cts):
-            piece = self.typed("ckks.extract", [inp], {"index": index}, inp.type.but(shape=tuple(shape)))
-            term = self.typed("ckks.mul_plain", [piece], {"plain": plain, "row": index, "weight_scale": w})
-            total = term if total is None else self.typed("ckks.add", [total, term], {})
-        return self.rotate_and_sum(total, self.slots, q)
-
-    def emit_input(self, source: Op, layout: np.ndarray) -> Value:
-        name = source.attrs["name"]
-        layout_name = self.constant("layout.", layout.astype(np.int64))
-        t = CipherType((layout.shape[0],), 0, self.scale_bits, self.slots)
-        op = Op("hecc.input", [], [t], {"name": name, "shape": list(source.result.type.shape),
-                                        "layout": layout_name})
-        self.out.ops.insert(len(self.input_ops), op)
-        self.input_ops.append((self.src.ops.index(source), op))
-        self.max_abs[op.result] = self.ranges.get(source.result, float("nan"))
-        return op.result
-
     def finish(self) -> None:
-        for placeholder, source in self.placeholders.items():
+        for placeholder in self.placeholders:
             if placeholder not in self.input_values:  # an input nothing reads: still part of the API
-                n = int(np.prod(source.result.type.shape, dtype=np.int64))
-                p = next_pow2(n)
-                if p > self.slots:
-                    self.fail_size(f"input {source.attrs['name']!r}", n)
-                self.emit_input(source, np.where(np.arange(self.slots) % p < n,
-                                                 np.arange(self.slots) % p, -1)[None])
+                self.input_value(placeholder)
         ordered = [op for _, op in sorted(self.input_ops, key=lambda pair: pair[0])]
         rest = [op for op in self.out.ops if op.name != "hecc.input"]
         self.out.ops = ordered + rest
         for op in self.out.ops:
-            if op.name != "hecc.input":
-                for v in op.results:
-                    if isinstance(v.type, CipherType):
-                        v.type = v.type.but(shape=())
-
-
+            if op.name == "hecc.input":
+                continue
+            for v in op.results:
+                if isinstance(v.type, CipherType):
+                    placed = self.placement.get(v)
+                    cts = placed.cts if placed is not None else 1
+                    v.type = v.type.but(shape=(cts,) if cts > 1 else ())
