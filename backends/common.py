@@ -118,11 +118,10 @@ def op_counts(graph: Graph, batch_count: int) -> dict[str, int]:
         counts[name] = counts.get(name, 0) + int(n) * batch_count
     for op in graph.ops:
         if op.name == "ckks.linear":
-            matrix = quantized(graph.constants[op.attrs["matrix"]], op.attrs["weight_scale"])
-            nnz = int(np.count_nonzero(matrix))
+            weights = LinearWeights(graph, op)
+            nnz = weights.nnz
             add("multiply_plain", nnz)
-            rows = nnz if matrix.ndim == 1 else int(np.count_nonzero(matrix.any(axis=1)))
-            add("add", nnz - rows)
+            add("add", nnz - weights.row_count())
             if op.attrs.get("bias"):
                 add("add_plain", np.count_nonzero(graph.constants[op.attrs["bias"]]))
             if op.attrs.get("rescale_terms"):
@@ -140,6 +139,57 @@ def quantized(matrix: np.ndarray, weight_scale_bits: int) -> np.ndarray:
     """The weights as CKKS encodes them at scale 2^weight_scale_bits (rounded to its grid)."""
     step = 2.0 ** weight_scale_bits
     return np.round(matrix * step) / step
+
+
+class LinearWeights:
+    """A ``ckks.linear``'s weights as coordinate lists, whatever their storage: a dense matrix, a
+    vector (a diagonal map) or a sparse one (``matrix`` the values, ``index`` their rows and
+    columns); ``quantized`` to the weight scale, zeros dropped, sorted by row then column."""
+
+    __slots__ = ("rows", "cols", "vals", "shape")
+
+    def __init__(self, graph: Graph, op: Op, exact: bool = False):
+        stored = np.asarray(graph.constants[op.attrs["matrix"]], dtype=np.float64)
+        values = stored if exact else quantized(stored, op.attrs["weight_scale"])
+        out, inp = op.result.type.count, op.operands[0].type.count
+        if op.attrs.get("index"):
+            index = graph.constants[op.attrs["index"]]
+            rows, cols = index[0], index[1]
+        elif values.ndim == 1:
+            rows = cols = np.arange(values.size)
+        else:
+            rows, cols = np.nonzero(values)
+            values = values[rows, cols]
+        keep = values != 0
+        self.rows, self.cols = np.asarray(rows, dtype=np.int64)[keep], np.asarray(cols, dtype=np.int64)[keep]
+        self.vals, self.shape = values[keep], (out, inp)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.vals.size)
+
+    def row_count(self) -> int:
+        """Rows with at least one weight."""
+        return int(np.unique(self.rows).size)
+
+    def is_diagonal(self) -> bool:
+        return self.shape[0] == self.shape[1] and bool(np.all(self.rows == self.cols))
+
+    def apply(self, x: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+        """matrix @ x for x (inputs, B), a few output rows at a time (dense blocks of at most
+        ``chunk`` entries)."""
+        out = np.zeros((self.shape[0],) + x.shape[1:])
+        rows_per = max(1, chunk // max(1, self.shape[1]))
+        order = np.argsort(self.rows, kind="stable")
+        rows, cols, vals = self.rows[order], self.cols[order], self.vals[order]
+        bounds = np.searchsorted(rows, np.arange(0, self.shape[0] + rows_per, rows_per))
+        for start, (lo, hi) in zip(range(0, self.shape[0], rows_per), zip(bounds[:-1], bounds[1:])):
+            if hi == lo:
+                continue
+            block = np.zeros((min(rows_per, self.shape[0] - start), self.shape[1]))
+            np.add.at(block, (rows[lo:hi] - start, cols[lo:hi]), vals[lo:hi])
+            out[start:start + block.shape[0]] = block @ x
+        return out
 
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Op
+from .common import LinearWeights
 
 ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinearize", "ckks.rescale",
                "ckks.modswitch"}
@@ -30,6 +31,8 @@ ROW_CHUNK = 32  # rows of a segment evaluated at once: a segment's temporaries e
 def is_diagonal(graph: Graph, op: Op) -> bool:
     """A square linear op whose matrix has nonzeros on its diagonal only (row r reads row r)."""
     matrix = graph.constants[op.attrs["matrix"]]
+    if op.attrs.get("index"):
+        return LinearWeights(graph, op, exact=True).is_diagonal()
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         return False
     return not np.any(matrix[~np.eye(matrix.shape[0], dtype=bool)])

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import HeccWarning, InputError
 from ..ir import Graph, print_op
 from ..params import modulus_bits_at
-from .common import (SLOTS_CHUNK, RunStats, batches, is_slots, plain_rows, program_params, quantized,
+from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, is_slots, plain_rows, program_params, quantized,
                      run_client_tail, slot_inputs, slot_outputs, split_program)
 
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
@@ -86,13 +86,17 @@ class Simulator:
                 f"{print_op(op, dict(self.names))}")
 
     def _linear(self, op, x):
-        matrix = self.graph.constants[op.attrs["matrix"]]
-        w = op.attrs["weight_scale"]
-        if self.noise:
-            matrix = quantized(matrix, w)
-        y = matrix[:, None] * x if matrix.ndim == 1 else matrix @ x  # 1-D: a diagonal map
-        if self.noise and op.attrs.get("rescale_terms"):
+        if op.attrs.get("index"):  # sparse
+            weights = LinearWeights(self.graph, op, exact=not self.noise)
+            y = weights.apply(x)
+            nnz = np.bincount(weights.rows, minlength=weights.shape[0])[:, None]
+        else:
+            matrix = self.graph.constants[op.attrs["matrix"]]
+            if self.noise:
+                matrix = quantized(matrix, op.attrs["weight_scale"])
+            y = matrix[:, None] * x if matrix.ndim == 1 else matrix @ x  # 1-D: a diagonal map
             nnz = (matrix != 0)[:, None] if matrix.ndim == 1 else np.count_nonzero(matrix, axis=1)[:, None]
+        if self.noise and op.attrs.get("rescale_terms"):
             y = y + self._noise(y.shape, op.result.type.scale_bits) * np.sqrt(nnz)
         if op.attrs.get("bias"):
             y = y + self.graph.constants[op.attrs["bias"]][:, None]

@@ -23,9 +23,8 @@ from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
-from .common import (batches, is_slots, plain_rows, program_params, quantized, run_client_tail, slot_inputs,
-                     slot_outputs,
-                     split_program)
+from .common import (LinearWeights, batches, is_slots, plain_rows, program_params, run_client_tail, slot_inputs,
+                     slot_outputs, split_program)
 from . import segments as row_segments
 from .segments import external, group_segments, live_out
 
@@ -187,8 +186,7 @@ class TensealBackend:
         self.graph = graph
         self.params = program_params(graph)
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
-        self.blocks = {id(op): _block_plan(quantized(graph.constants[op.attrs["matrix"]],
-                                                     op.attrs["weight_scale"]))
+        self.blocks = {id(op): _block_plan(LinearWeights(graph, op))
                        for op in self.server if op.name == "ckks.linear"}
         self.slots_layout = is_slots(graph)
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
@@ -785,20 +783,27 @@ def _adopt_scale(ct, scale):
 BLOCK_ROWS = 8
 
 
-def _block_plan(matrix: np.ndarray):
+def _block_plan(weights: LinearWeights):
     """For each block of BLOCK_ROWS rows: (first row, [(column, [(row in block, weight), ...])])
-    over the non-zero weights (zero weights are skipped). A 1-D matrix is a diagonal map."""
-    if matrix.ndim == 1:
-        return [(lo, [(lo + b, [(b, float(w))]) for b, w in enumerate(matrix[lo:lo + BLOCK_ROWS]) if w])
-                for lo in range(0, matrix.shape[0], BLOCK_ROWS)]
-    plan = []
-    for lo in range(0, matrix.shape[0], BLOCK_ROWS):
-        block = matrix[lo:lo + BLOCK_ROWS]
-        columns = []
-        for j in np.flatnonzero(block.any(axis=0)).tolist():
-            rows = np.flatnonzero(block[:, j])
-            columns.append((j, [(int(b), float(block[b, j])) for b in rows]))
-        plan.append((lo, columns))
+    over the non-zero weights (zero weights are skipped), columns and rows ascending."""
+    block = weights.rows // BLOCK_ROWS
+    order = np.lexsort((weights.rows, weights.cols, block))
+    rows, cols, vals, block = weights.rows[order], weights.cols[order], weights.vals[order], block[order]
+    plan, current, column = [], None, None
+    for r, j, w, blk in zip(rows.tolist(), cols.tolist(), vals.tolist(), block.tolist()):
+        if current is None or current[0] != blk * BLOCK_ROWS:
+            current = (blk * BLOCK_ROWS, [])
+            plan.append(current)
+            column = None
+        if column is None or column[0] != j:
+            column = (j, [])
+            current[1].append(column)
+        column[1].append((r - blk * BLOCK_ROWS, w))
+    have = {lo for lo, _ in plan}
+    for lo in range(0, weights.shape[0], BLOCK_ROWS):  # blocks without weights, as before
+        if lo not in have:
+            plan.append((lo, []))
+    plan.sort(key=lambda entry: entry[0])
     return plan
 
 

@@ -68,7 +68,7 @@ def primitive_costs(params, measure: bool = True, refresh: bool = False) -> dict
 
 def level_counts(graph) -> dict[str, dict[int, int]]:
     """How often the program performs each primitive, by the level it runs at (one batch)."""
-    from .backends.common import quantized
+    from .backends.common import LinearWeights
     counts: dict[str, dict[int, int]] = {}
 
     def add(name, level, n):
@@ -77,7 +77,7 @@ def level_counts(graph) -> dict[str, dict[int, int]]:
     for op in graph.ops:
         if op.name == "ckks.linear":
             level = op.operands[0].type.level
-            nnz = int(np.count_nonzero(quantized(graph.constants[op.attrs["matrix"]], op.attrs["weight_scale"])))
+            nnz = LinearWeights(graph, op).nnz
             add("multiply_plain", level, nnz)
             add("add", level, nnz)
             if op.attrs.get("rescale_terms"):

@@ -95,7 +95,14 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         if op.name == "ckks.linear":
             matrix = graph.constants.get(op.attrs["matrix"])
             rows, cols = op.result.type.count, op.operands[0].type.count
-            if matrix is None or (matrix.shape != (rows, cols) and not (rows == cols and matrix.shape == (rows,))):
+            if op.attrs.get("index"):
+                index = graph.constants.get(op.attrs["index"])
+                if (matrix is None or index is None or matrix.ndim != 1 or index.shape != (2, matrix.size)
+                        or index.dtype.kind not in "iu" or (index.size and (index.min() < 0 or index[0].max() >= rows
+                                                                            or index[1].max() >= cols))):
+                    fail(f"sparse matrix {op.attrs['matrix']!r} needs a vector of weights and an index "
+                         f"{op.attrs['index']!r} of their rows (below {rows}) and columns (below {cols})")
+            elif matrix is None or (matrix.shape != (rows, cols) and not (rows == cols and matrix.shape == (rows,))):
                 fail(f"matrix {op.attrs['matrix']!r} must be a stored {rows}x{cols} array (or, for a "
                      f"diagonal map, {rows} values)")
             bias = op.attrs.get("bias", "")

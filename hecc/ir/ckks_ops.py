@@ -135,12 +135,14 @@ define("ckks.params", 0, 0,
            "[q0, primes dropped last to first, special prime] in SEAL's order; the layout; the "
            "rotation steps that get Galois keys (set by minimize-rotation-keys).")
 define("ckks.linear", 1, infer=_linear,
-       attrs={"matrix": Attr("str"), "bias": Attr("str", ""), "shape": Attr("ints"),
+       attrs={"matrix": Attr("str"), "index": Attr("str", ""), "bias": Attr("str", ""), "shape": Attr("ints"),
               "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False),
               "checks_interval": Attr("bool", False)},
        doc="y = matrix @ x + bias over the ciphertexts of x (flattened): multiply-by-plaintext-"
            "scalar and add trees, zero weights skipped; a 1-D matrix is a diagonal map (y = matrix * x "
-           "+ bias, elementwise: memory and work linear in the size). Weights are encoded at 2^weight_scale, so "
+           "+ bias, elementwise: memory and work linear in the size), or, with `index` (the constant "
+           "holding each weight's row and column, 2 x nnz), the values of a sparse matrix. "
+           "Weights are encoded at 2^weight_scale, so "
            "the scale grows by weight_scale; with rescale_terms every product is rescaled first "
            "(the eager baseline). The bias is encoded at the result's scale. checks_interval marks the input "
            "of a polynomial activation mapped to [-1, 1]: the simulator counts values outside it.")

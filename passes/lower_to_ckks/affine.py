@@ -133,14 +133,18 @@ class Affine:
 
     def sparse_over(self, bases: list[Value]) -> Sparse:
         """``over`` as a sparse matrix."""
+        return Sparse(*self.entries_over(bases), (self.size, int(sum(element_count(b) for b in bases))))
+
+    def entries_over(self, bases: list[Value]):
+        """(rows, cols, vals) of ``sparse_over``, not summed or sorted."""
         mine = self.sparse()
         offsets = np.cumsum([0] + [element_count(b) for b in bases])
-        total = None
-        for base, lo, hi in zip(self.bases, self.offsets()[:-1], self.offsets()[1:]):
-            i = next(i for i, b in enumerate(bases) if b is base)
-            part = mine.columns(lo, hi).widen(int(offsets[i]), int(offsets[-1]))
-            total = part if total is None else total + part
-        return total
+        mine_offsets = self.offsets()
+        shift = np.zeros(len(self.bases), dtype=np.int64)
+        for k, base in enumerate(self.bases):
+            shift[k] = offsets[next(i for i, b in enumerate(bases) if b is base)] - mine_offsets[k]
+        which = np.searchsorted(mine_offsets[1:], mine.cols, side="right")
+        return mine.rows, mine.cols + shift[which], mine.vals
 
     def parts(self):
         """(base, its block of the linear part) for each base; an elementwise form's blocks are
@@ -193,12 +197,17 @@ def sparse_sum(parts, constant, shape) -> Affine:
     ``shape``, as a sparse form over the union of their bases."""
     bases = union_bases([form for _, form in parts])
     bias = np.broadcast_to(np.asarray(constant, dtype=np.float64), shape).reshape(-1).copy()
-    total = None
+    rows, cols, vals = [], [], []
     for c, form in parts:
         c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape).reshape(-1)
-        part = form.sparse_over(bases).scale_rows(c)
-        total = part if total is None else total + part
+        r, k, v = form.entries_over(bases)
+        rows.append(r)
+        cols.append(k)
+        vals.append(v * c[r])
         bias += c * form.bias_vector()
+    size = int(np.prod(shape, dtype=np.int64))
+    total = Sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals),
+                   (size, int(sum(element_count(b) for b in bases))))
     if total.nnz > MAX_SPARSE_ENTRIES:
         raise TooLarge(f"{total.nnz} weights")
     return Affine(bases, total, bias, shape, common_geometry([form for _, form in parts]))

@@ -68,23 +68,26 @@ class Lowering:
         bias = aff.bias_vector()
         total = None
         for i, (base, block) in enumerate(aff.parts()):
-            if isinstance(block, Sparse):  # ckks.linear takes a dense matrix
-                if block.shape[0] * block.shape[1] > MAX_MATRIX_ENTRIES:
-                    raise TooLarge(f"{block.shape[0]} x {block.shape[1]}")
-                block = block.dense()
+            if isinstance(block, Sparse) and 2 * block.nnz >= block.shape[0] * block.shape[1]:
+                block = block.dense()  # stored densely when that is smaller
             part_bias = bias if i == 0 else np.zeros_like(bias)
-            if i > 0 and not np.any(block):
+            sparse = isinstance(block, Sparse)
+            values = block.vals if sparse else block
+            if i > 0 and not np.any(values):
                 continue
-            if not np.any(part_bias) and aff.shape == base.type.shape and _is_identity(block):
+            if not sparse and not np.any(part_bias) and aff.shape == base.type.shape and _is_identity(block):
                 total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
                 continue
             self.linear_count += 1
             while f"linear{self.linear_count}.matrix" in self.src.constants:
                 self.linear_count += 1
             name = f"linear{self.linear_count}"
-            self.out.constants[f"{name}.matrix"] = block.copy()
+            self.out.constants[f"{name}.matrix"] = values.copy()
             attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape),
-                     "weight_scale": self.exact_weight_scale(block, part_bias)}
+                     "weight_scale": self.exact_weight_scale(values, part_bias)}
+            if sparse:
+                self.out.constants[f"{name}.index"] = np.stack([block.rows, block.cols]).astype(np.int64)
+                attrs["index"] = f"{name}.index"
             if np.any(part_bias):
                 self.out.constants[f"{name}.bias"] = part_bias
                 attrs["bias"] = f"{name}.bias"
@@ -92,7 +95,8 @@ class Lowering:
                 attrs["checks_interval"] = True
             ct = self.emit("ckks.linear", [base], attrs)
             # a rigorous bound for a partial sum; the calibrated range for the whole
-            row_sums = np.abs(block) if block.ndim == 1 else np.abs(block).sum(axis=1)
+            row_sums = (block.row_sums_abs() if sparse else np.abs(block) if block.ndim == 1
+                        else np.abs(block).sum(axis=1))
             bound = float(np.max(row_sums * self.max_abs.get(base, 1.0) + np.abs(part_bias)))
             self.max_abs[ct] = bound
             total = ct if total is None else self._add(total, ct, bound)
@@ -379,9 +383,6 @@ class Lowering:
         shape = parts[0][1].shape
         if all(a.elementwise and a.shape == shape for _, a in parts):
             return elementwise_sum(parts, constant, shape)
-        bases = union_bases([a for _, a in parts])
-        matrix = sum(c * a.over(bases) for c, a in parts)
-        bias = sum(c * a.dense()[1] for c, a in parts) + constant
-        return Affine(bases, matrix, bias, parts[0][1].shape)
+        return sparse_sum(parts, constant, shape)
 
 
