@@ -43,35 +43,78 @@ def is_slots(graph: Graph) -> bool:
     return any(op.attrs.get("layout") for op in graph.inputs())
 
 
+def inputs_per_ciphertext(graph: Graph) -> int:
+    """A slots-layout program's inputs per ciphertext (``ckks.params``), interleaved: input r of
+    a ciphertext holds slot u of its one-input layout at slot u * K + r. 1 otherwise."""
+    for op in graph.ops:
+        if op.name == "ckks.params":
+            return int(op.attrs.get("inputs_per_ciphertext", 1))
+    return 1
+
+
+def inputs_per_batch(graph: Graph) -> int:
+    """Inputs one batch of ciphertexts holds: N/2 in the batch layout; in the slots layout, the
+    inputs per ciphertext."""
+    if is_slots(graph):
+        return inputs_per_ciphertext(graph)
+    return program_params(graph).slots
+
+
 def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1) -> np.ndarray:
     """The plaintext vectors a mul_plain / add_plain uses, repeated periodically to ``slots``:
-    (count, slots), one row per ciphertext of the operand (a one-row table serves them all)."""
+    (count, slots), one row per ciphertext of the operand (a one-row table serves them all);
+    with K inputs per ciphertext each slot of the one-input vector is repeated K times."""
     table = graph.constants[op.attrs["plain"]]
     if table.shape[0] == 1:
         rows = np.repeat(table, count, axis=0)
     else:
         rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
-    return np.tile(rows, (1, slots // rows.shape[1]))
+    k = inputs_per_ciphertext(graph)
+    rows = np.tile(rows, (1, slots // k // rows.shape[1]))
+    return np.repeat(rows, k, axis=1) if k > 1 else rows
 
 
-def slot_outputs(graph: Graph, op: Op, slots: np.ndarray) -> np.ndarray:
-    """A slots-layout decryption's tensor from the decoded slots (C, R, slots) of its
-    ciphertexts: (R, *shape), read at the slots of the ``layout`` constant (without one, the
-    first slots of the first ciphertext)."""
-    runs = slots.shape[1]
+def interleaved(graph: Graph, pos: np.ndarray, slots: int) -> np.ndarray:
+    """One-input slot numbers (ciphertexts of slots / K laid end to end) as the slots of each
+    of the K inputs of a ciphertext: (K, n), ciphertexts of ``slots`` laid end to end."""
+    k = inputs_per_ciphertext(graph)
+    width = slots // k
+    pos = np.asarray(pos, dtype=np.int64)
+    base = (pos // width) * slots + (pos % width) * k
+    return base[None, :] + np.arange(k)[:, None]
+
+
+def slot_outputs(graph: Graph, op: Op, slots: np.ndarray, runs: int | None = None) -> np.ndarray:
+    """A slots-layout decryption's tensor from the decoded slots (C, B, slots) of its
+    ciphertexts (B batches of ciphertexts): (runs, *shape), read at the slots of the ``layout``
+    constant (without one, the first slots of the first ciphertext); with K inputs per
+    ciphertext, batch b holds inputs b*K .. b*K + K - 1."""
+    batches = slots.shape[1]
+    runs = batches * inputs_per_ciphertext(graph) if runs is None else runs
+    shape = op.result.type.shape
+    flat = np.transpose(slots, (1, 0, 2)).reshape(batches, -1)
     if op.attrs.get("layout"):
-        pos = graph.constants[op.attrs["layout"]]
-        flat = np.transpose(slots, (1, 0, 2)).reshape(runs, -1)
-        return flat[:, pos].reshape((runs,) + op.result.type.shape)
-    return slots[0, :, :op.result.type.size].reshape((runs,) + op.result.type.shape)
-
+        at = interleaved(graph, graph.constants[op.attrs["layout"]], slots.shape[2])  # (K, n)
+        values = flat[:, at]  # (B, K, n)
+    else:
+        at = interleaved(graph, np.arange(op.result.type.size), slots.shape[2])
+        values = flat[:, at]
+    return values.reshape((-1,) + tuple(shape))[:runs]
 
 
 def slot_inputs(graph: Graph, op: Op, x: np.ndarray) -> np.ndarray:
-    """Inputs (R, *shape) laid out in the slots of ``op``'s ciphertexts: (C, R, slots)."""
+    """Inputs (R, *shape) laid out in the slots of ``op``'s ciphertexts: (C, B, slots), K
+    inputs (``inputs_per_ciphertext``) interleaved per batch of ciphertexts."""
     layout = graph.constants[op.attrs["layout"]]
+    k = inputs_per_ciphertext(graph)
     flat = x.reshape(x.shape[0], -1)
-    slots = np.where(layout[None] >= 0, flat[:, np.maximum(layout, 0)], 0.0)
+    if flat.shape[0] % k:
+        # copies of the last input, not zeros, which may lie outside the calibrated ranges
+        flat = np.concatenate([flat, np.repeat(flat[-1:], k - flat.shape[0] % k, axis=0)])
+    slots = np.where(layout[None] >= 0, flat[:, np.maximum(layout, 0)], 0.0)  # (R, C, width)
+    if k > 1:
+        r, c, width = slots.shape
+        slots = slots.reshape(r // k, k, c, width).transpose(0, 2, 3, 1).reshape(r // k, c, width * k)
     return np.transpose(slots, (1, 0, 2))
 
 
@@ -176,22 +219,34 @@ class LinearWeights:
         return self.shape[0] == self.shape[1] and bool(np.all(self.rows == self.cols))
 
     def apply(self, x: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
-        """matrix @ x for x (inputs, B), a few output rows at a time (dense blocks of at most
-        ``chunk`` entries)."""
+        """matrix @ x for x (inputs, ...), in pieces of at most ``chunk`` entries: a dense
+        block of rows at a time (BLAS) when at least DENSE_FRACTION of the matrix is non-zero,
+        else the products of a run of non-zero weights, summed per row."""
         out = np.zeros((self.shape[0],) + x.shape[1:])
-        rows_per = max(1, chunk // max(1, self.shape[1]))
         order = np.argsort(self.rows, kind="stable")
         rows, cols, vals = self.rows[order], self.cols[order], self.vals[order]
-        bounds = np.searchsorted(rows, np.arange(0, self.shape[0] + rows_per, rows_per))
-        for start, (lo, hi) in zip(range(0, self.shape[0], rows_per), zip(bounds[:-1], bounds[1:])):
-            if hi == lo:
-                continue
-            block = np.zeros((min(rows_per, self.shape[0] - start), self.shape[1]))
-            np.add.at(block, (rows[lo:hi] - start, cols[lo:hi]), vals[lo:hi])
-            out[start:start + block.shape[0]] = block @ x
+        if rows.size >= DENSE_FRACTION * self.shape[0] * self.shape[1]:
+            flat = x.reshape(x.shape[0], -1)
+            rows_per = max(1, chunk // max(1, self.shape[1]))
+            bounds = np.searchsorted(rows, np.arange(0, self.shape[0] + rows_per, rows_per))
+            for start, (lo, hi) in zip(range(0, self.shape[0], rows_per), zip(bounds[:-1], bounds[1:])):
+                if hi == lo:
+                    continue
+                block = np.zeros((min(rows_per, self.shape[0] - start), self.shape[1]))
+                np.add.at(block, (rows[lo:hi] - start, cols[lo:hi]), vals[lo:hi])
+                out[start:start + block.shape[0]] = (block @ flat).reshape((block.shape[0],) + x.shape[1:])
+            return out
+        per = max(1, chunk // max(1, int(np.prod(x.shape[1:], dtype=np.int64))))
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        for lo in range(0, rows.size, per):
+            r = rows[lo:lo + per]
+            terms = x[cols[lo:lo + per]] * vals[lo:lo + per].reshape(shape)
+            starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+            out[r[starts]] += np.add.reduceat(terms, starts, axis=0)  # rows are distinct within a run
         return out
 
 
+DENSE_FRACTION = 1 / 16  # the share of non-zero weights from which a dense product is faster
 
 
 def ciphertext_bytes(n: int, primes: int, size: int = 2) -> int:

@@ -18,11 +18,18 @@ import numpy as np
 from ..errors import HeccWarning, InputError
 from ..ir import Graph, print_op
 from ..params import modulus_bits_at
-from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, is_slots, plain_rows, program_params, quantized,
-                     run_client_tail, slot_inputs, slot_outputs, split_program)
+from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, inputs_per_ciphertext, interleaved, is_slots,
+                     plain_rows, program_params, quantized, run_client_tail, slot_inputs, slot_outputs,
+                     split_program)
 
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
-ROTATE_NOISE_FACTOR = 1.0  # a rotation's key-switching error, in units of the above (SEAL, data primes far below the special prime)
+# A key switch (rotation, relinearization) adds the rounding of its division by the special prime P
+# (about one fresh encryption's error) and the decomposition's error, which grows with the data
+# primes q_j the ciphertext still has next to P: std sqrt(1 + KEYSWITCH^2 sum_j (q_j / P)^2) in
+# units of the above. Measured with SEAL at N=16384 (two keys each): 1.0 for 26- and 40-bit primes
+# under a 50- or 60-bit P; 4 to 12.2 per unit of sum (q_j / P)^2 for 50- and 60-bit primes under a
+# prime of their size (17 to 21 x a fresh error at the top of [52, 60, 60, 60 | 60]); the largest.
+KEYSWITCH_NOISE = 12.2
 
 
 def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
@@ -31,7 +38,7 @@ def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     sim = Simulator(graph, parameterized=False)
     runs = stacked[0].shape[0] if stacked else 1
     peaks: dict = {}
-    for lo, hi in batches(runs, SLOTS_CHUNK if sim.slots_layout else runs):
+    for lo, hi in batches(runs, SLOTS_CHUNK * inputs_per_ciphertext(graph) if sim.slots_layout else runs):
         trace: dict = {}
         for op, x in zip(sim.inputs, stacked):
             trace[op.result] = sim._load(op, x[lo:hi])
@@ -69,6 +76,12 @@ class Simulator:
     def _noise(self, shape, scale_bits: float) -> np.ndarray:
         std = NOISE_PER_N * self.params.poly_modulus_degree / 2.0 ** scale_bits
         return self.rng.normal(0.0, std, shape)
+
+    def _keyswitch(self, level: int) -> float:
+        """A key switch's error at ``level``, in units of a fresh encryption's (KEYSWITCH_NOISE)."""
+        chain = self.params.coeff_modulus_bits
+        data = chain[:-1][: len(chain) - 1 - level]
+        return math.sqrt(1.0 + KEYSWITCH_NOISE ** 2 * sum(2.0 ** (2 * (b - chain[-1])) for b in data))
 
     def _check(self, op, value, array: np.ndarray) -> None:
         t = value.type
@@ -129,20 +142,22 @@ class Simulator:
         if name == "ckks.rotate":
             out = np.roll(args[0], -op.attrs["step"], axis=-1)
             if self.noise:
-                out = out + self._noise(out.shape, op.result.type.scale_bits) * ROTATE_NOISE_FACTOR
+                out = out + self._noise(out.shape, op.result.type.scale_bits) * self._keyswitch(op.result.type.level)
             return out
         if name == "ckks.extract":
             return args[0][op.attrs["index"]: op.attrs["index"] + 1]
         rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0])[:, None, :]
         if name == "ckks.mul_plain":
             if self.noise:
-                period = self.graph.constants[op.attrs["plain"]].shape[1]
+                # repeated for K interleaved inputs, a one-input period P is a period of P * K
+                period = self.graph.constants[op.attrs["plain"]].shape[1] * inputs_per_ciphertext(self.graph)
                 rows = self._encoded(rows, op.attrs["weight_scale"], period)
             return args[0] * rows
         y = args[0] + rows  # add_plain
         if op.attrs.get("checks_interval") and self.params is not None:
             flat = np.transpose(y, (1, 0, 2)).reshape(y.shape[1], -1)
-            inside = flat[: self.filled, np.asarray(self.graph.constants[op.attrs["checks_interval"]])]
+            at = interleaved(self.graph, self.graph.constants[op.attrs["checks_interval"]], y.shape[-1])
+            inside = flat[:, at].reshape(-1, at.shape[1])[: self.filled]
             self.outside += int(np.count_nonzero(np.abs(inside) > 1.0))
             self.checked += inside.size
         return y
@@ -179,14 +194,18 @@ class Simulator:
             return np.concatenate(parts, axis=op.attrs["axis"]).reshape(op.result.type.count, -1)
         if name == "ckks.rescale" and self.noise:
             return args[0] + self._noise(args[0].shape, op.result.type.scale_bits)
+        if name == "ckks.relinearize" and self.noise:
+            t = op.result.type
+            return args[0] + self._noise(args[0].shape, t.scale_bits) * self._keyswitch(t.level)
         return args[0]  # relinearize, modswitch, noiseless rescale: bookkeeping only
 
     def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
         stats = stats or RunStats()
         runs = stacked[0].shape[0] if stacked else 1
         pieces = []
-        for lo, hi in batches(runs, SLOTS_CHUNK if self.slots_layout else self.params.slots):
-            stats.batches += 1 if not self.slots_layout else hi - lo
+        k = inputs_per_ciphertext(self.graph)
+        for lo, hi in batches(runs, SLOTS_CHUNK * k if self.slots_layout else self.params.slots):
+            stats.batches += 1 if not self.slots_layout else -(-(hi - lo) // k)
             self.filled = hi - lo
             env = {}
             start = time.perf_counter()
@@ -206,7 +225,7 @@ class Simulator:
             for op in self.decrypts:
                 ct = env[op.operands[0]]
                 if self.slots_layout:
-                    env[op.result] = slot_outputs(self.graph, op, ct)
+                    env[op.result] = slot_outputs(self.graph, op, ct, hi - lo)
                 else:
                     env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
             run_client_tail(self.graph, self.client, env)

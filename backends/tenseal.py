@@ -23,8 +23,8 @@ from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
-from .common import (LinearWeights, batches, is_slots, plain_rows, program_params, run_client_tail, slot_inputs,
-                     slot_outputs, split_program)
+from .common import (LinearWeights, batches, inputs_per_batch, is_slots, plain_rows, program_params, run_client_tail,
+                     slot_inputs, slot_outputs, split_program)
 from . import segments as row_segments
 from .segments import external, group_segments, live_out
 
@@ -189,6 +189,7 @@ class TensealBackend:
         self.blocks = {id(op): _block_plan(LinearWeights(graph, op))
                        for op in self.server if op.name == "ckks.linear"}
         self.slots_layout = is_slots(graph)
+        self.per_batch = inputs_per_batch(graph)  # inputs a batch of ciphertexts holds
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
@@ -292,7 +293,7 @@ class TensealBackend:
     # --- one batch -----------------------------------------------------------------------------
     def spans(self, runs: int) -> list[tuple[int, int]]:
         """The runs that share ciphertexts: up to N/2 in the batch layout, one in the slots layout."""
-        return batches(runs, 1 if self.slots_layout else self.params.slots)
+        return batches(runs, self.per_batch)
 
     def _encrypt(self, stacked, lo, hi, seeded: bool = False):
         """Encrypt runs lo..hi of every input, symmetrically (the client holds the secret key).
@@ -624,7 +625,7 @@ class TensealBackend:
                 s.decryptor.decrypt(ct, plain)
                 values.append(np.asarray(s.encoder.decode_double(plain)))
             if self.slots_layout:
-                env[op.result] = slot_outputs(self.graph, op, np.asarray(values)[:, None, :])
+                env[op.result] = slot_outputs(self.graph, op, np.asarray(values)[:, None, :], hi - lo)
             else:
                 env[op.result] = np.stack([v[: hi - lo] for v in values], axis=1).reshape(
                     (hi - lo,) + op.result.type.shape)
@@ -663,7 +664,7 @@ def encrypt_batches(graph: Graph, keys: dict[str, bytes], stacked, progress=None
     runs = stacked[0].shape[0]
     out = []
     spans = backend.spans(runs)
-    unit = "encrypted input" if backend.slots_layout else "encrypted batch"
+    unit = "encrypted input" if backend.per_batch == 1 else "encrypted batch"
     for i, (lo, hi) in enumerate(spans):
         env = backend._encrypt(stacked, lo, hi, seeded=True)
         out.append([[seal_bytes.to_bytes(ct) for ct in env[op.result]] for op in backend.inputs])
@@ -725,7 +726,7 @@ def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progr
     (``rows``: an executor's row splitter); per batch, per decryption point."""
     backend = server_backend(graph, eval_keys)
     out = []
-    unit = "evaluated input" if backend.slots_layout else "evaluated batch"
+    unit = "evaluated input" if backend.per_batch == 1 else "evaluated batch"
     for number, batch in enumerate(encrypted):
         out.append(evaluate_batch(backend, batch, number, rows))
         count_progress(progress, number + 1, len(encrypted), unit)

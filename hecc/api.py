@@ -20,9 +20,10 @@ from .pipeline import PipelineResult, run_passes
 from .runtime import input_specs, output_specs, stack_inputs, unstack_outputs
 
 
-LAYOUTS = ("batch", "slots")
+LAYOUTS = ("batch", "slots", "packed")
 # the stages of each layout's CKKS program: right after the lowering, and the program that runs
-STAGES = {"batch": ("ckks", "final"), "slots": ("ckks-slots", "final-slots")}
+STAGES = {"batch": ("ckks", "final"), "slots": ("ckks-slots", "final-slots"),
+          "packed": ("ckks-packed", "final-packed")}
 
 
 class Program:
@@ -136,13 +137,13 @@ class Program:
         each with a leading batch dimension; returns every output by name. ``reference`` runs the
         tensor IR in numpy; ``sim`` simulates the CKKS program (``noise`` adds CKKS's errors);
         ``tenseal`` encrypts, evaluates and decrypts with SEAL. ``layout``: ``auto`` (the layout
-        predicted fastest for this many inputs, when the artifact has both), ``batch`` or
-        ``slots``. ``workers``: worker processes (tenseal). ``cluster``: the address of a Ray
+        predicted fastest for this many inputs, when the artifact has several), ``batch``,
+        ``slots`` (one input per ciphertext) or ``packed`` (several inputs per ciphertext). ``workers``: worker processes (tenseal). ``cluster``: the address of a Ray
         cluster to evaluate on (tenseal; needs ``hecc[ray]``): keys, encryption and decryption
         stay in this process, evaluation runs on one worker per CPU of the cluster (or
         ``workers``). Statistics land in ``last_stats``."""
         if layout not in ("auto",) + LAYOUTS:
-            raise UserError(f"unknown layout {layout!r}; choose auto, batch or slots")
+            raise UserError(f"unknown layout {layout!r}; choose auto, batch, slots or packed")
         if cluster and backend != "tenseal":
             raise UserError(f"a cluster runs the tenseal backend only, not {backend}; use --backend tenseal")
         if backend != "reference" and self.encrypted:
@@ -290,7 +291,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
     final = tensor
     layouts: list[str] = []
     if layout not in ("auto",) + LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}; choose auto, batch or slots")
+        raise UserError(f"unknown layout {layout!r}; choose auto, batch, slots or packed")
     # auto: both programs; the batch one first, whose ring size seeds the slots layout's
     wanted = LAYOUTS if layout == "auto" else (layout,)
     guessed = calibration is None
@@ -333,11 +334,21 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
                           f"may not be the ranges your data produces: {assumed}. Pass calibration "
                           "data (--calibration X.npy)", HeccWarning, stacklevel=2)
         result.timings += approx_result.timings
-        reasons, slots, refused = {}, None, []
+        reasons, slots, refused, one_input = {}, None, [], None
         for name in wanted:
             try:
-                chosen = dict(options, layout=name)
-                graph, timings = _lower(approximated, calibration, chosen, slots, print_after_all, progress)
+                if name == "packed":
+                    if one_input is None:
+                        one_input = dict(options, layout="slots")
+                        _lower(approximated, calibration, one_input, slots, print_after_all, progress)
+                    chosen = dict(one_input, layout="slots", constant_prefix="packed.")
+                    graph, timings = _lower_packed(approximated, calibration, chosen, one_input["slots"],
+                                                   print_after_all, progress)
+                else:
+                    chosen = dict(options, layout=name)
+                    graph, timings = _lower(approximated, calibration, chosen, slots, print_after_all, progress)
+                    if name == "slots":
+                        one_input = chosen
                 lowered, final = graph
                 precision = _predicted_precision(final, calibration)
                 if precision is not None and precision > PRECISION_LIMIT:
@@ -364,7 +375,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
             layouts.append(name)
             extra.setdefault("predicted_precision", {})[name] = precision
             extra.setdefault("scales", {})[name] = [chosen["scale_bits"], chosen["weight_scale_bits"]]
-            if "rotation_keys" in final.meta:
+            if "rotation_keys" in final.meta and name == "slots":
                 extra["rotation_keys"] = final.meta["rotation_keys"]
         if not layouts and refused:
             raise refused[0]
@@ -457,6 +468,42 @@ def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, pr
         return (lowered, final), timings
 
 
+PACKED_MIN_SLOTS = 16  # the smallest one-input layout a packed program is tried with
+
+
+def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress):
+    """The slots program (its scales, on a ring of ``slots`` slots) for K inputs per ciphertext:
+    laid out for slots / K slots, K the largest power of two whose predicted time per batch of
+    ciphertexts stays within PACKED_SLOWDOWN of one input's (the cost model, from the
+    lowering's magnitude estimates): K inputs for about the time of one, until the values of one
+    input no longer fit the slots left to it. UnsupportedOpError when no K of 2 or more does."""
+    from .errors import UnsupportedOpError
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    best, k, one = None, 1, None
+    while slots // (2 * k) >= PACKED_MIN_SLOTS:
+        trial = dict(options, slots=slots // k, inputs_per_ciphertext=k)
+        try:
+            ckks = run_passes(approximated, CKKS_PIPELINE, trial)
+            estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, trial).graph
+        except UserError:
+            break  # too large for slots / K slots, or for this ring
+        seconds = _predicted_time(estimate)
+        one = seconds if one is None else one
+        if seconds > PACKED_SLOWDOWN * one:
+            break
+        if k > 1:
+            best = trial
+        k *= 2
+    if best is None:
+        raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext "
+                                                             "for about the time of one"})
+    options.update(best)
+    return _lower_measured(approximated, calibration, options, print_after_all, progress)
+
+
+PACKED_SLOWDOWN = 2.0
+
+
 def _analyzed_copy(graph: Graph) -> Graph:
     """A copy of ``graph`` that passes may change freely: its own constant store, and the
     magnitudes of ``graph.meta["max_abs"]`` carried over to its values."""
@@ -490,8 +537,8 @@ def _lower_measured(approximated: Graph, calibration, options: dict, print_after
         try:
             done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
                               progress=progress)
-        except SlotsMismatch as exc:
-            options["slots"] = exc.n // 2
+        except SlotsMismatch as exc:  # per input: the ring's slots over the inputs per ciphertext
+            options["slots"] = exc.n // 2 // int(options.get("inputs_per_ciphertext", 1))
             continue
         return (lowered, done.graph), ckks.timings + done.timings
 
@@ -504,7 +551,14 @@ def _predicted_precision(final: Graph, calibration) -> float | None:
 
 def _noise_prediction(final: Graph, calibration) -> tuple[float | None, float]:
     """(``_predicted_precision``, the fraction of calibration inputs whose classes (the argmax
-    of each output with several columns) the noise leaves unchanged)."""
+    of each output with several columns) the noise leaves unchanged). Computed once per program:
+    the slots layout's choice of scales and the manifest's precision ask for the same figure."""
+    if "noise_prediction" not in final.meta:
+        final.meta["noise_prediction"] = _simulated_noise(final, calibration)
+    return final.meta["noise_prediction"]
+
+
+def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
     from .backends.common import is_slots
     from .backends.sim import Simulator
     small = {k: np.asarray(v)[:64 if is_slots(final) else 256] for k, v in calibration.items()}
@@ -513,16 +567,21 @@ def _noise_prediction(final: Graph, calibration) -> tuple[float | None, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             exact = Simulator(final).run(stacked)
-            noisy = Simulator(final, noise=True).run(stacked)
+            # two draws: a program's encoded weights carry one draw of encoding error each, which
+            # moves its error by 2x or more from one set of keys to the next
+            noisy = [Simulator(final, noise=True, seed=seed).run(stacked) for seed in NOISE_DRAWS]
     except UserError:
         return None, 1.0
-    pairs = [(a, b) for a, b in zip(exact, noisy) if a.dtype.kind == "f" and a.size]
+    pairs = [(a, b) for draw in noisy for a, b in zip(exact, draw) if a.dtype.kind == "f" and a.size]
     if not pairs:
         return None, 1.0
     precision = float(max(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30) for a, b in pairs))
     agree = [np.mean(a.reshape(a.shape[0], -1).argmax(1) == b.reshape(b.shape[0], -1).argmax(1))
              for a, b in pairs if a.ndim >= 2 and a.reshape(a.shape[0], -1).shape[1] > 1]
     return precision, float(min(agree, default=1.0))
+
+
+NOISE_DRAWS = (0, 1)
 
 
 PRECISION_LIMIT = 0.05  # predicted CKKS error, relative to the largest output, past which compile refuses

@@ -33,10 +33,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", metavar="X.npy", action="append",
                    help="representative inputs ([NAME=]X.npy, leading batch dimension) whose value "
                         "ranges size the encryption parameters")
-    c.add_argument("--layout", default="auto", choices=["auto", "batch", "slots"],
+    c.add_argument("--layout", default="auto", choices=["auto", "batch", "slots", "packed"],
                    help="how tensors live in ciphertext slots: batch (one input per slot; "
-                        "throughput), slots (one input in the slots of one ciphertext; latency) or "
-                        "auto (both; `hecc run` picks by the number of inputs; default)")
+                        "throughput), slots (one input in the slots of one ciphertext; latency), "
+                        "packed (several inputs side by side in one ciphertext) or auto (every "
+                        "layout the model fits; `hecc run` picks by the number of inputs; default)")
     c.add_argument("--max-rotation-keys", type=int, metavar="K",
                    help="slots layout: at most K Galois keys; other rotations are composed of them")
     c.add_argument("--rescale", default="lazy", choices=["lazy", "eager"],
@@ -64,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a stage of a compiled artifact")
     i.add_argument("artifact")
     i.add_argument("--stage", default="final", choices=["tensor", "ckks", "final"])
-    i.add_argument("--layout", choices=["batch", "slots"],
+    i.add_argument("--layout", choices=["batch", "slots", "packed"],
                    help="which layout's program (default: the artifact's first)")
     i.add_argument("--report", action="store_true",
                    help="print the compile report instead of the IR")
@@ -83,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="Y.npy|Y.npz",
                    help="write the first output (.npy) or every output by name (.npz)")
     r.add_argument("--backend", default="reference", choices=["reference", "sim", "tenseal"])
-    r.add_argument("--layout", default="auto", choices=["auto", "batch", "slots"],
+    r.add_argument("--layout", default="auto", choices=["auto", "batch", "slots", "packed"],
                    help="sim/tenseal: which compiled layout runs (auto: the one predicted fastest "
                         "for this many inputs)")
     r.add_argument("--stats", metavar="S.json", help="write run statistics as JSON")
@@ -99,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keygen", help="client: make secret.key and eval.keys for an artifact")
     k.add_argument("artifact")
-    k.add_argument("--layout", choices=["batch", "slots"],
+    k.add_argument("--layout", choices=["batch", "slots", "packed"],
                    help="the layout to use (default: the artifact's first)")
     k.add_argument("--out", required=True, metavar="KEYS/", help="folder for the keys")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -110,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("encrypt", help="client: encrypt inputs with the secret key")
     e.add_argument("artifact")
-    e.add_argument("--layout", choices=["batch", "slots"],
+    e.add_argument("--layout", choices=["batch", "slots", "packed"],
                    help="the layout to use (default: that of the keys)")
     e.add_argument("inputs", nargs="+", metavar="[NAME=]X.npy")
     e.add_argument("--keys", required=True, metavar="KEYS/")
@@ -123,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="server: evaluate encrypted inputs (no secret key)")
     v.add_argument("artifact")
-    v.add_argument("--layout", choices=["batch", "slots"],
+    v.add_argument("--layout", choices=["batch", "slots", "packed"],
                    help="the layout to use (default: that of the keys)")
     v.add_argument("ciphertexts", metavar="X.ct")
     v.add_argument("--eval-keys", required=True, metavar="eval.keys")
@@ -137,7 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decrypt", help="client: decrypt the server's result")
     d.add_argument("artifact")
-    d.add_argument("--layout", choices=["batch", "slots"],
+    d.add_argument("--layout", choices=["batch", "slots", "packed"],
                    help="the layout to use (default: that of the keys)")
     d.add_argument("ciphertexts", metavar="Y.ct")
     d.add_argument("--keys", required=True, metavar="KEYS/")
@@ -183,8 +184,10 @@ def _cmd_compile(args) -> int:
                   f"[{a['interval'][0]:.4g}, {a['interval'][1]:.4g}] (depth {a['depth']}{err_text})")
         for layout in prog.layouts:
             params = prog.with_layout(layout).parameters
+            k = params.get("inputs_per_ciphertext", 1)
             per = (f"{params['poly_modulus_degree'] // 2} inputs per ciphertext" if layout == "batch" else
-                   f"one input per ciphertext, {len(params.get('galois_steps', []))} rotation keys")
+                   f"{'one input' if k == 1 else f'{k} inputs'} per ciphertext, "
+                   f"{len(params.get('galois_steps', []))} rotation keys")
             print(f"encryption ({layout} layout): CKKS N={params['poly_modulus_degree']}, coefficient "
                   f"modulus {params['coeff_modulus_bits']} bits, 128-bit security ({per})")
         if not prog.layouts:

@@ -43,7 +43,7 @@ def file_layout(path: str) -> str | None:
     """The layout of the program a key or ciphertext file was made for (None if unreadable:
     reading it properly then gives the precise error)."""
     layout = (peek_header(path) or {}).get("program_layout")
-    return layout if layout in ("batch", "slots") else None
+    return layout if layout in ("batch", "slots", "packed") else None
 
 
 def member_limits(program):
@@ -247,8 +247,8 @@ class Server:
 
 
 def _inputs_per_batch(program) -> int:
-    params = program.parameters
-    return 1 if params.get("layout") == "slots" else params["poly_modulus_degree"] // 2
+    from .backends.common import inputs_per_batch
+    return inputs_per_batch(program.graph)
 
 
 def _members(batches) -> dict[str, bytes]:

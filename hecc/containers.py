@@ -180,7 +180,7 @@ def _parse_header(path: str, raw: bytes, comment: bytes, error, wanted: str) -> 
     kind = header.get("kind")
     checks = [(isinstance(kind, str) and kind in KINDS and KINDS[kind] == header["format"], "kind"),
               (isinstance(header.get("program"), str) and HEX.match(header["program"]), "program"),
-              (header.get("program_layout") in ("batch", "slots"), "program_layout"),
+              (header.get("program_layout") in ("batch", "slots", "packed"), "program_layout"),
               (isinstance(header.get("keyset"), str) and KEYSET.match(header["keyset"]), "keyset"),
               (isinstance(header.get("members"), dict) and all(
                   isinstance(k, str) and isinstance(v, str) and HEX.match(v)

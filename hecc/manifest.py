@@ -18,8 +18,8 @@ import numpy as np
 from .errors import ParameterError
 from .ir import Graph
 
-STAGE_ORDER = ("tensor", "ckks", "final", "ckks-slots", "final-slots")
-FINAL_STAGES = {"final": "batch", "final-slots": "slots"}
+STAGE_ORDER = ("tensor", "ckks", "final", "ckks-slots", "final-slots", "ckks-packed", "final-packed")
+FINAL_STAGES = {"final": "batch", "final-slots": "slots", "final-packed": "packed"}
 HEX = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -62,7 +62,7 @@ FIELDS = {
     and len(set(x)) == len(x) and x[0] == "tensor" and all(s in STAGE_ORDER for s in x),
     "members": lambda x: _str_dict(x, lambda v: isinstance(v, str) and bool(HEX.match(v))),
     "layouts": lambda x: isinstance(x, list) and all(isinstance(v, str) for v in x)
-    and len(set(x)) == len(x) and all(v in ("batch", "slots") for v in x),
+    and len(set(x)) == len(x) and all(v in ("batch", "slots", "packed") for v in x),
     "options": lambda x: _str_dict(x, lambda v: v is None or isinstance(v, str) or _is_num(v)),
     "input_ranges": lambda x: _str_dict(x, _interval),
     "approximations": lambda x: isinstance(x, list) and all(map(_approximation, x)),
@@ -128,7 +128,10 @@ def check_program(graph: Graph) -> None:
         raise ParameterError("the program rotates but lists no rotation keys")
     for op in graph.ops:
         if op.name == "hecc.input":
-            _check_input(graph, op, n // 2)
+            per_ct = attrs.get("inputs_per_ciphertext", 1)
+            if not _is_int(per_ct, 1, n // 2) or (n // 2) % per_ct:
+                raise ParameterError(f"inputs_per_ciphertext {per_ct!r} must divide the {n // 2} slots")
+            _check_input(graph, op, n // 2 // per_ct)
         if op.name in ("ckks.mul_plain", "ckks.add_plain") and op.attrs.get("row", 0) < 0:
             raise ParameterError(f"{op.name} reads row {op.attrs['row']} of its plaintext table")
     validate.run(graph)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import UserError
 
-LAYOUTS = ("auto", "batch", "slots")
+LAYOUTS = ("auto", "batch", "slots", "packed")
 
 
 class OptionError(UserError):
@@ -35,7 +35,7 @@ class CompileOptions:
     def checked(self) -> "CompileOptions":
         """This object, or OptionError naming the first option out of range."""
         if self.layout not in LAYOUTS:
-            raise OptionError(f"layout {self.layout!r}: choose auto, batch or slots")
+            raise OptionError(f"layout {self.layout!r}: choose auto, batch, slots or packed")
         if self.rescale not in ("lazy", "eager"):
             raise OptionError(f"rescale {self.rescale!r}: choose lazy or eager")
         for name, (lo, hi) in self.RANGES.items():

@@ -112,11 +112,11 @@ def predict_seconds(graph, costs) -> dict[str, float]:
 def estimate_run(graph, runs: int, costs) -> dict:
     """Predicted wall seconds for ``runs`` inputs on WORKERS cores: the batch layout runs
     ceil(runs / slots) batches (a lone batch splits its layers over the workers), the slots layout
-    one input per worker at a time."""
+    one ciphertext's inputs (one, or K interleaved) per worker at a time."""
     per = predict_seconds(graph, costs)
     params = next(op.attrs for op in graph.ops if op.name == "ckks.params")
     if params.get("layout") == "slots":
-        rounds = -(-runs // WORKERS)
+        rounds = -(-(-(-runs // params.get("inputs_per_ciphertext", 1))) // WORKERS)
         phases = {k: v * rounds for k, v in per.items()}
     else:
         count = -(-runs // (params["poly_modulus_degree"] // 2))
@@ -174,13 +174,13 @@ def render(program, measure: bool = True) -> str:
         estimates[layout] = _render_layout(program.with_layout(layout), lines, measure)
     for layout, why in program.artifact.manifest.get("layout_unavailable", {}).items():
         lines.append(f"\nno {layout} layout: {why}")
-    if len(estimates) == 2 and all(estimates.values()):
+    if len(estimates) >= 2 and all(estimates.values()):
         lines.append("")
         for runs in (1, 64, 4096):
-            both = {k: v(runs) for k, v in estimates.items()}
-            pick = min(both, key=both.get)
-            lines.append(f"{runs} input(s): batch {both['batch']:.2f} s, slots {both['slots']:.2f} s "
-                         f"predicted -> `hecc run --layout auto` picks {pick}")
+            every = {k: v(runs) for k, v in estimates.items()}
+            pick = min(every, key=every.get)
+            lines.append(f"{runs} input(s): " + ", ".join(f"{k} {t:.2f} s" for k, t in every.items())
+                         + f" predicted -> `hecc run --layout auto` picks {pick}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,10 +191,12 @@ def _render_layout(program, lines: list[str], measure: bool):
     layout = params.get("layout", "batch")
     n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
     depth = len(chain) - 2
-    unit = "batch" if layout == "batch" else "input"
-    lines.append(f"{layout} layout: CKKS N={n}, coefficient modulus {chain} ({sum(chain)} bits; the "
+    per_ct = params.get("inputs_per_ciphertext", 1)
+    unit = "input" if layout == "slots" and per_ct == 1 else "batch"
+    lines.append(f"{program.layout} layout: CKKS N={n}, coefficient modulus {chain} ({sum(chain)} bits; the "
                  f"HomomorphicEncryption.org table allows {_table(n)} at 128-bit security), "
-                 + (f"{n // 2} inputs per batch" if layout == "batch" else "one input per ciphertext"))
+                 + (f"{n // 2} inputs per batch" if layout == "batch" else
+                    "one input per ciphertext" if per_ct == 1 else f"{per_ct} inputs per ciphertext, interleaved"))
     lines.append(f"  multiplicative depth: {depth} levels")
     counts = level_counts(graph)
     lines.append(f"  operations per {unit}: " + ", ".join(
@@ -204,8 +206,8 @@ def _render_layout(program, lines: list[str], measure: bool):
     if layout == "batch":
         lines.append("  rotations: 0, Galois keys: none")
     else:
-        info = program.artifact.manifest.get("rotation_keys", {})
-        lines.append(f"  rotations per input: {sum(counts.get('rotate', {}).values())}, Galois keys: "
+        info = program.artifact.manifest.get("rotation_keys", {}) if program.layout == "slots" else {}
+        lines.append(f"  rotations per {unit}: {sum(counts.get('rotate', {}).values())}, Galois keys: "
                      f"{len(steps)} (steps {', '.join(map(str, steps))})")
     sent, returned = ciphertext_bytes(graph)
     lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
@@ -216,7 +218,7 @@ def _render_layout(program, lines: list[str], measure: bool):
                  f"encoded weights (SEAL keeps each ciphertext size's peak), besides the keys; each "
                  f"worker process holds its own")
     precision = program.artifact.manifest.get("predicted_precision", {})
-    precision = precision.get(layout) if isinstance(precision, dict) else precision
+    precision = precision.get(program.layout) if isinstance(precision, dict) else precision
     if precision is not None:
         lines.append(f"  predicted precision: max CKKS error {precision:.2g} x the largest output "
                      "(simulator noise model on the calibration data)")
@@ -233,9 +235,10 @@ def _render_layout(program, lines: list[str], measure: bool):
         lines.append(f"  predicted throughput: {n // 2 / (t['eval'] / 2) * 3600:,.0f} predictions/hour "
                      f"with full batches on two cores; latency for one input {two:.2f} s")
     else:
-        lines.append(f"  predicted time per input on this machine: encrypt {t['encrypt'] * 1e3:.0f} ms, "
+        what = "input" if per_ct == 1 else f"ciphertext of {per_ct} inputs"
+        lines.append(f"  predicted time per {what} on this machine: encrypt {t['encrypt'] * 1e3:.0f} ms, "
                      f"server evaluation {t['eval'] * 1e3:.0f} ms (one core), decrypt "
-                     f"{t['decrypt'] * 1e3:.1f} ms; throughput {WORKERS * 3600 / t['eval']:,.0f} "
+                     f"{t['decrypt'] * 1e3:.1f} ms; throughput {WORKERS * per_ct * 3600 / t['eval']:,.0f} "
                      "predictions/hour on two cores")
         extra = info.get("rotations", 0) - info.get("rotations_without_budget", 0)
         if extra:

@@ -15,7 +15,8 @@ rotations at the waterline scale).
 
 Guarantees: a ``ckks.params`` op first; every ciphertext type's ``slots`` is N/2; raises
 ParameterError naming the depth and modulus needed and the most available when nothing fits.
-Options: scale_bits (26).
+Options: scale_bits (26), inputs_per_ciphertext (slots layout: the ring holds that many of the
+lowering's slot counts, one per input, interleaved; 1).
 """
 from __future__ import annotations
 
@@ -88,9 +89,9 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
 class SlotsMismatch(ParameterError):
     """The program was laid out for fewer slots than the parameters it needs give."""
 
-    def __init__(self, n: int, slots: int):
+    def __init__(self, n: int, slots: int, per_ciphertext: int = 1):
         super().__init__(f"the program was laid out for {slots} slots but needs N={n} "
-                         f"({n // 2} slots); lower it again with slots={n // 2}")
+                         f"({n // 2} slots); lower it again with slots={n // 2 // per_ciphertext}")
         self.n = n
 
 
@@ -99,14 +100,18 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     waterline = int(options.get("scale_bits", 26))
     n, chain = choose_chain(graph, waterline)
     slots_layout = is_slots_layout(graph)
+    per_ct = int(options.get("inputs_per_ciphertext", 1)) if slots_layout else 1
     if slots_layout:
-        laid_out = graph.inputs()[0].result.type.slots
+        laid_out = graph.inputs()[0].result.type.slots * per_ct
         if n // 2 > laid_out:
-            raise SlotsMismatch(n, laid_out)
+            raise SlotsMismatch(n, laid_out // per_ct, per_ct)
         n = 2 * laid_out  # a larger ring only adds security
     graph.ops = [op for op in graph.ops if op.name != "ckks.params"]
-    params = Op("ckks.params", [], [], {"poly_modulus_degree": n, "coeff_modulus_bits": chain,
-                                        "security": 128, "layout": "slots" if slots_layout else "batch"})
+    attrs = {"poly_modulus_degree": n, "coeff_modulus_bits": chain, "security": 128,
+             "layout": "slots" if slots_layout else "batch"}
+    if per_ct > 1:
+        attrs["inputs_per_ciphertext"] = per_ct
+    params = Op("ckks.params", [], [], attrs)
     graph.ops.insert(0, params)
     for op in graph.ops:
         if op.name == "hecc.input" and isinstance(op.result.type, CipherType):

@@ -28,6 +28,10 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         raise ParameterError("a ckks program needs exactly one ckks.params op, first "
                              "(run select-parameters)")
     n = params[0].attrs["poly_modulus_degree"]
+    per_ct = params[0].attrs.get("inputs_per_ciphertext", 1)
+    if not isinstance(per_ct, int) or per_ct < 1 or (n // 2) % per_ct:
+        raise ParameterError(f"inputs_per_ciphertext {per_ct!r} must be a positive divisor of the {n // 2} slots")
+    width = n // 2 // per_ct  # the slots of one input's layout
     chain = params[0].attrs["coeff_modulus_bits"]
     depth = len(chain) - 2
     max_abs = graph.meta.get("max_abs", {})
@@ -77,15 +81,15 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         if op.name in ("ckks.mul_plain", "ckks.add_plain"):
             table = graph.constants.get(op.attrs["plain"])
             count = op.operands[0].type.count
-            if (table is None or table.ndim != 2 or table.shape[1] == 0 or (n // 2) % table.shape[1]
+            if (table is None or table.ndim != 2 or table.shape[1] == 0 or width % table.shape[1]
                     or (table.shape[0] != 1 and op.attrs.get("row", 0) + count > table.shape[0])):
                 fail(f"plaintext {op.attrs['plain']!r} must be a stored array with rows "
                      f"{op.attrs.get('row', 0)}..{op.attrs.get('row', 0) + count - 1} (or one row) whose "
-                     f"length divides {n // 2}")
+                     f"length divides {width}")
         for attr in ("layout", "checks_interval"):
             name = op.attrs.get(attr) if op.name in ("ckks.decrypt", "ckks.add_plain") else None
             if name:
-                slots = op.operands[0].type.count * (n // 2)
+                slots = op.operands[0].type.count * width
                 table = graph.constants.get(name)
                 if (table is None or table.ndim != 1 or table.dtype.kind not in "iu"
                         or (table.size and (table.min() < 0 or table.max() >= slots))

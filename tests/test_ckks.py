@@ -145,12 +145,15 @@ def test_tenseal_cryptonets_small_batch_matches_reference():
     x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
     labels = np.load(os.path.join(CRYPTONETS, "labels.npy"))[:16]
     prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=np.load(os.path.join(CRYPTONETS, "input.npy")))
-    assert prog.layouts == ["batch", "slots"]
-    assert prog.artifact.manifest["scales"] == {"batch": [26, 14], "slots": [22, 19]}
+    assert prog.layouts == ["batch", "slots", "packed"]
+    assert prog.artifact.manifest["scales"] == {"batch": [26, 14], "slots": [22, 19], "packed": [22, 19]}
     predicted = prog.artifact.manifest["predicted_precision"]["slots"]
     assert predicted < 1e-2
     ref = prog.run(x, backend="reference")["logits"]
-    for layout, tolerance in (("batch", 2e-2), ("slots", 2 * predicted)):
+    packed = prog.artifact.manifest["predicted_precision"]["packed"]
+    per_ct = prog.with_layout("packed").parameters["inputs_per_ciphertext"]
+    assert per_ct >= 2
+    for layout, tolerance in (("batch", 2e-2), ("slots", 2 * predicted), ("packed", 2 * packed)):
         out = prog.run(x, backend="tenseal", layout=layout)["logits"]
         assert_close(out, ref, tolerance, f"tenseal ({layout}) vs reference")
         np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
@@ -161,11 +164,27 @@ def test_tenseal_cryptonets_small_batch_matches_reference():
         assert stats["eval_key_bytes"] > 0 and stats["seconds"]["eval"] > 0
         if layout == "batch":
             assert stats["galois_steps"] == [] and stats["batches"] == 1
-        else:  # one input per ciphertext; the Galois keys are the steps the program rotates by
-            steps = {op.attrs["step"] for op in prog.with_layout("slots").graph.ops if op.name == "ckks.rotate"}
-            assert stats["galois_steps"] == sorted(steps) and stats["batches"] == 16
-            assert stats["op_counts"]["rotate"] == 16 * sum(
-                op.name == "ckks.rotate" for op in prog.with_layout("slots").graph.ops)
+        else:  # K inputs per ciphertext (1 in the slots layout); Galois keys for the steps used
+            k = per_ct if layout == "packed" else 1
+            graph = prog.with_layout(layout).graph
+            steps = {op.attrs["step"] for op in graph.ops if op.name == "ckks.rotate"}
+            assert stats["galois_steps"] == sorted(steps) and stats["batches"] == 16 // k
+            assert stats["op_counts"]["rotate"] == 16 // k * sum(op.name == "ckks.rotate" for op in graph.ops)
+            if layout == "packed":  # every step a multiple of K: each input's slots rotate among themselves
+                assert all(step % k == 0 for step in steps)
+
+
+def test_packed_layout_serves_a_partial_last_ciphertext():
+    """K inputs per ciphertext and a count that is not a multiple of K: the simulator without
+    noise equals the reference on every input, the last ciphertext padded (with copies of a real
+    input, which stay inside the calibrated ranges)."""
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))
+    prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x, layout="packed")
+    k = prog.parameters["inputs_per_ciphertext"]
+    count = 2 * k + 1
+    out = prog.run(x[:count], backend="sim")["logits"]
+    assert out.shape == (count, 10) and prog.last_stats["batches"] == 3
+    assert_close(out, prog.run(x[:count])["logits"], 1e-6, "packed sim vs reference")
 
 
 def test_slots_layout_at_the_waterline_scale_is_precise_to_1e_3():

@@ -72,7 +72,7 @@ def test_options_out_of_range_are_refused_with_the_allowed_range(tmp_path, args,
     ("scale_bits", 0, "scale-bits must be an integer from 16 to 60, got 0"),
     ("activation_margin", -0.6, "activation-margin must be a number from 0 to 1"),
     ("weight_scale_bits", 1.5, "weight-scale-bits must be an integer"),
-    ("layout", "cloud", "choose auto, batch or slots"),
+    ("layout", "cloud", "choose auto, batch, slots or packed"),
 ])
 def test_the_api_checks_options_like_the_cli(option, value, message):
     with pytest.raises(hecc.UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

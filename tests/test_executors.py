@@ -31,8 +31,9 @@ def test_local_executor_in_process_and_forked_agree():
     two = prog.run(x[:3], backend="tenseal", workers=2)["logits"]
     assert prog.last_stats["workers"] == 2
     np.testing.assert_array_equal(one.argmax(1), two.argmax(1))
-    predicted = prog.artifact.manifest["predicted_precision"]["slots"]  # each run has its own keys and noise
-    assert np.abs(one - two).max() <= 2 * predicted * np.abs(one).max()
+    # each run has its own keys and noise, each within twice the prediction of the exact result
+    predicted = prog.artifact.manifest["predicted_precision"]["slots"]
+    assert np.abs(one - two).max() <= 4 * predicted * np.abs(one).max()
     assert isinstance(executor_for(3), LocalExecutor) and executor_for(3).workers == 3
 
 

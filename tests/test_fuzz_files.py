@@ -40,8 +40,8 @@ from test_clientserver import _model  # Gemm 4->6, square, Gemm 6->3
 BUDGET = 5.0  # seconds an example may take
 WATCHDOG = 15.0  # seconds after which a stuck example is interrupted (a hang in Python code)
 EXAMPLES = int(os.environ.get("HECC_FUZZ_EXAMPLES", 500))  # at least 500 in the suite
-LAYOUTS = ("batch", "slots")
-STAGES = ("tensor", "ckks", "final", "ckks-slots", "final-slots")
+LAYOUTS = ("batch", "slots", "packed")
+STAGES = ("tensor", "ckks", "final", "ckks-slots", "final-slots", "ckks-packed", "final-packed")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
                 phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -820,7 +820,7 @@ def _container_hints(world: World, layout: str, kind: str) -> dict:
         "format": st.sampled_from(["hecc-keys", "hecc-ciphertexts", "hecc-artifact"]),
         "format_version": st.sampled_from([1, 2, 3, 2.0, "2", True, None]),
         "program": st.sampled_from([other_program, program.upper(), program[:-1], "0" * 64, program + "0"]),
-        "program_layout": st.sampled_from(["batch", "slots", "auto", None]),
+        "program_layout": st.sampled_from(["batch", "slots", "packed", "auto", None]),
         "keyset": st.sampled_from([keyset.upper(), keyset + "0", "0" * 32, keyset[:-1]]),
         "layout": st.lists(st.lists(count, max_size=3), max_size=4) | st.sampled_from(
             [[[4]], [[1]], [[4], [4]], [[3]], [[1], [1], [1]], [[4, 1]], [[]], [], [[[4]]], [4], [[4]] * 1000]),

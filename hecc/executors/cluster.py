@@ -84,7 +84,7 @@ class ClusterExecutor:
             return batch
         outputs = []
         wall = time.perf_counter()
-        unit = "input" if backend.slots_layout else "batch"
+        unit = "input" if backend.per_batch == 1 else "batch"
         for i, result, seconds in self._stream(backend, eval_keys, len(spans), payload, progress, unit, stats):
             stats.seconds["eval"] += seconds
             t = time.perf_counter()
@@ -97,7 +97,7 @@ class ClusterExecutor:
         """The server: serialized ciphertexts per batch in, serialized results per batch out."""
         from ..backends.tenseal import server_backend
         backend = server_backend(graph, eval_keys)  # bad keys: the typed error, here and now
-        unit = "evaluated input" if backend.slots_layout else "evaluated batch"
+        unit = "evaluated input" if backend.per_batch == 1 else "evaluated batch"
         return [result for _, result, _ in
                 self._stream(backend, eval_keys, len(batches), lambda i: batches[i], progress, unit)]
 

@@ -46,7 +46,7 @@ class LocalExecutor:
         runs = stacked[0].shape[0] if stacked else 1
         spans = backend.spans(runs)
         stats.batches = len(spans)
-        unit = "input" if backend.slots_layout else "batch"
+        unit = "input" if backend.per_batch == 1 else "batch"
         per = predicted_peak_bytes(backend.graph)
         workers = stats.workers = fitting_workers(per, self.workers, len(spans))
         rounds = len(spans) // workers * workers if workers > 1 else 0

@@ -130,10 +130,12 @@ def _extract(types, attrs):
 define("ckks.params", 0, 0,
        attrs={"poly_modulus_degree": Attr("int"), "coeff_modulus_bits": Attr("ints"),
               "security": Attr("int", 128), "layout": Attr("str", "batch"),
-              "galois_steps": Attr("ints", [])},
+              "galois_steps": Attr("ints", []), "inputs_per_ciphertext": Attr("int", 1)},
        doc="The encryption parameters: ring degree N and the coefficient-modulus bit sizes "
            "[q0, primes dropped last to first, special prime] in SEAL's order; the layout; the "
-           "rotation steps that get Galois keys (set by minimize-rotation-keys).")
+           "rotation steps that get Galois keys (set by minimize-rotation-keys); in the slots layout, "
+           "the inputs each ciphertext holds, interleaved (input r at slot u * K + r of a one-input "
+           "layout of N/2K slots: every table of the program is in those units).")
 define("ckks.linear", 1, infer=_linear,
        attrs={"matrix": Attr("str"), "index": Attr("str", ""), "bias": Attr("str", ""), "shape": Attr("ints"),
               "weight_scale": Attr("int"), "rescale_terms": Attr("bool", False),

@@ -113,7 +113,10 @@ class Lowering:
     def exact_weight_scale(self, matrix, bias) -> int:
         """The smallest weight scale 2^k (k <= the configured one) at which every weight is an
         integer: then encoding is exact and the layer adds only k bits of scale."""
+        head = matrix.ravel()[:1024]
         for k in range(self.weight_bits):
+            if not np.all(np.mod(head * 2.0 ** k, 1.0) == 0):
+                continue  # most weights fail at every k on their first values
             if np.all(np.mod(matrix * 2.0 ** k, 1.0) == 0) and np.all(np.mod(bias * 2.0 ** k, 1.0) == 0):
                 return k
         return self.weight_bits

@@ -64,6 +64,7 @@ class SlotsLowering(InputLayouts, Lowering):
         self.steps: set[int] = set()
         self.client_babies: dict[Value, dict[int, Value]] = {}  # an input's rotations the client sent
         self.count = 0
+        self.prefix = str(options.get("constant_prefix", ""))
 
     def fail_size(self, what: str, n: int):
         raise UnsupportedOpError({what: []}, {what: f"{n} values are too many for the slots layout of "
@@ -97,11 +98,13 @@ class SlotsLowering(InputLayouts, Lowering):
         return form
 
     def constant(self, stem: str, array: np.ndarray) -> str:
+        """A new constant's name (with the option ``constant_prefix``, so that two programs of
+        one artifact never share a name)."""
         self.count += 1
-        name = f"{stem}{self.count}"
+        name = f"{self.prefix}{stem}{self.count}"
         while name in self.src.constants or name in self.out.constants:
             self.count += 1
-            name = f"{stem}{self.count}"
+            name = f"{self.prefix}{stem}{self.count}"
         self.out.constants[name] = array
         return name
 
