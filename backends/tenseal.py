@@ -821,7 +821,7 @@ def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str,
     encoder.encode([0.5] * (n // 2), scale, plain)
     s.encryptor.encrypt_symmetric(plain, ct)
     costs = {k: [] for k in ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch",
-                             "encrypt", "decrypt", "rotate", "multiply_vector", "add_plain")}
+                             "encrypt", "decrypt", "rotate", "multiply_vector", "add_plain", "encode")}
     vector = seal.Plaintext()
 
     def timed(fn):
@@ -842,6 +842,8 @@ def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str,
         costs["multiply_vector"].append(timed(lambda: ev.multiply_plain(ct, vector, tmp)))
         encoder.encode([0.3] * (n // 2), ct.parms_id(), ct.scale, vector)
         costs["add_plain"].append(timed(lambda: ev.add_plain(ct, vector, tmp)))
+        weights = [0.3] * (n // 2)
+        costs["encode"].append(timed(lambda: encoder.encode(weights, ct.parms_id(), scale, vector)))
         costs["rotate"].append(timed(lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)))
         costs["square"].append(timed(lambda: ev.square(ct, sq)))
         costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))

@@ -21,7 +21,7 @@ WORKER_SPEEDUP = 1.7  # measured: one batch split over two workers runs 1.7x fas
 WORKERS = 2
 MEASURE_REPEATS = 5  # per primitive and level: a few seconds for the largest chains
 PRIMITIVES = ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch", "encrypt",
-              "decrypt", "rotate", "multiply_vector", "add_plain")
+              "decrypt", "rotate", "multiply_vector", "add_plain", "encode")
 
 
 def _key(params) -> str:
@@ -118,6 +118,7 @@ def estimate_run(graph, runs: int, costs) -> dict:
     if params.get("layout") == "slots":
         rounds = -(-(-(-runs // params.get("inputs_per_ciphertext", 1))) // WORKERS)
         phases = {k: v * rounds for k, v in per.items()}
+        phases["eval"] += encoding_seconds(graph, costs)  # each worker's, side by side
     else:
         count = -(-runs // (params["poly_modulus_degree"] // 2))
         rounds = -(-count // WORKERS) if count > 1 else 1
@@ -126,6 +127,18 @@ def estimate_run(graph, runs: int, costs) -> dict:
             phases["eval"] = per["eval"] / WORKER_SPEEDUP
     phases["total"] = sum(phases.values())
     return phases
+
+
+def encoding_seconds(graph, costs) -> float:
+    """The slots layout's one-time cost per run: every worker encodes each weight vector the
+    program multiplies or adds (a row of a plaintext table at a level) once, then reuses it."""
+    rows = set()
+    for op in graph.ops:
+        if op.name in ("ckks.mul_plain", "ckks.add_plain"):
+            for c in range(op.result.type.count):
+                rows.add((op.attrs["plain"], op.attrs.get("row", 0) + c, op.operands[0].type.level))
+    per_level = costs.get("encode", [0.0])
+    return sum(per_level[min(level, len(per_level) - 1)] for _, _, level in rows)
 
 
 def ciphertext_bytes(graph) -> tuple[int, int]:

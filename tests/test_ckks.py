@@ -141,7 +141,7 @@ def test_every_ckks_op_has_an_implementation_in_every_backend():
 def test_tenseal_cryptonets_small_batch_matches_reference():
     """Real SEAL end to end on 16 MNIST digits in both layouts (CI runs this). The slots program
     shares a 60-bit prime between each linear map and the square after it (weights at 2^19,
-    values at 2^22): its error stays within twice the simulator's prediction."""
+    values at 2^22): its error stays within three times the simulator's prediction."""
     x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
     labels = np.load(os.path.join(CRYPTONETS, "labels.npy"))[:16]
     prog = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=np.load(os.path.join(CRYPTONETS, "input.npy")))
@@ -153,7 +153,8 @@ def test_tenseal_cryptonets_small_batch_matches_reference():
     packed = prog.artifact.manifest["predicted_precision"]["packed"]
     per_ct = prog.with_layout("packed").parameters["inputs_per_ciphertext"]
     assert per_ct >= 2
-    for layout, tolerance in (("batch", 2e-2), ("slots", 2 * predicted), ("packed", 2 * packed)):
+    # one key set's error over 16 digits: measured 0.66x to 2.3x the prediction over six key sets
+    for layout, tolerance in (("batch", 2e-2), ("slots", 3 * predicted), ("packed", 3 * packed)):
         out = prog.run(x, backend="tenseal", layout=layout)["logits"]
         assert_close(out, ref, tolerance, f"tenseal ({layout}) vs reference")
         np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))

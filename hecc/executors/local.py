@@ -41,8 +41,8 @@ class LocalExecutor:
         stats = stats or RunStats()
         start = time.perf_counter()
         backend.connect(None)
+        stats.eval_key_bytes = backend.seal.eval_key_bytes()  # makes the seeded keys the workers load
         stats.seconds["keygen"] = time.perf_counter() - start
-        stats.eval_key_bytes = backend.seal.eval_key_bytes()
         runs = stacked[0].shape[0] if stacked else 1
         spans = backend.spans(runs)
         stats.batches = len(spans)
