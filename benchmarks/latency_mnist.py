@@ -73,7 +73,7 @@ def hecc_one_at_a_time(prog, images, what):
     """Encrypt, evaluate and decrypt each image on its own with SEAL (one core)."""
     graph = prog.graph
     stacked, runs = stack_inputs(graph, {prog.inputs[0][0]: images})
-    backend = TensealBackend(graph, workers=1)
+    backend = TensealBackend(graph)
     start = time.perf_counter()
     backend.connect(None)
     key_bytes = backend.seal.eval_key_bytes()
