@@ -93,12 +93,8 @@ def slot_outputs(graph: Graph, op: Op, slots: np.ndarray, runs: int | None = Non
     runs = batches * inputs_per_ciphertext(graph) if runs is None else runs
     shape = op.result.type.shape
     flat = np.transpose(slots, (1, 0, 2)).reshape(batches, -1)
-    if op.attrs.get("layout"):
-        at = interleaved(graph, graph.constants[op.attrs["layout"]], slots.shape[2])  # (K, n)
-        values = flat[:, at]  # (B, K, n)
-    else:
-        at = interleaved(graph, np.arange(op.result.type.size), slots.shape[2])
-        values = flat[:, at]
+    pos = graph.constants[op.attrs["layout"]] if op.attrs.get("layout") else np.arange(op.result.type.size)
+    values = flat[:, interleaved(graph, pos, slots.shape[2])]  # (B, K, n)
     return values.reshape((-1,) + tuple(shape))[:runs]
 
 

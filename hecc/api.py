@@ -138,8 +138,9 @@ class Program:
         tensor IR in numpy; ``sim`` simulates the CKKS program (``noise`` adds CKKS's errors);
         ``tenseal`` encrypts, evaluates and decrypts with SEAL. ``layout``: ``auto`` (the layout
         predicted fastest for this many inputs, when the artifact has several), ``batch``,
-        ``slots`` (one input per ciphertext) or ``packed`` (several inputs per ciphertext). ``workers``: worker processes (tenseal). ``cluster``: the address of a Ray
-        cluster to evaluate on (tenseal; needs ``hecc[ray]``): keys, encryption and decryption
+        ``slots`` (one input per ciphertext) or ``packed`` (several inputs per ciphertext).
+        ``workers``: worker processes (tenseal). ``cluster``: the address of a Ray cluster to
+        evaluate on (tenseal; needs ``hecc[ray]``): keys, encryption and decryption
         stay in this process, evaluation runs on one worker per CPU of the cluster (or
         ``workers``). Statistics land in ``last_stats``."""
         if layout not in ("auto",) + LAYOUTS:

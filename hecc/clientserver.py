@@ -23,6 +23,7 @@ import stat
 
 import numpy as np
 
+from .backends.common import inputs_per_batch
 from .containers import (CT_MEMBER, KEY_MEMBERS, ciphertext_groups, peek_header, read_container,
                          write_container, write_container_to)
 from .errors import CiphertextFileError, InputError, KeyFileError, UserError
@@ -188,7 +189,7 @@ class Client:
         keyset, keys = self._keys()
         with _naming(self.secret_path):
             batches = encrypt_batches(self.program.graph, keys, stacked, self.progress)
-        per = _inputs_per_batch(self.program)
+        per = inputs_per_batch(self.program.graph)
         sizes = [min(per, runs - i * per) for i in range(len(batches))]
         write_container(out_path, "input", self.fingerprint, self.program.layout, keyset, _members(batches),
                         {"sizes": sizes, "layout": [[len(c) for c in batch] for batch in batches]})
@@ -201,7 +202,7 @@ class Client:
         header, files = read_container(path, ("output",), self.fingerprint, self.limits, keyset,
                                        self.program.layout)
         results = ciphertext_groups(header, files, result_groups(self.program.graph),
-                                    _inputs_per_batch(self.program), path)
+                                    inputs_per_batch(self.program.graph), path)
         if self.progress:
             self.progress(f"decrypting {len(results)} batch(es)")
         try:
@@ -235,7 +236,7 @@ class Server:
         header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset,
                                        self.program.layout)
         batches = ciphertext_groups(header, files, input_groups(self.program.graph),
-                                    _inputs_per_batch(self.program), in_path)
+                                    inputs_per_batch(self.program.graph), in_path)
         try:
             with _naming(self.eval_keys_path):
                 results = self.executor.evaluate(self.program.graph, self.keys, batches, self.progress)
@@ -244,11 +245,6 @@ class Server:
         write_container(out_path, "output", self.fingerprint, self.program.layout, self.keyset,
                         _members(results),
                         {"sizes": header["sizes"], "layout": [[len(c) for c in batch] for batch in results]})
-
-
-def _inputs_per_batch(program) -> int:
-    from .backends.common import inputs_per_batch
-    return inputs_per_batch(program.graph)
 
 
 def _members(batches) -> dict[str, bytes]:
