@@ -251,26 +251,34 @@ def ciphertext_bytes(n: int, primes: int, size: int = 2) -> int:
 
 
 def predicted_peak_bytes(graph: Graph) -> int:
-    """Peak bytes of ciphertext memory while one batch (or input) is evaluated by SEAL. Every
-    value lives from its definition to its last use, at its level's prime count; a value made and
-    read inside one segment (``segments``) only for the rows evaluated at once. SEAL keeps freed
-    ciphertext memory in a pool per allocation size for reuse and does not give it back, so the
-    prediction is the sum over sizes (primes x components) of each size's own peak, not the
+    """Peak bytes of ciphertext memory while one batch (or input) is evaluated by SEAL, in the
+    order the backend evaluates (``segments.plan``). Every value lives from its definition to its
+    last use, at its level's prime count; a value made and read inside one segment (``segments``)
+    only for the rows evaluated at once; a stream's tail sums from the stream's start. SEAL keeps
+    freed ciphertext memory in a pool per allocation size for reuse and does not give it back, so
+    the prediction is the sum over sizes (primes x components) of each size's own peak, not the
     peak of the sum (within 1.2x of the measured resident memory on the examples). Plus the
     encoded weight vectors the backend keeps for reuse (``plain_bytes``)."""
-    from .segments import temporaries
+    from .segments import births, temporaries
     params = program_params(graph)
     n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
     server = [op for op in graph.ops if op.name in SERVER_OPS]
     part = temporaries(graph, server, is_slots(graph))
+    order, early = births(graph, server, is_slots(graph))
+    planned = iter(order)
+    ops = [next(planned) if op.name in SERVER_OPS else op for op in graph.ops]
+    born = {}
+    for op in ops:
+        for v in op.results:
+            born.setdefault(id(early.get(v, op)), []).append(v)
     last_use = {}
-    for index, op in enumerate(graph.ops):
+    for index, op in enumerate(ops):
         for v in op.operands:
             last_use[v] = index
     live: dict = {}  # size class -> {value: bytes}
     peaks: dict = {}
-    for index, op in enumerate(graph.ops):
-        for v in op.results:
+    for index, op in enumerate(ops):
+        for v in born.get(id(op), ()):
             if isinstance(v.type, CipherType):
                 words = (primes - v.type.level) * v.type.size
                 live.setdefault(words, {})[v] = part.get(v, 1.0) * v.type.count * ciphertext_bytes(
@@ -280,6 +288,19 @@ def predicted_peak_bytes(graph: Graph) -> int:
             if last_use.get(v) == index and isinstance(v.type, CipherType):
                 live.get((primes - v.type.level) * v.type.size, {}).pop(v, None)
     return int(sum(peaks.values())) + plain_bytes(graph)
+
+
+def key_memory_bytes(graph: Graph) -> int:
+    """Bytes the evaluation keys take in a SEAL process: each key-switching key as SEAL holds it
+    (per data prime, two polynomials over every prime, the special one included), plus the
+    seeded serialization kept beside them (per data prime, one polynomial at the primes' own
+    widths: the other is regenerated from a seed)."""
+    params = program_params(graph)
+    n, bits = params.poly_modulus_degree, params.coeff_modulus_bits
+    data = len(bits) - 1
+    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
+    keys = len(steps) + int(any(op.name == "ckks.relinearize" for op in graph.ops))
+    return keys * data * n * (2 * len(bits) * 8 + sum(bits) // 8)
 
 
 def plain_bytes(graph: Graph) -> int:

@@ -26,7 +26,7 @@ from . import seal_bytes
 from .common import (LinearWeights, batches, inputs_per_batch, is_slots, plain_rows, program_params, run_client_tail,
                      slot_inputs, slot_outputs, split_program)
 from . import segments as row_segments
-from .segments import external, group_segments, live_out
+from .segments import Stream, external, live_out
 
 
 class _Seal:
@@ -52,20 +52,15 @@ class _Seal:
             self.chain_index[tuple(data.parms_id())] = data.chain_index()
             data = data.next_context_data()
         self.top = self.context.first_context_data().chain_index()
-        self.secret_key, self.relin_keys, self.galois_keys, self.keygen = None, None, None, None
+        self.secret_key, self._relin_keys, self._galois_keys, self.keygen = None, None, None, None
+        self._made: dict[str, bytes] | None = None  # evaluation keys made here, seeded
         self.galois_steps = list(galois_steps or [])
         self.relin = relin
-        if keys is None:
+        if keys is None:  # evaluation keys are made when first exported or used (``_make_keys``)
             keygen = self.keygen = seal.KeyGenerator(self.context)
             self.secret_key = keygen.secret_key()
             self.public_key = seal.PublicKey()
             keygen.create_public_key(self.public_key)
-            if relin:
-                self.relin_keys = seal.RelinKeys()
-                keygen.create_relin_keys(self.relin_keys)
-            if self.galois_steps:
-                self.galois_keys = seal.GaloisKeys()
-                keygen.create_galois_keys(self.galois_elements(), self.galois_keys)
         else:
             poly = n * len(chain) * 8
             switching = (len(chain) - 1) * 2 * poly
@@ -74,11 +69,11 @@ class _Seal:
             self.public_key = self._load_key(seal.PublicKey(), keys.get("public"), "public key", 2 * poly)
             server = "secret" not in keys  # the client needs no evaluation keys
             if relin and server:
-                self.relin_keys = self._load_key(seal.RelinKeys(), keys.get("relin"),
+                self._relin_keys = self._load_key(seal.RelinKeys(), keys.get("relin"),
                                                  "relinearization keys", switching)
             if self.galois_steps and server:
-                self.galois_keys = self._load_key(seal.GaloisKeys(), keys.get("galois"), "rotation keys",
-                                                  switching * len(self.galois_steps))
+                self._galois_keys = self._load_key(seal.GaloisKeys(), keys.get("galois"), "rotation keys",
+                                                   switching * len(self.galois_steps))
                 missing = [s for s, e in zip(self.galois_steps, self.galois_elements())
                            if not self.galois_keys.has_key(e)]
                 if missing:
@@ -112,25 +107,45 @@ class _Seal:
         n = self.context.key_context_data().parms().poly_modulus_degree()
         return [pow(3, step % (n // 2), 2 * n) for step in self.galois_steps]
 
+    @property
+    def relin_keys(self):
+        if self._relin_keys is None and self.keygen is not None and self.relin:
+            self._make_keys()
+        return self._relin_keys
+
+    @property
+    def galois_keys(self):
+        if self._galois_keys is None and self.keygen is not None and self.galois_steps:
+            self._make_keys()
+        return self._galois_keys
+
+    def _make_keys(self) -> dict[str, bytes]:
+        """The evaluation keys of a key set made here, once: saved seeded (SEAL regenerates the
+        random half of each key-switching key from a seed when loading: half the bytes) and
+        loaded back for this process's own use, so they exist once in memory, not twice."""
+        if self._made is None:
+            dump, made = seal_bytes.to_bytes, {}
+            if self.relin:
+                made["relin"] = dump(self.keygen.create_relin_keys())
+                self._relin_keys = seal_bytes.from_bytes(seal.RelinKeys(), self.context, made["relin"])
+            if self.galois_steps:
+                made["galois"] = dump(self.keygen.create_galois_keys(self.galois_elements()))
+                self._galois_keys = seal_bytes.from_bytes(seal.GaloisKeys(), self.context, made["galois"])
+            self._made = made
+        return self._made
+
     def export(self) -> dict[str, bytes]:
-        """Serialized keys. Keys made here are saved seeded (SEAL regenerates the random half of
-        each key-switching key from a seed when loading): half the bytes."""
+        """Serialized keys (evaluation keys made here: seeded)."""
         dump = seal_bytes.to_bytes
         out = {"public": dump(self.public_key)}
         if self.secret_key is not None:
             out["secret"] = dump(self.secret_key)
         if self.keygen is not None:
-            if self.relin:
-                out["relin"] = dump(self.keygen.create_relin_keys())
-                self.relin_keys = seal_bytes.from_bytes(seal.RelinKeys(), self.context, out["relin"])
-            if self.galois_steps:
-                out["galois"] = dump(self.keygen.create_galois_keys(self.galois_elements()))
-                self.galois_keys = seal_bytes.from_bytes(seal.GaloisKeys(), self.context, out["galois"])
-            return out
-        if self.relin_keys is not None:
-            out["relin"] = dump(self.relin_keys)
-        if self.galois_keys is not None:
-            out["galois"] = dump(self.galois_keys)
+            return {**out, **self._make_keys()}
+        if self._relin_keys is not None:
+            out["relin"] = dump(self._relin_keys)
+        if self._galois_keys is not None:
+            out["galois"] = dump(self._galois_keys)
         return out
 
     def eval_key_bytes(self) -> int:
@@ -191,12 +206,12 @@ class TensealBackend:
         self.slots_layout = is_slots(graph)
         self.per_batch = inputs_per_batch(graph)  # inputs a batch of ciphertexts holds
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
+        self.server, self.segments = row_segments.plan(graph, self.server, self.slots_layout)
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
             for v in op.operands:
                 last_use[v] = index
         self.last_use = last_use
-        self.segments = group_segments(graph, self.server, self.slots_layout)
         self._live_out: dict[int, list] = {}
         self.seal: _Seal | None = None
         self.align_target: dict[int, float] = {}
@@ -478,11 +493,15 @@ class TensealBackend:
         parallel = rows.parts if rows is not None else 1
         index = 0
         for number, segment in enumerate(self.segments):
-            if parallel > 1 and self.splittable(number):
-                count = segment[0].result.type.count
+            stream = isinstance(segment, Stream)
+            if parallel > 1 and self.splittable(number) and (not stream or getattr(rows, "streams", False)):
+                count = segment.count if stream else segment[0].result.type.count
                 bounds = np.linspace(0, count, parallel + 1).astype(int)
                 chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-                env.update(rows.split(self, number, env[segment[0].operands[0]], chunks))
+                source = (lambda v: self._loaded(env, v)) if stream else env[segment[0].operands[0]]
+                env.update(rows.split(self, number, source, chunks))
+            elif stream:
+                env.update(self._stream_values(number, lambda v: self._loaded(env, v)))
             elif len(segment) > 1 and not self.slots_layout:
                 values = self._chunked(number, lambda v: self._loaded(env, v), 0, segment[0].result.type.count)
                 env.update(zip(self.live_out(number), values))
@@ -508,6 +527,9 @@ class TensealBackend:
         """Whether segment ``number`` is worth sharing among workers by rows: its linear layer is
         large, and the only value it reads from before it is that layer's input."""
         segment = self.segments[number]
+        if isinstance(segment, Stream):
+            return sum(len(e) for op in segment if op.name == "ckks.linear"
+                       for _, plan in self.blocks[id(op)] for _, e in plan) >= PARALLEL_MIN_PRODUCTS
         head = segment[0]
         return (head.name == "ckks.linear" and external(segment) == [head.operands[0]] and
                 sum(len(e) for _, plan in self.blocks[id(head)] for _, e in plan) >= PARALLEL_MIN_PRODUCTS)
@@ -520,29 +542,72 @@ class TensealBackend:
             self._live_out[number] = live_out(segment, self.server[at:] + self.decrypts)
         return self._live_out[number]
 
-    def _chunked(self, number: int, read, lo: int, hi: int, shares=None, like=None) -> list[list]:
+    def kept(self, number: int) -> list:
+        """The values of segment ``number`` that later ops read and that it makes row by row (of
+        a stream: not its tails' sums)."""
+        segment = self.segments[number]
+        tails = segment.tails if isinstance(segment, Stream) else ()
+        return [v for v in self.live_out(number) if id(v.producer) not in tails]
+
+    def _chunked(self, number: int, read, lo: int, hi: int, shares=None, like=None, sums=None) -> list[list]:
         """Rows lo..hi of segment ``number``, ROW_CHUNK at a time (``_rows``); per value of
-        ``live_out(number)``, its ciphertexts."""
-        out = [[] for _ in self.live_out(number)]
+        ``kept(number)``, its ciphertexts (a stream's tails add to ``sums``)."""
+        out = [[] for _ in self.kept(number)]
         step = row_segments.ROW_CHUNK
         for a in range(lo, hi, step):
             b = min(hi, a + step)
             part = None if shares is None else [share[a - lo:b - lo] for share in shares]
-            for acc, cts in zip(out, self._rows(number, read, a, b, part, like)):
+            for acc, cts in zip(out, self._rows(number, read, a, b, part, like, sums)):
                 acc += cts
         return out
 
-    def _rows(self, number: int, read, lo: int, hi: int, shares=None, like=None) -> list[list]:
+    def _stream_values(self, number: int, read) -> dict:
+        """Every value of stream ``number`` that later ops read, all its rows evaluated here."""
+        segment = self.segments[number]
+        sums: dict = {}
+        kept = self._chunked(number, read, 0, segment.count, sums=sums)
+        return {**dict(zip(self.kept(number), kept)), **self._tail_values(number, sums)}
+
+    def _tail_values(self, number: int, sums: dict) -> dict:
+        """The tails of stream ``number`` from the sums of their terms over all its rows
+        (``sums``: tail id -> (sums per output row, an input ciphertext of the tail))."""
+        out = {}
+        for op in self.segments[number]:
+            if id(op) in self.segments[number].tails:
+                accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
+                out[op.result] = self._linear_rows(op, accs, 0, op.result.type.count, like)
+        return out
+
+    def _add_terms(self, sums: dict, op, terms: list, like) -> None:
+        """Add a chunk's sums of a tail's terms (None: no terms) to ``sums``; ``like`` (an input
+        ciphertext of the tail, or None) is kept for rows that end with no terms."""
+        accs, known = sums.get(id(op), ([None] * op.result.type.count, None))
+        sums[id(op)] = (accs, known if known is not None else like)
+        add = self.seal.evaluator.add_inplace
+        for r, term in enumerate(terms):
+            if term is None:
+                continue
+            if accs[r] is None:
+                accs[r] = term
+            else:
+                add(accs[r], term)
+
+    def _rows(self, number: int, read, lo: int, hi: int, shares=None, like=None, sums=None) -> list[list]:
         """Rows lo..hi of segment ``number``; ``read(value)`` gives a value made before the
         segment (all its rows). ``shares``: instead of computing the head linear op, add these
-        shares of its sums (``segment_partial``; ``like``: an input ciphertext of it). A value
-        is dropped after its last read within the segment."""
+        shares of its sums (``segment_partial``; ``like``: an input ciphertext of it). A
+        stream's tails add their terms over these rows to ``sums``. A value is dropped after
+        its last read within the segment."""
         segment = self.segments[number]
+        tails = segment.tails if isinstance(segment, Stream) else ()
         keep = set(self.live_out(number))
         last = {v: i for i, op in enumerate(segment) for v in op.operands}
         local = {}
         for i, op in enumerate(segment):
-            if i == 0 and shares is not None:
+            if id(op) in tails:
+                v = op.operands[0]
+                self._add_terms(sums, op, self._linear_terms(op, local[v], 0, op.result.type.count, lo), local[v][0])
+            elif i == 0 and shares is not None:
                 local[op.result] = self._linear_rows(op, self._sum_shares(shares), lo, hi, like)
             elif op.name == "ckks.linear":
                 v = op.operands[0]
@@ -560,7 +625,7 @@ class TensealBackend:
             for v in op.operands:
                 if last.get(v) == i and v in local and v not in keep:
                     del local[v]
-        return [local[v] for v in self.live_out(number)]
+        return [local[v] for v in self.kept(number)]
 
     def _sum_shares(self, shares: list[list]) -> list:
         add = self.seal.evaluator.add_inplace
@@ -577,11 +642,25 @@ class TensealBackend:
             sums.append(acc)
         return sums
 
-    def segment_rows(self, number: int, source: list, lo: int, hi: int) -> list[bytes]:
+    def segment_rows(self, number: int, source, lo: int, hi: int) -> list[bytes]:
         """Rows lo..hi of segment ``number`` (a ``splittable`` one) from ``source``, its linear
         layer's input ciphertexts: the serialized results of every value of
-        ``live_out(number)``, value after value, row after row."""
-        return [seal_bytes.to_bytes(ct) for cts in self.segment_values(number, source, lo, hi) for ct in cts]
+        ``live_out(number)``, value after value, row after row. Of a stream (``source``: a
+        function from a value made before it to its ciphertexts): per tail, its sums over these
+        rows (b"" where none) and an input ciphertext of it if some sum is empty (else b""),
+        then the rows of every value of ``kept(number)``."""
+        dump = seal_bytes.to_bytes
+        if not isinstance(self.segments[number], Stream):
+            return [dump(ct) for cts in self.segment_values(number, source, lo, hi) for ct in cts]
+        sums: dict = {}
+        kept = self._chunked(number, source, lo, hi, sums=sums)
+        out = []
+        for op in self.segments[number]:
+            if id(op) in self.segments[number].tails:
+                accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
+                out += [b"" if ct is None else dump(ct) for ct in accs]
+                out.append(dump(like) if like is not None and any(ct is None for ct in accs) else b"")
+        return out + [dump(ct) for cts in kept for ct in cts]
 
     def segment_values(self, number: int, source: list, lo: int, hi: int) -> list[list]:
         """Rows lo..hi of segment ``number`` (a ``splittable`` one) from its input ``source``:
@@ -608,12 +687,23 @@ class TensealBackend:
     def assemble(self, number: int, chunks, blobs) -> dict:
         """``segment_rows``'s results for each chunk of rows (in row order) as the segment's
         values: per value of ``live_out(number)``, its ciphertexts."""
-        live = self.live_out(number)
+        segment = self.segments[number]
+        stream = isinstance(segment, Stream)
+        live = self.kept(number)
         results = {value: [] for value in live}
+        sums: dict = {}
         for (lo, hi), part in zip(chunks, blobs):
             part = iter(part)
+            for op in segment if stream else ():
+                if id(op) in segment.tails:
+                    terms = [self.load_rows(b) if b else None for b in
+                             (next(part) for _ in range(op.result.type.count))]
+                    like = next(part)
+                    self._add_terms(sums, op, terms, self.load_rows(like) if like else None)
             for value in live:
                 results[value] += [self.load_rows(next(part)) for _ in range(lo, hi)]
+        if stream:
+            results.update(self._tail_values(number, sums))
         return results
 
     def _decrypt(self, env, lo, hi):

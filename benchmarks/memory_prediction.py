@@ -4,10 +4,11 @@ example in both layouts, one process (`--workers 1`), peak resident memory from
 
     python benchmarks/memory_prediction.py [--skip relu_cnn_mnist/batch ...]
 
-The prediction is the Python process with hecc and TenSEAL loaded (measured once here, the same
-way), plus the evaluation keys in memory (twice their seeded size), plus ``predicted_peak_bytes``
-(the compile report's "predicted memory": the sum over ciphertext sizes of each size's peak, since
-SEAL keeps freed memory per size, and the encoded weights kept for reuse). Writes benchmarks/results/memory_prediction.json.
+The prediction is the Python process with hecc and TenSEAL loaded and the artifact read (measured
+here per example, the same way), plus the compile report's "predicted memory": the evaluation keys
+as SEAL holds them (``key_memory_bytes``) and ``predicted_peak_bytes`` (the sum over ciphertext
+sizes of each size's peak, since SEAL keeps freed memory per size, and the encoded weights kept for
+reuse). Writes benchmarks/results/memory_prediction.json.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import tempfile
 import numpy as np
 
 import hecc
-from hecc.backends.common import predicted_peak_bytes
+from hecc.backends.common import key_memory_bytes, predicted_peak_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "examples")
@@ -43,7 +44,6 @@ def main():
     parser.add_argument("--skip", nargs="*", default=[], help="cases to leave out, as example/layout")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "memory_prediction.json"))
     args = parser.parse_args()
-    base = max_rss([sys.executable, "-c", "import hecc, tenseal, onnxruntime, hecc.backends.tenseal"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in CASES:
@@ -52,6 +52,8 @@ def main():
             prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x, **options)
             art = os.path.join(tmp, f"{name}.hecc")
             prog.save(art)
+            base = max_rss([sys.executable, "-c", "import sys, hecc, hecc.backends.tenseal; hecc.load(sys.argv[1]).graph",
+                            art])
             for layout in prog.layouts:
                 if f"{name}/{layout}" in args.skip:
                     continue
@@ -61,17 +63,16 @@ def main():
                 measured = max_rss([os.path.join(BIN, "hecc"), "run", art, "--input", inputs, "--backend", "tenseal",
                                     "--layout", layout, "--workers", "1", "--output",
                                     os.path.join(tmp, f"{name}.{layout}.out.npy"), "--stats", stats, "-q"])
-                with open(stats) as f:
-                    keys = json.load(f).get("eval_key_bytes", 0)
-                ciphertexts = predicted_peak_bytes(prog.with_layout(layout).graph)
-                predicted = base + 2 * keys + ciphertexts  # keys are stored seeded: half their size
+                graph = prog.with_layout(layout).graph
+                keys, ciphertexts = key_memory_bytes(graph), predicted_peak_bytes(graph)
+                predicted = base + keys + ciphertexts
                 rows.append({"example": name, "layout": layout, "measured_bytes": measured,
                              "predicted_bytes": predicted, "ciphertext_bytes": ciphertexts, "key_bytes": keys,
                              "base_bytes": base, "ratio": round(measured / predicted, 2)})
                 print(f"{name:24s} {layout:5s} measured {measured / 2 ** 30:6.2f} GiB, predicted "
                       f"{predicted / 2 ** 30:6.2f} GiB (ratio {measured / predicted:.2f})", flush=True)
     with open(args.out, "w") as f:
-        json.dump({"base_bytes": base, "cases": rows}, f, indent=2)
+        json.dump({"cases": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

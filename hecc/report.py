@@ -225,11 +225,11 @@ def _render_layout(program, lines: list[str], measure: bool):
     sent, returned = ciphertext_bytes(graph)
     lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
                  f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
-    from .backends.common import predicted_peak_bytes
+    from .backends.common import key_memory_bytes, predicted_peak_bytes
     live = predicted_peak_bytes(graph)
     lines.append(f"  predicted memory while one {unit} is evaluated: {live / 1e6:.0f} MB of ciphertexts and "
-                 f"encoded weights (SEAL keeps each ciphertext size's peak), besides the keys; each "
-                 f"worker process holds its own")
+                 f"encoded weights (SEAL keeps each ciphertext size's peak; each worker process holds "
+                 f"its own) and {key_memory_bytes(graph) / 1e6:.0f} MB of evaluation keys")
     precision = program.artifact.manifest.get("predicted_precision", {})
     precision = precision.get(program.layout) if isinstance(precision, dict) else precision
     if precision is not None:

@@ -10,6 +10,9 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# the pass driver verifies the IR after every pass, not only after the last (hecc.pipeline)
+os.environ.setdefault("HECC_VERIFY_EACH", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 # the first 3,000 training and 1,000 test images of MNIST ship with the tests; HECC_MNIST names the

@@ -86,6 +86,8 @@ class ForkedRows:
     be gigabytes at N=16384, and a RAM copy beside the parent's would double the peak memory;
     nameless, they cannot outlive the run)."""
 
+    streams = True  # splits streams too: a forked worker reads any value of the parent
+
     def __init__(self, parts: int, hint: str = ""):
         self.parts, self.hint = parts, hint
 
