@@ -457,10 +457,11 @@ def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, pr
             except UserError:
                 estimate = None
             break
-        ranked.append((_predicted_time(estimate), order, trial))
+        ranked.append((_predicted_time(estimate), order, trial, ckks))
     ranked.sort(key=lambda entry: entry[:2])
-    for position, (_, _, trial) in enumerate(ranked):
-        (lowered, final), timings = _lower_measured(approximated, calibration, trial, print_after_all, progress)
+    for position, (_, _, trial, ckks) in enumerate(ranked):
+        (lowered, final), timings = _lower_measured(approximated, calibration, trial, print_after_all, progress,
+                                                    ckks)
         options.update(trial)
         if position + 1 < len(ranked) and trial["weight_scale_bits"] != trial["scale_bits"]:
             precision, agreement = _noise_prediction(final, calibration)
@@ -480,7 +481,7 @@ def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, p
     input no longer fit the slots left to it. UnsupportedOpError when no K of 2 or more does."""
     from .errors import UnsupportedOpError
     from .passes import CKKS_PIPELINE, FINAL_PIPELINE
-    best, k, one = None, 1, None
+    best, k, one, lowered = None, 1, None, None
     while slots // (2 * k) >= PACKED_MIN_SLOTS:
         trial = dict(options, slots=slots // k, inputs_per_ciphertext=k)
         try:
@@ -493,13 +494,13 @@ def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, p
         if seconds > PACKED_SLOWDOWN * one:
             break
         if k > 1:
-            best = trial
+            best, lowered = trial, ckks
         k *= 2
     if best is None:
         raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext "
                                                              "for about the time of one"})
     options.update(best)
-    return _lower_measured(approximated, calibration, options, print_after_all, progress)
+    return _lower_measured(approximated, calibration, options, print_after_all, progress, lowered)
 
 
 PACKED_SLOWDOWN = 2.0
@@ -527,12 +528,17 @@ def _predicted_time(graph: Graph | None) -> float:
     return sum(predict_seconds(graph, costs).values())
 
 
-def _lower_measured(approximated: Graph, calibration, options: dict, print_after_all, progress):
+def _lower_measured(approximated: Graph, calibration, options: dict, print_after_all, progress, ckks=None):
+    """The program of ``options`` with the magnitudes its ciphertexts reach on the calibration
+    inputs; ``ckks``: the lowering of these options made already (unchanged since), if any."""
     from .passes import CKKS_PIPELINE, FINAL_PIPELINE
     from .passes.select_parameters import SlotsMismatch
+    if print_after_all is not None:
+        ckks = None  # print every pass of the program kept
     while True:
-        ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
-                          progress=progress)
+        if ckks is None:
+            ckks = run_passes(approximated, CKKS_PIPELINE, options, print_after_all=print_after_all,
+                              progress=progress)
         _measure_ciphertexts(ckks.graph, calibration, options["layout"] == "slots")
         lowered = print_graph(ckks.graph)
         try:
@@ -540,13 +546,14 @@ def _lower_measured(approximated: Graph, calibration, options: dict, print_after
                               progress=progress)
         except SlotsMismatch as exc:  # per input: the ring's slots over the inputs per ciphertext
             options["slots"] = exc.n // 2 // int(options.get("inputs_per_ciphertext", 1))
+            ckks = None
             continue
         return (lowered, done.graph), ckks.timings + done.timings
 
 
 def _predicted_precision(final: Graph, calibration) -> float | None:
     """Largest CKKS error relative to the largest output, by the simulator's noise model on (up to
-    256, in the slots layout 64, of) the calibration inputs."""
+    NOISE_SAMPLE_BATCH, in the slots layout NOISE_SAMPLE_SLOTS, of) the calibration inputs."""
     return _noise_prediction(final, calibration)[0]
 
 
@@ -562,17 +569,25 @@ def _noise_prediction(final: Graph, calibration) -> tuple[float | None, float]:
 def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
     from .backends.common import is_slots
     from .backends.sim import Simulator
-    small = {k: np.asarray(v)[:64 if is_slots(final) else 256] for k, v in calibration.items()}
+    small = {k: np.asarray(v)[:NOISE_SAMPLE_SLOTS if is_slots(final) else NOISE_SAMPLE_BATCH]
+             for k, v in calibration.items()}
+    global _NOISE_JOB
     try:
         stacked, _ = stack_inputs(final, small)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exact = Simulator(final).run(stacked)
-            # two draws: a program's encoded weights carry one draw of encoding error each, which
-            # moves its error by 2x or more from one set of keys to the next
-            noisy = [Simulator(final, noise=True, seed=seed).run(stacked) for seed in NOISE_DRAWS]
+        # two noisy draws: a program's encoded weights carry one draw of encoding error each,
+        # which moves its error by 2x or more from one set of keys to the next. A large program's
+        # three runs go to two forked processes (a compile of LeNet-5 spends most of its time here)
+        _NOISE_JOB = (final, stacked)
+        jobs = (None,) + NOISE_DRAWS
+        if (os.cpu_count() or 1) > 1 and len(final.ops) * stacked[0][:1].size >= PARALLEL_NOISE_WORK:
+            from .backends.workers import forked_map
+            exact, *noisy = forked_map(_simulation, jobs, 2, "It was simulating the compiled program on the calibration inputs to predict its CKKS noise.")
+        else:
+            exact, *noisy = map(_simulation, jobs)
     except UserError:
         return None, 1.0
+    finally:
+        _NOISE_JOB = None
     pairs = [(a, b) for draw in noisy for a, b in zip(exact, draw) if a.dtype.kind == "f" and a.size]
     if not pairs:
         return None, 1.0
@@ -583,10 +598,27 @@ def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
 
 
 NOISE_DRAWS = (0, 1)
+PARALLEL_NOISE_WORK = 1 << 20  # ops x values of one input from which the simulations are forked
+_NOISE_JOB = None  # (program, inputs) the forked simulations read
+
+
+def _simulation(seed):
+    """The noise prediction's program on its inputs: exact (``seed`` None) or with one draw of
+    CKKS's errors (not checked against the modulus again: the exact run does that)."""
+    from .backends.sim import Simulator
+    final, stacked = _NOISE_JOB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if seed is None:
+            return Simulator(final).run(stacked)
+        return Simulator(final, noise=True, seed=seed, checks=False).run(stacked)
+# calibration inputs the noise prediction simulates: every slot of each is a sample of the error, so
+# a few dozen inputs of the slots layout (thousands of slots each) bound it as well as more would
+NOISE_SAMPLE_SLOTS, NOISE_SAMPLE_BATCH = 32, 256
 
 
 PRECISION_LIMIT = 0.05  # predicted CKKS error, relative to the largest output, past which compile refuses
-SLOTS_SAMPLE = 128  # calibration inputs the slots layout simulates (a slot vector per input)
+SLOTS_SAMPLE = 64  # calibration inputs the slots layout simulates for magnitudes (a slot vector per input)
 
 
 def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None:

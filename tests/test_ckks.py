@@ -362,3 +362,16 @@ def test_plan_orders_the_relu_cnn_so_its_streams_are_contiguous_and_dependencies
     streams = [s for s in segments if isinstance(s, row_segments.Stream)]
     assert [s.count for s in streams] == [676]
     assert predicted_peak_bytes(prog.graph) < 4 * 2 ** 30
+
+
+def test_noise_prediction_in_forked_processes_equals_the_one_in_process(monkeypatch):
+    """A large program's three noise simulations (exact and two draws) run in two forked
+    processes; the prediction is the same figure as in one process (seeded draws)."""
+    import hecc.api as api
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
+    final = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x, layout="slots").graph
+    results = []
+    for work in (0, 10 ** 18):
+        monkeypatch.setattr(api, "PARALLEL_NOISE_WORK", work)
+        results.append(api._simulated_noise(final, {"input": x}))
+    assert results[0] == results[1] and results[0][0] > 0
