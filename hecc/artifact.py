@@ -110,7 +110,7 @@ def load(path: str) -> Artifact:
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
-            NotImplementedError) as exc:
+            NotImplementedError, RuntimeError) as exc:
         raise ArtifactError(f"{path}: not a hecc artifact or corrupted ({type(exc).__name__}: {exc}); "
                             "compile the model again") from None
     manifest = files.pop("manifest.json")
@@ -138,6 +138,9 @@ def _read_members(zf: zipfile.ZipFile, path: str) -> dict:
     if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
         raise ArtifactError(f"{path}: it holds compressed members, which hecc never writes (a compressed "
                             "member could expand without bound); compile the model again")
+    if any(i.flag_bits & 0x1 for i in infos):
+        raise ArtifactError(f"{path}: it holds password-protected members, which hecc never writes; "
+                            "compile the model again")
     head = by_name.get("manifest.json")
     if head is None or head.file_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: the artifact has no readable manifest.json; compile the model again")

@@ -332,7 +332,7 @@ def _cmd_opt(args) -> int:
     verify(graph, check_constants=bool(args.weights))
     try:
         result = run_passes(graph, args.passes, print_after_all=sys.stderr if args.print_after_all else None,
-                            check_constants=bool(args.weights))
+                            check_constants=bool(args.weights), verify_each=True)
     except KeyError as exc:
         name = exc.args[0] if exc.args else ""
         if isinstance(name, str) and name not in graph.constants:

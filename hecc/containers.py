@@ -100,6 +100,9 @@ def read_container(path: str, kinds: tuple[str, ...], fingerprint: str, limits,
             if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
                 raise error(f"{path}: it holds compressed members, which hecc never writes (a "
                             "compressed member could expand without bound); the file is not hecc's")
+            if any(i.flag_bits & 0x1 for i in infos):
+                raise error(f"{path}: it holds password-protected members, which hecc never writes; "
+                            "the file is not hecc's")
             by_name = {i.filename: i for i in infos}
             head = by_name.get("header.json")
             if head is None:
@@ -143,7 +146,7 @@ def read_container(path: str, kinds: tuple[str, ...], fingerprint: str, limits,
             for name, digest in expected.items():
                 files[name] = _read_hashed(zf, by_name[name], digest, path, error)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, KeyError,
-            NotImplementedError) as exc:
+            NotImplementedError, RuntimeError) as exc:
         raise error(f"{path}: not {wanted}, or truncated ({type(exc).__name__})") from None
     return header, files
 

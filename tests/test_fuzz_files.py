@@ -1089,3 +1089,25 @@ def test_random_bytes_and_zips_as_every_kind_of_file(world, data):
                             label="comment")
         blob = H.write_zip(members, comment, compression)
     hostile(lambda: use_file(world, kind, layout, blob))
+
+
+def _password_flagged(blob: bytes) -> bytes:
+    """The zip with the 'encrypted' flag set on every member in its central directory."""
+    out, at = bytearray(blob), blob.find(b"PK\x01\x02")
+    while at >= 0:
+        out[at + 8] |= 0x1
+        at = blob.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
+
+
+def test_members_flagged_as_password_protected_are_refused(world, tmp_path):
+    """A zip member flagged as encrypted (a case the raw fuzzer found: zipfile raised a bare
+    RuntimeError) is refused with a typed error in an artifact and in a key file."""
+    path = tmp_path / "m.hecc"
+    path.write_bytes(_password_flagged(world.artifact))
+    with pytest.raises(UserError, match="password-protected"):
+        hecc.load(str(path))
+    keys = tmp_path / "eval.keys"
+    keys.write_bytes(_password_flagged(world.files["batch"].data["eval"]))
+    with pytest.raises(UserError, match="password-protected"):
+        Server(world.files["batch"].program, str(keys))
