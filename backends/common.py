@@ -250,7 +250,7 @@ def ciphertext_bytes(n: int, primes: int, size: int = 2) -> int:
     return size * n * primes * 8
 
 
-def predicted_peak_bytes(graph: Graph) -> int:
+def predicted_peak_bytes(graph: Graph, streams: bool = True) -> int:
     """Peak bytes of ciphertext memory while one batch (or input) is evaluated by SEAL, in the
     order the backend evaluates (``segments.plan``). Every value lives from its definition to its
     last use, at its level's prime count; a value made and read inside one segment (``segments``)
@@ -258,13 +258,14 @@ def predicted_peak_bytes(graph: Graph) -> int:
     freed ciphertext memory in a pool per allocation size for reuse and does not give it back, so
     the prediction is the sum over sizes (primes x components) of each size's own peak, not the
     peak of the sum (within 1.2x of the measured resident memory on the examples). Plus the
-    encoded weight vectors the backend keeps for reuse (``plain_bytes``)."""
+    encoded weight vectors the backend keeps for reuse (``plain_bytes``). ``streams``: as the
+    backend built with it evaluates (the Ray cluster's evaluates without)."""
     from .segments import births, temporaries
     params = program_params(graph)
     n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
     server = [op for op in graph.ops if op.name in SERVER_OPS]
-    part = temporaries(graph, server, is_slots(graph))
-    order, early = births(graph, server, is_slots(graph))
+    part = temporaries(graph, server, is_slots(graph), streams)
+    order, early = births(graph, server, is_slots(graph), streams)
     planned = iter(order)
     ops = [next(planned) if op.name in SERVER_OPS else op for op in graph.ops]
     born = {}

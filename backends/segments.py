@@ -54,11 +54,12 @@ class Stream(list):
         return [op.result for op in self if id(op) not in self.tails]
 
 
-def plan(graph: Graph, server: list[Op], slots_layout: bool) -> tuple[list[Op], list[list[Op]]]:
+def plan(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> tuple[list[Op], list[list[Op]]]:
     """The order in which to evaluate ``server`` (the server ops in program order) and its
     segments: in the batch layout each stream contiguous (``Stream``), the rest in program
-    order where that order allows; otherwise the program order and ``group_segments``."""
-    streams = [] if slots_layout else _streams(graph, server)
+    order where that order allows; otherwise (or without ``streams``) the program order and
+    ``group_segments``."""
+    streams = [] if slots_layout or not streams else _streams(graph, server)
     order = _order(server, streams) if streams else None
     if order is None:
         return list(server), group_segments(graph, server, slots_layout)
@@ -233,13 +234,13 @@ def external(segment: list[Op]) -> list:
     return out
 
 
-def temporaries(graph: Graph, server: list[Op], slots_layout: bool) -> dict:
+def temporaries(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> dict:
     """Values that exist only ROW_CHUNK rows at a time (made and read inside one batch-layout
     segment of several ops, in ``plan``'s order): value -> the fraction of its rows alive at
     once."""
     if slots_layout:
         return {}
-    order, segments = plan(graph, server, slots_layout)
+    order, segments = plan(graph, server, slots_layout, streams)
     position = {id(op): i for i, op in enumerate(order)}
     outside = {v for op in graph.ops if id(op) not in position for v in op.operands}
     out = {}
@@ -254,10 +255,10 @@ def temporaries(graph: Graph, server: list[Op], slots_layout: bool) -> dict:
     return out
 
 
-def births(graph: Graph, server: list[Op], slots_layout: bool) -> tuple[list[Op], dict]:
+def births(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> tuple[list[Op], dict]:
     """``plan``'s order of ``server`` and, for each stream tail's result, the op of that order
     from which its sums exist (the stream's first: they grow chunk by chunk)."""
-    order, segments = plan(graph, server, slots_layout)
+    order, segments = plan(graph, server, slots_layout, streams)
     early = {}
     for segment in segments:
         if isinstance(segment, Stream):

@@ -197,7 +197,10 @@ class Deferred:
 class TensealBackend:
     """One program on SEAL, one batch (or one input) at a time, in the calling process."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, streams: bool = True):
+        """``streams``: evaluate the batch layout's streams (``segments.Stream``) as such; an
+        executor whose row splitter cannot share a stream among workers (the Ray cluster's)
+        asks for the plain segments."""
         self.graph = graph
         self.params = program_params(graph)
         self.inputs, self.server, self.decrypts, self.client, self.outputs = split_program(graph)
@@ -206,7 +209,7 @@ class TensealBackend:
         self.slots_layout = is_slots(graph)
         self.per_batch = inputs_per_batch(graph)  # inputs a batch of ciphertexts holds
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
-        self.server, self.segments = row_segments.plan(graph, self.server, self.slots_layout)
+        self.server, self.segments = row_segments.plan(graph, self.server, self.slots_layout, streams)
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
             for v in op.operands:
@@ -779,11 +782,11 @@ def _load_group(backend, value, group, what: str) -> list:
             for j, data in enumerate(group)]
 
 
-def server_backend(graph: Graph, eval_keys: dict[str, bytes]) -> TensealBackend:
+def server_backend(graph: Graph, eval_keys: dict[str, bytes], streams: bool = True) -> TensealBackend:
     """A backend for the server side: evaluation keys only (a secret key is refused)."""
     if "secret" in eval_keys:
         raise KeyFileError("the server was given a secret key; it must never have one")
-    backend = TensealBackend(graph)
+    backend = TensealBackend(graph, streams)
     backend.connect(eval_keys)
     return backend
 

@@ -66,9 +66,10 @@ class ClusterExecutor:
     def run(self, backend, stacked, stats: RunStats | None = None, progress=None) -> list[np.ndarray]:
         """``hecc run``: keys made and kept here; each batch encrypted here, evaluated on the
         cluster, decrypted here; outputs in input order."""
-        from ..backends.tenseal import decrypt_batch, encrypt_batch
+        from ..backends.tenseal import TensealBackend, decrypt_batch, encrypt_batch
         stats = stats or RunStats()
         start = time.perf_counter()
+        backend = TensealBackend(backend.graph, streams=False)  # the actors share rows of plain segments
         backend.connect(None)
         stats.seconds["keygen"] = time.perf_counter() - start
         eval_keys = {k: v for k, v in backend.seal.export().items() if k != "secret"}
@@ -96,7 +97,7 @@ class ClusterExecutor:
     def evaluate(self, graph, eval_keys: dict[str, bytes], batches, progress=None) -> list[list[list[bytes]]]:
         """The server: serialized ciphertexts per batch in, serialized results per batch out."""
         from ..backends.tenseal import server_backend
-        backend = server_backend(graph, eval_keys)  # bad keys: the typed error, here and now
+        backend = server_backend(graph, eval_keys, streams=False)  # bad keys: the typed error, here and now
         unit = "evaluated input" if backend.per_batch == 1 else "evaluated batch"
         return [result for _, result, _ in
                 self._stream(backend, eval_keys, len(batches), lambda i: batches[i], progress, unit)]
@@ -346,7 +347,7 @@ def worker_bytes(graph, eval_keys: dict[str, bytes]) -> int:
     """Memory one worker asks Ray for: the predicted peak of one batch's ciphertexts (twice: the
     serialized input and its results beside the live values) plus the evaluation keys."""
     from ..backends.common import predicted_peak_bytes
-    return 2 * predicted_peak_bytes(graph) + sum(len(v) for v in eval_keys.values())
+    return 2 * predicted_peak_bytes(graph, streams=False) + sum(len(v) for v in eval_keys.values())
 
 
 def lost_errors(ray) -> tuple:

@@ -29,7 +29,7 @@ class EvalWorker:
         if self.backend is None:
             program, eval_keys = ray.get(refs)
             graph = parse(program["text"], dict(program["constants"]), source="cluster program")
-            self.backend = server_backend(graph, eval_keys)
+            self.backend = server_backend(graph, eval_keys, streams=False)  # as the driver's
         return os.getpid(), ray.util.get_node_ip_address()
 
     def evaluate(self, refs: list, chunks: list, counts: list[int], number: int):
