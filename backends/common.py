@@ -260,12 +260,11 @@ def predicted_peak_bytes(graph: Graph, streams: bool = True) -> int:
     peak of the sum (within 1.2x of the measured resident memory on the examples). Plus the
     encoded weight vectors the backend keeps for reuse (``plain_bytes``). ``streams``: as the
     backend built with it evaluates (the Ray cluster's evaluates without)."""
-    from .segments import births, temporaries
+    from .segments import memory_plan
     params = program_params(graph)
     n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
     server = [op for op in graph.ops if op.name in SERVER_OPS]
-    part = temporaries(graph, server, is_slots(graph), streams)
-    order, early = births(graph, server, is_slots(graph), streams)
+    order, part, early = memory_plan(graph, server, is_slots(graph), streams)
     planned = iter(order)
     ops = [next(planned) if op.name in SERVER_OPS else op for op in graph.ops]
     born = {}
@@ -291,6 +290,12 @@ def predicted_peak_bytes(graph: Graph, streams: bool = True) -> int:
     return int(sum(peaks.values())) + plain_bytes(graph)
 
 
+def evaluation_keys(graph: Graph) -> tuple[list[int], bool]:
+    """The evaluation keys the program needs: its rotation steps, and whether it relinearizes."""
+    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
+    return list(steps), any(op.name == "ckks.relinearize" for op in graph.ops)
+
+
 def key_memory_bytes(graph: Graph) -> int:
     """Bytes the evaluation keys take in a SEAL process: each key-switching key as SEAL holds it
     (per data prime, two polynomials over every prime, the special one included), plus the
@@ -299,8 +304,8 @@ def key_memory_bytes(graph: Graph) -> int:
     params = program_params(graph)
     n, bits = params.poly_modulus_degree, params.coeff_modulus_bits
     data = len(bits) - 1
-    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
-    keys = len(steps) + int(any(op.name == "ckks.relinearize" for op in graph.ops))
+    steps, relin = evaluation_keys(graph)
+    keys = len(steps) + int(relin)
     return keys * data * n * (2 * len(bits) * 8 + sum(bits) // 8)
 
 

@@ -49,9 +49,8 @@ class Stream(list):
         super().__init__(ops)
         self.count, self.tails = count, tails
 
-    def inner(self):
-        """The values made a chunk of rows at a time (every result but the tails')."""
-        return [op.result for op in self if id(op) not in self.tails]
+    def tail_ops(self) -> list[Op]:
+        return [op for op in self if id(op) in self.tails]
 
 
 def plan(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> tuple[list[Op], list[list[Op]]]:
@@ -234,36 +233,30 @@ def external(segment: list[Op]) -> list:
     return out
 
 
-def temporaries(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> dict:
-    """Values that exist only ROW_CHUNK rows at a time (made and read inside one batch-layout
-    segment of several ops, in ``plan``'s order): value -> the fraction of its rows alive at
-    once."""
-    if slots_layout:
-        return {}
+def memory_plan(graph: Graph, server: list[Op], slots_layout: bool,
+                streams: bool = True) -> tuple[list[Op], dict, dict]:
+    """What the backend's evaluation means for memory: ``plan``'s order of ``server``; the values
+    that exist only ROW_CHUNK rows at a time (made and read inside one batch-layout segment of
+    several ops), value -> the fraction of its rows alive at once; and for each stream tail's
+    result, the op of that order from which its sums exist (the stream's first: they grow
+    chunk by chunk)."""
     order, segments = plan(graph, server, slots_layout, streams)
+    if slots_layout:
+        return order, {}, {}
     position = {id(op): i for i, op in enumerate(order)}
     outside = {v for op in graph.ops if id(op) not in position for v in op.operands}
-    out = {}
+    part, early = {}, {}
     for segment in segments:
         if len(segment) < 2:
             continue
         kept = set(live_out(segment, order[position[id(segment[-1])] + 1:])) | outside
         tails = segment.tails if isinstance(segment, Stream) else ()
         for op in segment:
-            if op.result not in kept and id(op) not in tails:
-                out[op.result] = min(1.0, ROW_CHUNK / max(1, op.result.type.count))
-    return out
-
-
-def births(graph: Graph, server: list[Op], slots_layout: bool, streams: bool = True) -> tuple[list[Op], dict]:
-    """``plan``'s order of ``server`` and, for each stream tail's result, the op of that order
-    from which its sums exist (the stream's first: they grow chunk by chunk)."""
-    order, segments = plan(graph, server, slots_layout, streams)
-    early = {}
-    for segment in segments:
-        if isinstance(segment, Stream):
-            early.update({op.result: segment[0] for op in segment if id(op) in segment.tails})
-    return order, early
+            if id(op) in tails:
+                early[op.result] = segment[0]
+            elif op.result not in kept:
+                part[op.result] = min(1.0, ROW_CHUNK / max(1, op.result.type.count))
+    return order, part, early
 
 
 def live_out(segment: list[Op], later_ops) -> list:

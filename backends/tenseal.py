@@ -23,8 +23,8 @@ from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
-from .common import (LinearWeights, batches, inputs_per_batch, is_slots, plain_rows, program_params, run_client_tail,
-                     slot_inputs, slot_outputs, split_program)
+from .common import (LinearWeights, batches, evaluation_keys, inputs_per_batch, is_slots, plain_rows, program_params,
+                     run_client_tail, slot_inputs, slot_outputs, split_program)
 from . import segments as row_segments
 from .segments import Stream, external, live_out
 
@@ -222,8 +222,7 @@ class TensealBackend:
 
     def connect(self, keys: dict[str, bytes] | None) -> _Seal:
         """Set up SEAL for this program: new keys (None) or the given serialized ones."""
-        relin = any(op.name == "ckks.relinearize" for op in self.server)
-        steps = next(op.attrs.get("galois_steps", []) for op in self.graph.ops if op.name == "ckks.params")
+        steps, relin = evaluation_keys(self.graph)
         self.seal = _Seal(self.params.poly_modulus_degree, self.params.coeff_modulus_bits, relin, keys,
                           steps)
         self._plan_scales()
@@ -575,25 +574,16 @@ class TensealBackend:
         """The tails of stream ``number`` from the sums of their terms over all its rows
         (``sums``: tail id -> (sums per output row, an input ciphertext of the tail))."""
         out = {}
-        for op in self.segments[number]:
-            if id(op) in self.segments[number].tails:
-                accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
-                out[op.result] = self._linear_rows(op, accs, 0, op.result.type.count, like)
+        for op in self.segments[number].tail_ops():
+            accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
+            out[op.result] = self._linear_rows(op, accs, 0, op.result.type.count, like)
         return out
 
     def _add_terms(self, sums: dict, op, terms: list, like) -> None:
         """Add a chunk's sums of a tail's terms (None: no terms) to ``sums``; ``like`` (an input
         ciphertext of the tail, or None) is kept for rows that end with no terms."""
         accs, known = sums.get(id(op), ([None] * op.result.type.count, None))
-        sums[id(op)] = (accs, known if known is not None else like)
-        add = self.seal.evaluator.add_inplace
-        for r, term in enumerate(terms):
-            if term is None:
-                continue
-            if accs[r] is None:
-                accs[r] = term
-            else:
-                add(accs[r], term)
+        sums[id(op)] = (self._sum_shares([accs, terms]), known if known is not None else like)
 
     def _rows(self, number: int, read, lo: int, hi: int, shares=None, like=None, sums=None) -> list[list]:
         """Rows lo..hi of segment ``number``; ``read(value)`` gives a value made before the
@@ -658,11 +648,10 @@ class TensealBackend:
         sums: dict = {}
         kept = self._chunked(number, source, lo, hi, sums=sums)
         out = []
-        for op in self.segments[number]:
-            if id(op) in self.segments[number].tails:
-                accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
-                out += [b"" if ct is None else dump(ct) for ct in accs]
-                out.append(dump(like) if like is not None and any(ct is None for ct in accs) else b"")
+        for op in self.segments[number].tail_ops():
+            accs, like = sums.get(id(op), ([None] * op.result.type.count, None))
+            out += [b"" if ct is None else dump(ct) for ct in accs]
+            out.append(dump(like) if like is not None and any(ct is None for ct in accs) else b"")
         return out + [dump(ct) for cts in kept for ct in cts]
 
     def segment_values(self, number: int, source: list, lo: int, hi: int) -> list[list]:
@@ -697,12 +686,11 @@ class TensealBackend:
         sums: dict = {}
         for (lo, hi), part in zip(chunks, blobs):
             part = iter(part)
-            for op in segment if stream else ():
-                if id(op) in segment.tails:
-                    terms = [self.load_rows(b) if b else None for b in
-                             (next(part) for _ in range(op.result.type.count))]
-                    like = next(part)
-                    self._add_terms(sums, op, terms, self.load_rows(like) if like else None)
+            for op in segment.tail_ops() if stream else ():
+                terms = [self.load_rows(b) if b else None for b in
+                         (next(part) for _ in range(op.result.type.count))]
+                like = next(part)
+                self._add_terms(sums, op, terms, self.load_rows(like) if like else None)
             for value in live:
                 results[value] += [self.load_rows(next(part)) for _ in range(lo, hi)]
         if stream:

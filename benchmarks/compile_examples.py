@@ -12,27 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
+
+from memory_prediction import CASES, time_v  # the same examples, compiled with the same options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "examples")
 HECC = os.path.join(os.path.dirname(sys.executable), "hecc")
-CASES = [("cryptonets_mnist", []), ("tenseal_tutorial_mnist", []), ("sigmoid_mlp_mnist", []),
-         ("sklearn_logreg_mnist", []), ("small_relu_cnn_mnist", []),
-         ("relu_cnn_mnist", ["--activation-degree", "8"]), ("lenet5_orion_mnist", []), ("lenet5_mnist", [])]
 
 
-def timed(cmd) -> tuple[float, int]:
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", out.stderr)
-    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) * 1024
-    return seconds, rss
+def flags(options: dict) -> list[str]:
+    """``hecc.compile`` keyword options as `hecc compile` flags."""
+    return [part for key, value in options.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def main():
@@ -44,9 +36,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in CASES:
             folder = os.path.join(EXAMPLES, name)
+            options = flags(options)
             cmd = [HECC, "compile", os.path.join(folder, "model.onnx"), "-o", os.path.join(tmp, f"{name}.hecc"),
                    "--calibration", os.path.join(folder, "input.npy"), "--force", "-q", *options]
-            runs = [timed(cmd) for _ in range(args.repeats)]
+            runs = [time_v(cmd) for _ in range(args.repeats)]
             seconds, rss = min(runs)
             rows.append({"example": name, "options": options, "seconds": round(seconds, 2),
                          "all_seconds": [round(s, 2) for s, _ in runs], "peak_bytes": rss})

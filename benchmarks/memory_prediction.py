@@ -36,11 +36,18 @@ CASES = [("cryptonets_mnist", {}), ("tenseal_tutorial_mnist", {}), ("sigmoid_mlp
 SKIP = ["lenet5_orion_mnist/batch", "lenet5_mnist/batch"]
 
 
-def max_rss(cmd) -> int:
+def time_v(cmd) -> tuple[float, int]:
+    """(wall seconds, peak resident bytes) of a command, from `/usr/bin/time -v`."""
     out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) * 1024
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", out.stderr)
+    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
+    return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) * 1024
+
+
+def max_rss(cmd) -> int:
+    return time_v(cmd)[1]
 
 
 def main():

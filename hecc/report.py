@@ -157,11 +157,10 @@ def ciphertext_bytes(graph) -> tuple[int, int]:
 def eval_key_bytes(graph) -> tuple[int, int]:
     """(bytes, key count) of the evaluation keys, as hecc keygen saves them (seeded): generated
     with SEAL for the program's parameters and measured."""
-    from .backends.common import program_params
+    from .backends.common import evaluation_keys, program_params
     from .backends.tenseal import _Seal
     params = program_params(graph)
-    steps = next(op.attrs.get("galois_steps", []) for op in graph.ops if op.name == "ckks.params")
-    relin = any(op.name == "ckks.relinearize" for op in graph.ops)
+    steps, relin = evaluation_keys(graph)
     seal = _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin, galois_steps=steps)
     return seal.eval_key_bytes(), len(steps) + int(relin)
 
