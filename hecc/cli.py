@@ -81,7 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("artifact")
     r.add_argument("--input", action="append", required=True, metavar="[NAME=]X.npy",
                    help="input array (.npy) with a leading batch dimension; repeat as NAME=X.npy for several")
-    r.add_argument("--output", metavar="Y.npy|Y.npz",
+    r.add_argument("-o", "--output", metavar="Y.npy|Y.npz",
                    help="write the first output (.npy) or every output by name (.npz)")
     r.add_argument("--backend", default="reference", choices=["reference", "sim", "tenseal"])
     r.add_argument("--layout", default="auto", choices=["auto", "batch", "slots", "packed"],

@@ -61,7 +61,7 @@ def test_compile_inspect_run(tmp_path, tiny, run_cli):
     assert code == 0, stderr
     assert_close(np.load(tmp_path / "y.npy"), logits, 1e-5)
     assert json.loads((tmp_path / "s.json").read_text())["inputs"] == 7
-    code, _, _ = run_cli("run", out, "--input", f"x={x}", "--output", tmp_path / "y.npz")
+    code, _, _ = run_cli("run", out, "--input", f"x={x}", "-o", tmp_path / "y.npz")  # -o, like the others
     assert code == 0
     with np.load(tmp_path / "y.npz") as npz:
         assert sorted(npz.files) == ["logits", "probs"]
