@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from .containers import unsafe_members
 from .errors import ArtifactError, ParseError, UserError, VerifyError
 from .ir import Graph, parse, verify
 from .manifest import FINAL_STAGES, check_program, check_tensor_stage, manifest_problem
@@ -135,12 +136,9 @@ def _read_members(zf: zipfile.ZipFile, path: str) -> dict:
     by_name = {i.filename: i for i in infos}
     if len(by_name) != len(names):
         raise ArtifactError(f"{path}: a member appears twice; the artifact was not written by hecc")
-    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-        raise ArtifactError(f"{path}: it holds compressed members, which hecc never writes (a compressed "
-                            "member could expand without bound); compile the model again")
-    if any(i.flag_bits & 0x1 for i in infos):
-        raise ArtifactError(f"{path}: it holds password-protected members, which hecc never writes; "
-                            "compile the model again")
+    unsafe = unsafe_members(infos)
+    if unsafe:
+        raise ArtifactError(f"{path}: {unsafe}; compile the model again")
     head = by_name.get("manifest.json")
     if head is None or head.file_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path}: the artifact has no readable manifest.json; compile the model again")

@@ -64,6 +64,16 @@ def write_container_to(f, kind: str, fingerprint: str, layout: str, keyset: str,
             zf.writestr(name, data)
 
 
+def unsafe_members(infos: list[zipfile.ZipInfo]) -> str | None:
+    """Why members of a zip hecc wrote cannot look like these (None: all stored, none encrypted):
+    reading them could expand without bound or fail inside zipfile."""
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        return "it holds compressed members, which hecc never writes (a compressed member could expand without bound)"
+    if any(i.flag_bits & 0x1 for i in infos):
+        return "it holds password-protected members, which hecc never writes"
+    return None
+
+
 def peek_header(path: str) -> dict | None:
     """The header of a key or ciphertext file without any check (to choose a layout or a
     message); None when there is none. Reads at most a bounded header."""
@@ -97,12 +107,9 @@ def read_container(path: str, kinds: tuple[str, ...], fingerprint: str, limits,
             names = [i.filename for i in infos]
             if len(set(names)) != len(names):
                 raise error(f"{path}: a member appears twice; the file was not written by hecc")
-            if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-                raise error(f"{path}: it holds compressed members, which hecc never writes (a "
-                            "compressed member could expand without bound); the file is not hecc's")
-            if any(i.flag_bits & 0x1 for i in infos):
-                raise error(f"{path}: it holds password-protected members, which hecc never writes; "
-                            "the file is not hecc's")
+            unsafe = unsafe_members(infos)
+            if unsafe:
+                raise error(f"{path}: {unsafe}; the file is not hecc's")
             by_name = {i.filename: i for i in infos}
             head = by_name.get("header.json")
             if head is None:
