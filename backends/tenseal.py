@@ -802,10 +802,10 @@ def decrypt_batch(backend: TensealBackend, results: list[list[bytes]], lo: int, 
     return backend._decrypt(env, lo, hi)
 
 
-def evaluate_batches(graph: Graph, eval_keys: dict[str, bytes], encrypted, progress=None, rows=None) -> list[list[list[bytes]]]:
-    """Server: the program on ciphertexts, with no secret key, batch after batch in this process
-    (``rows``: an executor's row splitter); per batch, per decryption point."""
-    backend = server_backend(graph, eval_keys)
+def evaluate_batches(backend: TensealBackend, encrypted, progress=None, rows=None) -> list[list[list[bytes]]]:
+    """Server: the program on ciphertexts with ``backend`` (``server_backend``: no secret key),
+    batch after batch in this process (``rows``: an executor's row splitter); per batch, per
+    decryption point."""
     out = []
     unit = "evaluated input" if backend.per_batch == 1 else "evaluated batch"
     for number, batch in enumerate(encrypted):

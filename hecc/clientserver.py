@@ -216,7 +216,8 @@ class Client:
 
 class Server:
     """The evaluating side: runs the program on ciphertexts with the evaluation keys only, on
-    this machine (``workers`` processes) or on the Ray cluster at ``cluster`` (``hecc[ray]``)."""
+    this machine (``workers`` processes) or on the Ray cluster at ``cluster`` (``hecc[ray]``).
+    ``evaluate`` can be called again for more files of the same key set (a service does)."""
 
     def __init__(self, program, eval_keys_path: str, progress=None, cluster: str | None = None,
                  workers: int | None = None):
@@ -224,6 +225,7 @@ class Server:
         _require_encrypted(program)
         self.executor = executor_for(workers, cluster)
         self.program, self.progress = program, progress
+        self.graph = program.graph
         self.eval_keys_path = os.fspath(eval_keys_path)
         self.fingerprint = fingerprint(program)
         self.limits = member_limits(program)
@@ -235,11 +237,10 @@ class Server:
         from .backends.tenseal import input_groups
         header, files = read_container(in_path, ("input",), self.fingerprint, self.limits, self.keyset,
                                        self.program.layout)
-        batches = ciphertext_groups(header, files, input_groups(self.program.graph),
-                                    inputs_per_batch(self.program.graph), in_path)
+        batches = ciphertext_groups(header, files, input_groups(self.graph), inputs_per_batch(self.graph), in_path)
         try:
             with _naming(self.eval_keys_path):
-                results = self.executor.evaluate(self.program.graph, self.keys, batches, self.progress)
+                results = self.executor.evaluate(self.graph, self.keys, batches, self.progress)
         except CiphertextFileError as exc:
             raise CiphertextFileError(f"{in_path}: {exc}") from None
         write_container(out_path, "output", self.fingerprint, self.program.layout, self.keyset,

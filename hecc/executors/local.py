@@ -26,6 +26,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or min(2, os.cpu_count() or 1)
+        self._server = None  # (graph, eval keys, their backend): a server evaluating again reuses it
 
     def rows(self, graph, per: int | None = None):
         """The row splitter for one batch evaluated here (None: no forking); ``per``: the
@@ -75,9 +76,13 @@ class LocalExecutor:
 
     def evaluate(self, graph, eval_keys: dict[str, bytes], batches, progress=None) -> list[list[list[bytes]]]:
         """The server: each batch of serialized ciphertexts evaluated here, in turn, its large
-        layers split across the workers; per batch, per decryption point, serialized results."""
-        from ..backends.tenseal import evaluate_batches
-        return evaluate_batches(graph, eval_keys, batches, progress, self.rows(graph))
+        layers split across the workers; per batch, per decryption point, serialized results. The
+        SEAL context, keys and encoded weights are kept for the next call with the same graph and
+        keys (a service's worker evaluating job after job of one key set)."""
+        from ..backends.tenseal import evaluate_batches, server_backend
+        if self._server is None or self._server[0] is not graph or self._server[1] is not eval_keys:
+            self._server = (graph, eval_keys, server_backend(graph, eval_keys))
+        return evaluate_batches(self._server[2], batches, progress, self.rows(graph))
 
 
 class ForkedRows:
