@@ -149,6 +149,48 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     d.add_argument("--force", action="store_true")
 
+    s = sub.add_parser("serve", help="server: an HTTP service that evaluates clients' encrypted inputs "
+                                     "(needs pip install 'hecc[serve]')")
+    s.add_argument("artifact")
+    s.add_argument("--data", required=True, metavar="DIR",
+                   help="folder for the service's state (key sets, jobs, results); made if new, reused "
+                        "after a restart")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one)")
+    s.add_argument("--workers", type=int, default=1, help="evaluation processes (default 1)")
+    s.add_argument("--cluster", metavar="ADDRESS", help="evaluate on the Ray cluster at ADDRESS "
+                   "(needs pip install 'hecc[ray]')")
+    s.add_argument("--max-queue", type=int, default=64, metavar="JOBS",
+                   help="jobs queued or running at once; more are answered 503 (default 64)")
+    s.add_argument("--max-inputs", type=int, default=64, metavar="N",
+                   help="inputs in one job (default 64); bounds the size of an upload")
+    s.add_argument("--max-keysets", type=int, default=1000, metavar="K", help="key sets registered (default 1000)")
+    s.add_argument("--max-uploads", type=int, default=16, metavar="N",
+                   help="uploads received at once; more are answered 503 (default 16)")
+    s.add_argument("--upload-timeout", type=float, default=30.0, metavar="S",
+                   help="drop an upload when no byte came for S seconds (default 30)")
+
+    f = sub.add_parser("infer", help="client: encrypt inputs, have a `hecc serve` service evaluate them, "
+                                     "decrypt the result")
+    f.add_argument("artifact")
+    f.add_argument("inputs", nargs="+", metavar="[NAME=]X.npy")
+    f.add_argument("--server", required=True, metavar="URL", help="the service, http://HOST:PORT")
+    f.add_argument("--keys", required=True, metavar="KEYS/",
+                   help="the keys folder (made, with a new key set, if it has none)")
+    f.add_argument("--layout", choices=["batch", "slots", "packed"],
+                   help="the layout of new keys (default: that of the keys, else the fastest for this many inputs)")
+    f.add_argument("-o", "--output", required=True, metavar="Y.npy|Y.npz")
+    f.add_argument("--output-mode", default="logits", choices=["logits", "argmax"],
+                   help="argmax keeps only the predicted class (share that, not the values)")
+    f.add_argument("--round", type=int, metavar="DIGITS", help="round the decrypted values")
+    f.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="give up when the service cannot be reached for S seconds, or the job has not "
+                        "ended S seconds after it was submitted (default 600)")
+    f.add_argument("--allow-out-of-range", action="store_true",
+                   help="encrypt inputs outside the range seen at calibration (see encrypt)")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    f.add_argument("--force", action="store_true")
+
     o = sub.add_parser("opt", help="run passes on textual IR and print the result")
     o.add_argument("file", help="IR text (.hir); - reads stdin")
     o.add_argument("-p", "--passes", required=True, help="comma-separated pass names")
@@ -412,6 +454,49 @@ def _cmd_decrypt(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .service.serve import serve
+    for name in ("max_queue", "max_inputs", "max_keysets", "max_uploads"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give a port from 0 to 65535")
+    if not args.upload_timeout > 0:
+        raise UserError("--upload-timeout must be a positive number of seconds")
+    try:
+        from .service.app import Limits
+    except ImportError:
+        Limits = None  # serve says which extra is missing
+    limits = Limits and Limits(max_queue=args.max_queue, max_inputs=args.max_inputs, max_keysets=args.max_keysets,
+                               max_uploads=args.max_uploads, upload_timeout=args.upload_timeout)
+    serve(args.artifact, args.data, args.host, args.port, args.workers, args.cluster, limits)
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    from .api import load
+    from .clientserver import Client
+    if not args.output.endswith((".npy", ".npz")):
+        raise UserError(f"-o {args.output}: use a .npy (first output) or .npz (all outputs) path")
+    if not args.timeout > 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    secret = os.path.join(args.keys, "secret.key")
+    check_output(args.output, is_numpy_file, args.force, reads=(args.artifact, secret, *_paths(args.inputs)))
+    prog = load(args.artifact)
+    inputs = _input_arrays(prog, args.inputs)
+    layout = args.layout
+    if layout is None and not os.path.exists(secret) and prog.encrypted:
+        from .runtime import stack_inputs
+        layout = prog.choose_layout(stack_inputs(prog.artifact.graph("tensor"), inputs)[1], measure=False)
+    prog = _with_layout(prog, layout, secret)
+    outputs = Client(prog, args.keys, _progress(args)).infer(inputs, args.server, args.output_mode, args.round,
+                                                             args.timeout, args.allow_out_of_range)
+    _save_outputs(args.output, outputs)
+    if not args.quiet:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _input_arrays(prog, items) -> dict:
     from .arrays import load_npy
     names = [n for n, _ in prog.inputs]
@@ -429,7 +514,8 @@ def _input_arrays(prog, items) -> dict:
 
 
 COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "run": _cmd_run, "opt": _cmd_opt,
-            "calibrate": _cmd_calibrate, "keygen": _cmd_keygen, "encrypt": _cmd_encrypt, "eval": _cmd_eval, "decrypt": _cmd_decrypt}
+            "calibrate": _cmd_calibrate, "keygen": _cmd_keygen, "encrypt": _cmd_encrypt, "eval": _cmd_eval, "decrypt": _cmd_decrypt,
+            "serve": _cmd_serve, "infer": _cmd_infer}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -156,6 +156,25 @@ class Client:
                                    {k: keys[k] for k in sorted(KEY_MEMBERS["secret"])})
         return secret_path, eval_path
 
+    def keyset(self) -> str:
+        """The identity of the key set in the keys folder (its secret key checked)."""
+        return self._keys()[0]
+
+    def infer(self, inputs, server: str, output_mode: str = "logits", round_digits: int | None = None,
+              deadline: float = 600.0, allow_out_of_range: bool = False) -> dict:
+        """Evaluate ``inputs`` (an array for a one-input model, or a dict by input name) on the
+        ``hecc serve`` service at ``server`` (http://HOST:PORT) and decrypt the result here: keys
+        are made in the keys folder if it has none and registered with the service once; only
+        evaluation keys and ciphertexts cross the network. Retries while the service restarts,
+        for up to ``deadline`` seconds."""
+        from .service.client import infer
+        if not isinstance(inputs, dict):
+            names = [n for n, _ in self.program.inputs]
+            if len(names) != 1:
+                raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict")
+            inputs = {names[0]: inputs}
+        return infer(self, inputs, server, output_mode, round_digits, deadline, allow_out_of_range)
+
     def _keys(self) -> tuple[str, dict[str, bytes]]:
         """The key set's identity and the secret (and public) key."""
         path = self.secret_path
