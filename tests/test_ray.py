@@ -255,3 +255,17 @@ def test_workers_are_sized_by_the_clusters_cpus_and_memory(cluster, cryptonets, 
     monkeypatch.setattr(cluster_mod, "worker_bytes", lambda graph, keys: 1 << 50)
     with pytest.raises(hecc.UserError, match=r"no node of the Ray cluster has a CPU and 1048576.00 GiB"):
         prog.run(x, backend="tenseal", layout="batch", cluster=cluster.address)
+
+
+def test_service_evaluates_on_the_cluster(cluster, cryptonets, tmp_path):
+    """`hecc serve --cluster`: the service's workers hand their jobs to the cluster; `hecc infer`
+    gets the same classes as the plaintext program."""
+    from service_util import ServiceProcess
+    prog, x, root, _ = cryptonets
+    with ServiceProcess(root / "cn.hecc", tmp_path / "data", "--cluster", cluster.address) as service:
+        proc = subprocess.run([HECC, "infer", root / "cn.hecc", root / "x4.npy", "--server", service.url, "--keys",
+                               tmp_path / "keys", "--layout", "slots", "-o", tmp_path / "y.npy", "-q"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr + service.stderr()
+    expected = prog.run(x, backend="reference")["logits"]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy").argmax(1), expected.argmax(1))
