@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import TensorProto, helper, numpy_helper
 
 import hecc
 import hecc.cli
@@ -39,6 +37,7 @@ from conftest import EXAMPLES
 from hecc.clientserver import Client, Server
 from hecc.errors import UserError
 from service_util import ServiceProcess, answer, request
+from test_clientserver import _model  # a small model: another program than CryptoNets
 
 UPLOAD_TIMEOUT = 2  # seconds without a byte before an upload is dropped (--upload-timeout)
 MAX_INPUTS = 8  # --max-inputs: an input upload may be ~30 MB, more than eval.keys (~20 MB)
@@ -46,21 +45,6 @@ UPLOAD_NAME = {"eval": "the uploaded eval.keys", "input": "the uploaded cipherte
 STATUSES: dict[str, object] = {}  # kind -> the status(es) it got (shown with pytest -s at the end)
 FUZZ = Counter()  # the statuses the fuzz got
 FUZZ_MESSAGES = Counter()  # the messages of its 4xx (their start)
-
-
-def _tiny_model(path, seed=0):
-    """A small two-layer model (another program than CryptoNets), as in test_clientserver."""
-    rng = np.random.default_rng(seed)
-    F = TensorProto.FLOAT
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
-             for n, s in (("w1", (6, 4)), ("b1", (6,)), ("w2", (3, 6)))]
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
-             helper.make_node("Mul", ["h", "h"], ["s"]),
-             helper.make_node("Gemm", ["s", "w2"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", F, ["N", 4])],
-                              [helper.make_tensor_value_info("logits", F, ["N", 3])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    return path
 
 
 class Svc:
@@ -92,6 +76,15 @@ class Svc:
         found = re.search(rf"^{re.escape(name)} (\S+)$", body.decode(), re.M)
         assert found, f"no {name} in /metrics"
         return float(found.group(1))
+
+    def assert_no_server_error(self) -> None:
+        """No 5xx counted since the start, no traceback in the log, and still serving."""
+        status, _, body = request(self.url, "GET", "/metrics")
+        codes = re.findall(r'hecc_http_responses_total\{code="(\d+)"\}', body.decode())
+        assert codes and all(int(c) < 500 for c in codes), body.decode()
+        log = self.proc.stderr()
+        assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+        self.assert_serving()
 
     def assert_serving(self, body: bytes = b"") -> None:
         """The process lives and answers, left no upload behind, and ``body`` (an answer) names
@@ -145,7 +138,7 @@ def svc(tmp_path_factory):
     tx = np.random.default_rng(1).uniform(-1, 1, (10, 4)).astype(np.float32)
     np.save(root / "tx.npy", tx)
     tiny = str(root / "tiny.hecc")
-    assert hecc.cli.main(["compile", _tiny_model(str(root / "tiny.onnx")), "--calibration",
+    assert hecc.cli.main(["compile", _model(str(root / "tiny.onnx"), 0), "--calibration",
                           str(root / "tx.npy"), "-o", tiny, "-q"]) == 0
     for layout in ("slots", "batch"):
         prog = hecc.load(tiny).with_layout(layout)
@@ -928,13 +921,7 @@ def test_fuzzing_the_endpoints_finds_no_5xx(svc, group):
     FUZZ.update(cases)
     print(f"\nfuzz {group}: {sum(cases.values())} cases in {took:.1f} s: {dict(sorted(cases.items(), key=str))}")
     assert sum(cases.values()) >= FUZZ_CASES[group]
-    # an answer lost in a reset is still counted: no 5xx, and no traceback in the service's log
-    status, _, body = request(svc.url, "GET", "/metrics")
-    codes = re.findall(r'hecc_http_responses_total\{code="(\d+)"\}', body.decode())
-    assert codes and all(int(c) < 500 for c in codes), body.decode()
-    log = svc.proc.stderr()
-    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
-    svc.assert_serving()
+    svc.assert_no_server_error()  # an answer lost in a reset is still counted
     assert svc.snapshot()[0] == keysets, "the fuzz registered a key set"
 
 
@@ -949,9 +936,4 @@ def test_a_valid_client_still_gets_the_right_classes(svc):
         assert (np.asarray(outputs[name]).argmax(-1) == np.asarray(want).argmax(-1)).all()
     assert svc.metric("hecc_keysets") == 3  # a's, b's and this client's: no refused one
     assert len(os.listdir(svc.data / "keysets")) == 3
-    status, _, body = request(svc.url, "GET", "/metrics")
-    codes = re.findall(r'hecc_http_responses_total\{code="(\d+)"\}', body.decode())
-    assert codes and all(int(c) < 500 for c in codes), body.decode()
-    log = svc.proc.stderr()
-    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
-    svc.assert_serving()
+    svc.assert_no_server_error()
