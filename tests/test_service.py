@@ -250,3 +250,15 @@ def test_a_job_committed_just_before_a_crash_is_queued_at_the_next_start(tmp_pat
     assert store.pending() == 2 and store.state("1" * 32)["state"] == "queued"
     claimed = [store.claim("w0")[1], store.claim("w0")[1]]
     assert claimed == ["1" * 32, "3" * 32]  # in the order they were submitted
+
+
+def test_a_worker_that_cannot_start_stops_the_service_with_its_reason(setup, tmp_path):
+    root, art, x, _ = setup
+    data = tmp_path / "data"
+    with ServiceProcess(art, data):
+        pass
+    (data / "program.hecc").write_bytes(b"not an artifact any more")
+    proc = _cli("serve", art, "--data", data, "--port", "0")
+    assert proc.returncode == 2, proc.stderr
+    assert "hecc serve: worker w0:" in proc.stderr and "could not start (exit code 2)" in proc.stderr
+    assert "listening" not in proc.stderr

@@ -26,7 +26,10 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..errors import UserError
+
 POLL_SECONDS = 0.05
+START_SECONDS = 120.0  # a worker loads the artifact before it is ready
 CACHED_KEYSETS = 4  # key sets a worker keeps loaded (SEAL context, keys, encoded weights) between jobs
 
 
@@ -60,12 +63,12 @@ def _stats_path(store, name: str) -> str:
 def run_worker(data: str, name: str, cluster: str | None = None) -> None:
     from ..api import load
     from ..clientserver import Server
-    from ..errors import UserError
     from .store import Store, write_json
     store = Store(data)
     program = load(store.path("program.hecc"))
     programs = {layout: program.with_layout(layout) for layout in program.layouts}
     stats = {"jobs": 0, "failed": 0, "seconds": 0.0}
+    write_json(_stats_path(store, name), stats)  # ready: the service waits for this at its start
     servers: OrderedDict = OrderedDict()  # (keyset, layout) -> Server, its SEAL context and keys loaded
     while True:
         claimed = store.claim(name)
@@ -117,13 +120,26 @@ class Workers:
         args = [sys.executable, "-m", "hecc.service.worker", self.store.root, name, "--parent", str(os.getpid())]
         if self.cluster:
             args += ["--cluster", self.cluster]
-        self.procs[name] = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # started in the state folder: `python -m` puts its working directory first on sys.path,
+        # and a source checkout there (hecc/ without its mapped subpackages) would shadow the
+        # installed hecc
+        self.procs[name] = subprocess.Popen(args, stdin=subprocess.DEVNULL, cwd=self.store.root)
 
     def start(self) -> None:
         for name in os.listdir(self.store.path("workers")):  # counts of an earlier start
             os.unlink(self.store.path("workers", name))
         for i in range(self.count):
             self._start(f"w{i}")
+        deadline = time.monotonic() + START_SECONDS
+        for name, proc in self.procs.items():
+            while not os.path.exists(_stats_path(self.store, name)):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    how = f"exit code {proc.returncode}" if proc.returncode is not None else \
+                        f"not ready after {START_SECONDS:g} s"
+                    raise UserError(f"the evaluation worker {name} could not start ({how}); its error is "
+                                    "above. Is hecc installed in the Python that runs `hecc serve`?")
+                time.sleep(POLL_SECONDS)
         self.thread.start()
 
     def _watch(self) -> None:
@@ -175,7 +191,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     _die_with_parent(args.parent)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    run_worker(args.data, args.name, args.cluster)
+    try:
+        run_worker(args.data, args.name, args.cluster)
+    except UserError as exc:  # the state it was given cannot be used (a damaged program.hecc)
+        sys.stderr.write(f"hecc serve: worker {args.name}: {exc}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":
