@@ -157,11 +157,7 @@ class Program:
                 out = prog.run(inputs, backend, noise, workers, progress, layout, cluster)
                 self.last_stats = prog.last_stats
                 return out
-        if not isinstance(inputs, dict):
-            names = [n for n, _ in self.inputs]
-            if len(names) != 1:
-                raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict")
-            inputs = {names[0]: inputs}
+        inputs = named_inputs(self, inputs)
         if backend not in ("reference", "sim", "tenseal"):
             raise UserError(f"unknown backend {backend!r}; choose reference, sim or tenseal")
         graph = self.artifact.graph("tensor") if backend == "reference" else self.graph
@@ -211,6 +207,16 @@ class Program:
 
     def save(self, path: str) -> None:
         artifact.save(self.artifact, os.fspath(path))
+
+
+def named_inputs(program: "Program", inputs) -> dict:
+    """``inputs`` by input name: a dict as it is, an array as the one input of a one-input model."""
+    if isinstance(inputs, dict):
+        return inputs
+    names = [n for n, _ in program.inputs]
+    if len(names) != 1:
+        raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict")
+    return {names[0]: inputs}
 
 
 def outside_calibration(program: "Program", inputs: dict) -> list[str]:

@@ -167,13 +167,10 @@ class Client:
         are made in the keys folder if it has none and registered with the service once; only
         evaluation keys and ciphertexts cross the network. Retries while the service restarts,
         for up to ``deadline`` seconds."""
+        from .api import named_inputs
         from .service.client import infer
-        if not isinstance(inputs, dict):
-            names = [n for n, _ in self.program.inputs]
-            if len(names) != 1:
-                raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict")
-            inputs = {names[0]: inputs}
-        return infer(self, inputs, server, output_mode, round_digits, deadline, allow_out_of_range)
+        return infer(self, named_inputs(self.program, inputs), server, output_mode, round_digits, deadline,
+                     allow_out_of_range)
 
     def _keys(self) -> tuple[str, dict[str, bytes]]:
         """The key set's identity and the secret (and public) key."""

@@ -99,8 +99,8 @@ def serve(artifact_path: str, data: str, host: str = "127.0.0.1", port: int = 80
     config = uvicorn.Config(make_app(service), log_level="warning", access_log=False, timeout_graceful_shutdown=10,
                             limit_concurrency=256, http=_head_timeout(service.limits.upload_timeout))
     server = uvicorn.Server(config)
-    address, bound = sock.getsockname()[:2], sock.getsockname()[1]
-    shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+    address, bound = sock.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
     pool.start()
     stopped = []  # uvicorn stops on SIGTERM/SIGINT, then raises the signal again: ours notes it
     previous = {sig: signal.signal(sig, lambda number, _: stopped.append(number))
