@@ -221,6 +221,13 @@ def _render_layout(program, lines: list[str], measure: bool):
         info = program.artifact.manifest.get("rotation_keys", {}) if program.layout == "slots" else {}
         lines.append(f"  rotations per {unit}: {sum(counts.get('rotate', {}).values())}, Galois keys: "
                      f"{len(steps)} (steps {', '.join(map(str, steps))})")
+        zero = zero_block_counts(program)
+        if zero is not None:
+            products, rotations, dense_products, dense_rotations = zero
+            lines.append(f"  zero weights skipped: {dense_products - products} products and "
+                         f"{dense_rotations - rotations} rotations fewer than the same maps with no zero "
+                         f"weights ({products} and {rotations} instead of {dense_products} and "
+                         f"{dense_rotations})")
     sent, returned = ciphertext_bytes(graph)
     lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
                  f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
@@ -259,6 +266,22 @@ def _render_layout(program, lines: list[str], measure: bool):
                          f"{info['rotations']} rotations instead of {info['rotations_without_budget']} "
                          f"(+{extra * rotate * 1e3:.0f} ms per input predicted)")
     return lambda runs: estimate_run(graph, runs, costs)["total"]
+
+
+def zero_block_counts(program) -> list[int] | None:
+    """[products, rotations, products without zeros, rotations without zeros] of a slots or
+    packed program whose weights have zeros (recorded by the lowering: products by plaintext
+    vectors and rotations of the program as lowered, and of the same maps with every zero weight
+    made non-zero); None when it has none (or the record is malformed)."""
+    from .passes.lower_to_ckks import ZERO_BLOCKS
+    prefix = "packed." if program.layout == "packed" else ""  # the packed program's constant_prefix
+    counts = program.artifact.constants.get(prefix + ZERO_BLOCKS)
+    if counts is None:
+        return None
+    counts = np.asarray(counts)
+    if counts.shape != (4,) or counts.dtype.kind not in "iu" or np.any(counts < 0):
+        return None
+    return [int(c) for c in counts]
 
 
 def _table(n):

@@ -33,7 +33,9 @@ slot count, N/2; 4096).
 """
 from __future__ import annotations
 
-from hecc.errors import PassError
+import numpy as np
+
+from hecc.errors import HeccError, PassError
 from hecc.ir import Graph
 
 from .batch import Lowering
@@ -52,19 +54,80 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         lowering = Lowering(graph, options)
     else:
         options.setdefault("slots", DEFAULT_SLOTS)
-        while True:
-            lowering = SlotsLowering(graph, options)
-            try:
-                for op in graph.ops:
-                    lowering.lower(op)
-                break
-            except Relayout as exc:
-                options["periodic_inputs"] = set(options.get("periodic_inputs", ())) | {exc.name}
-        lowering.finish()
-        lowering.out.meta["max_abs"] = lowering.max_abs
+        lowering = _lower_slots(graph, options)
+        _count_zero_blocks(graph, options, lowering.out)
         return lowering.out
     for op in graph.ops:
         lowering.lower(op)
     out = lowering.out
     out.meta["max_abs"] = lowering.max_abs
     return out
+
+
+ZERO_BLOCKS = "zero_blocks"  # the constant (after the options' constant_prefix) holding the counts
+
+
+def _count_zero_blocks(graph: Graph, options: dict, out: Graph) -> None:
+    """Slots layout: when weights of convolutions or products by constant matrices are zero (a
+    pruned model), the products by plaintext vectors and the rotations the program has, and those
+    of the same graph with every such zero made non-zero (the maps then have no all-zero
+    diagonal or block to skip), as the constant ``<constant_prefix>zero_blocks``: int64
+    [products, rotations, products without zeros, rotations without zeros], which the compile
+    report reads (nothing when the maps without zeros do not lower). The second lowering is
+    cached per slot count in ``graph.meta``."""
+    weights = set()
+    for op in graph.ops:
+        if op.name == "tensor.conv2d" and len(op.operands) > 1:
+            weights.add(op.operands[1])
+        elif op.name == "tensor.matmul":
+            weights.update(op.operands)
+    names = [op.attrs["name"] for op in graph.ops if op.name == "tensor.constant" and op.result in weights]
+    zeros = [n for n in names if n in graph.constants and np.asarray(graph.constants[n]).ndim >= 2
+             and np.asarray(graph.constants[n]).dtype.kind == "f" and not np.all(graph.constants[n])]
+    if not zeros:
+        return
+    cache = graph.meta.setdefault("zero_blocks_dense", {})
+    key = int(options["slots"])
+    if key not in cache:
+        dense = graph.copy()
+        dense.constants = dict(graph.constants)
+        for name in zeros:
+            array = np.asarray(graph.constants[name], dtype=np.float64)
+            nonzero = np.abs(array[array != 0])
+            fill = float(nonzero.mean()) if nonzero.size else 1.0
+            # distinct positive values: no sum of weights cancels by accident
+            dense.constants[name] = np.where(array != 0, array, fill * (1 + np.random.default_rng(0).random(array.shape)))
+        pairs = dict(zip(graph.ops, dense.ops))
+        dense.meta["ranges"] = {pairs[op].results[i]: m for op in graph.ops for i, v in enumerate(op.results)
+                                for m in [graph.meta.get("ranges", {}).get(v)] if m is not None}
+        try:
+            cache[key] = _slots_counts(_lower_slots(dense, dict(options)).out)
+        except HeccError:  # the dense maps do not fit (say, too many diagonals): nothing to record
+            cache[key] = None
+    if cache[key] is None:
+        return
+    out.constants[str(options.get("constant_prefix", "")) + ZERO_BLOCKS] = np.asarray(
+        _slots_counts(out) + cache[key], dtype=np.int64)
+
+
+def _lower_slots(graph: Graph, options: dict) -> SlotsLowering:
+    """The finished slots lowering of ``graph``; an input the lowering wants laid out periodic
+    (``Relayout``) is added to ``options["periodic_inputs"]`` and the lowering starts again."""
+    while True:
+        lowering = SlotsLowering(graph, options)
+        try:
+            for op in graph.ops:
+                lowering.lower(op)
+            break
+        except Relayout as exc:
+            options["periodic_inputs"] = set(options.get("periodic_inputs", ())) | {exc.name}
+    lowering.finish()
+    lowering.out.meta["max_abs"] = lowering.max_abs
+    return lowering
+
+
+def _slots_counts(graph: Graph) -> list[int]:
+    """[products by plaintext vectors, rotations] of a slots program."""
+    products = sum(op.result.type.count for op in graph.ops if op.name == "ckks.mul_plain")
+    rotations = sum(op.result.type.count for op in graph.ops if op.name == "ckks.rotate")
+    return [int(products), int(rotations)]
