@@ -23,8 +23,10 @@ IMPORTERS: dict[tuple[str, str], callable] = {}
 
 # What to do instead, for unsupported ops people often bring.
 HINTS = {
-    "MaxPool": "max is not computable under CKKS: train with AveragePool instead",
-    "GlobalMaxPool": "max is not computable under CKKS: train with GlobalAveragePool instead",
+    "MaxPool": "max is not computable under CKKS: train with AveragePool instead, or convert the trained "
+               "PyTorch model with hecc.torch.he_friendly",
+    "GlobalMaxPool": "max is not computable under CKKS: train with GlobalAveragePool instead, or convert the "
+                     "trained PyTorch model with hecc.torch.he_friendly",
     "ConvTranspose": "not supported yet",
     "If": "If is not supported: hecc compiles no control flow; export the model with the branch taken",
     "Loop": "Loop is not supported: hecc compiles no control flow; export the model with the loop unrolled",

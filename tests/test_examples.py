@@ -83,3 +83,23 @@ def test_every_example_has_a_readme_with_an_encrypted_run():
         with open(os.path.join(EXAMPLES, name, "README.md")) as f:
             text = f.read()
         assert "hecc compile" in text and "--backend tenseal" in text, name
+
+
+def test_he_friendly_lenet_compiles_where_the_original_is_refused():
+    """examples/lenet_he_friendly: the standard LeNet-5 (max pooling) is refused with a pointer to
+    hecc.torch.he_friendly; its block-pruned HE-friendly version compiles for the slots layout,
+    the reference backend reproduces onnxruntime's logits, the CKKS program (simulated) computes
+    the same network, and the report counts the products and rotations the zero weights removed."""
+    from hecc.errors import UnsupportedOpError
+    from hecc.report import render, zero_block_counts
+    folder = os.path.join(EXAMPLES, "lenet_he_friendly")
+    with pytest.raises(UnsupportedOpError, match="MaxPool.*he_friendly"):
+        hecc.compile(os.path.join(folder, "original.onnx"))
+    x = np.load(os.path.join(folder, "input.npy"))
+    prog = hecc.compile(os.path.join(folder, "pruned.onnx"), calibration=x, layout="slots")
+    got = prog.run(x)["logits"]
+    assert_close(got, np.load(os.path.join(folder, "expected_pruned.npy")), 1e-5, "pruned LeNet-5")
+    assert_close(prog.run(x[:4], backend="sim")["logits"], got[:4], 1e-6, "pruned LeNet-5, simulated")
+    products, rotations, dense_products, dense_rotations = zero_block_counts(prog)
+    assert products + rotations < (dense_products + dense_rotations) / 3
+    assert "zero weights skipped" in render(prog, measure=False)
