@@ -463,6 +463,10 @@ def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, pr
             except UserError:
                 estimate = None
             break
+        if estimate is not None:
+            smaller = _smaller_ring(approximated, trial, estimate)
+            if smaller is not None:
+                trial, ckks, estimate = smaller
         ranked.append((_predicted_time(estimate), order, trial, ckks))
     ranked.sort(key=lambda entry: entry[:2])
     for position, (_, _, trial, ckks) in enumerate(ranked):
@@ -474,6 +478,30 @@ def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, pr
             if precision is None or precision > MERGED_PRECISION or agreement < 1.0:
                 continue
         return (lowered, final), timings
+
+
+def _smaller_ring(approximated: Graph, trial: dict, estimate: Graph):
+    """The slots program of ``trial`` laid out again for a smaller ring, when its primes fit one
+    (a lowering starts from the batch program's ring or 4,096 slots, and a ring larger than the
+    primes need only adds security): (trial, ckks lowering, final estimate) if it lowers at that
+    ring and the cost model predicts it no slower, else None. Halving the ring halves every
+    ciphertext, so a small model's encrypted input shrinks with it."""
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    from .passes.select_parameters import smallest_ring
+    params = next(op.attrs for op in estimate.ops if op.name == "ckks.params")
+    n = smallest_ring(params["coeff_modulus_bits"])
+    per_ct = int(trial.get("inputs_per_ciphertext", 1))
+    if n is None or n >= params["poly_modulus_degree"] or n // 2 // per_ct < PACKED_MIN_SLOTS:
+        return None
+    smaller = dict(trial, slots=n // 2 // per_ct)
+    try:
+        ckks = run_passes(approximated, CKKS_PIPELINE, smaller)
+        graph = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, smaller).graph
+    except UserError:  # too large for the smaller ring's slots, or its primes do not fit it
+        return None
+    if _predicted_time(graph) > _predicted_time(estimate):
+        return None
+    return smaller, ckks, graph
 
 
 PACKED_MIN_SLOTS = 16  # the smallest one-input layout a packed program is tried with

@@ -86,6 +86,17 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
                          "activations, fewer layers) or smaller scales")
 
 
+def smallest_ring(chain: list[int]) -> int | None:
+    """The smallest ring degree whose 128-bit bound holds ``chain``'s data primes with a special
+    prime as large as the largest of them, and whose primes can all exist (None: none)."""
+    data = list(chain[:-1]) or list(chain)
+    needed = data + [max(data)]
+    for n, limit in sorted(MAX_MODULUS_BITS_128.items()):
+        if n >= 2048 and sum(needed) <= limit and min(needed) >= min_prime_bits(n):
+            return n
+    return None
+
+
 class SlotsMismatch(ParameterError):
     """The program was laid out for fewer slots than the parameters it needs give."""
 

@@ -105,6 +105,28 @@ def test_encrypted_mnist_classes_equal_sklearn(mnist_flat, model):
     assert fhe_model.last_stats["backend"] == "tenseal" and fhe_model.last_stats["batches"] == 1
 
 
+def test_one_encrypted_mnist_input_is_small(mnist_flat, tmp_path):
+    """A model whose work is one linear map sends one densely packed ciphertext per input, in the
+    smallest ring that holds its primes: under 40 KB for 784 MNIST features (it was three
+    ciphertexts of N=8192, 237 KB), and the classes still equal scikit-learn's."""
+    from hecc.clientserver import Client, Server
+    x_train, y_train, x_test = mnist_flat
+    model = LogisticRegression(max_iter=300).fit(x_train, y_train)
+    program = hecc.sklearn.compile(model, x_train, layout="slots").program
+    assert program.parameters["poly_modulus_degree"] == 4096
+    inputs = [op for op in program.graph.ops if op.name == "hecc.input"]
+    assert len(inputs) == 1 and inputs[0].result.type.count == 1
+    client = Client(program, tmp_path / "keys")
+    client.keygen()
+    client.encrypt({"X": x_test[:1]}, tmp_path / "in.hecc")
+    assert (tmp_path / "in.hecc").stat().st_size <= 40_000
+    Server(program, tmp_path / "keys" / "eval.keys").evaluate(tmp_path / "in.hecc", tmp_path / "out.hecc")
+    scores = client.decrypt(tmp_path / "out.hecc")["probabilities"]
+    assert model.classes_[np.argmax(scores)] == model.predict(x_test[:1])[0]
+    np.testing.assert_array_equal(program.run(x_test[:8], backend="sim")["probabilities"].argmax(1),
+                                  model.predict(x_test[:8]))
+
+
 def test_encrypted_poisson_regression_equals_sklearn(digits):
     x, y = digits
     model = PoissonRegressor(max_iter=1000).fit(x, y)

@@ -18,6 +18,18 @@ from .gather import GatherPlan, gather_plan
 from .placement import Placement, blocked_grid, compact
 
 
+def one_linear_map(graph) -> bool:
+    """Whether the tensor graph is affine in its secret inputs: no product of two secret values
+    and no polynomial, so its slots program is one linear map per output."""
+    for op in graph.ops:
+        if op.name == "tensor.poly":
+            return False
+        if op.name in ("tensor.mul", "tensor.matmul", "tensor.div", "tensor.conv2d") and sum(
+                bool(getattr(v.type, "secret", False)) for v in op.operands) >= 2:
+            return False
+    return True
+
+
 class Relayout(Exception):
     """An input laid out for one linear map is needed by another: lower again with it periodic."""
 
@@ -68,6 +80,11 @@ class InputLayouts:
         forced = name in self.periodic_inputs or (rows.size and np.array_equal(rows, cols) and taps == 1)
         if forced or cts > MAX_INPUT_CIPHERTEXTS:
             options = [o for o in options if o[1] not in ("expanded", "gather")] or options
+        if one_linear_map(self.src):
+            # the whole model is this map: what the client sends dominates its cost, so the input
+            # goes densely packed in one periodic ciphertext (not a ciphertext per tap group, nor
+            # rotated copies), a few server rotations instead
+            options = [o for o in options if o[1] == "periodic"] or options
         _, kind, plan = min(options, key=lambda o: o[0])
         if kind in ("expanded", "gather"):
             return kind, None, plan
