@@ -66,8 +66,12 @@ def compile(model, X_calibration, **options) -> "FHEModel":
     client in plaintext before encryption; the class decision, probabilities and the inverse link
     of the generalized linear regressors run on the client after decryption.
     """
-    from sklearn.pipeline import Pipeline
-    from sklearn.utils.validation import check_is_fitted
+    try:
+        import skl2onnx  # noqa: F401
+        from sklearn.pipeline import Pipeline
+        from sklearn.utils.validation import check_is_fitted
+    except ImportError:
+        raise UserError("hecc.sklearn needs scikit-learn and skl2onnx: pip install 'hecc[sklearn]'") from None
     steps = list(model.steps) if isinstance(model, Pipeline) else [(type(model).__name__.lower(), model)]
     *transformers, (_, estimator) = steps
     kind = type(estimator).__name__
