@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import HeccError
 from ..ir import CipherType, Graph, Op
+from ..params import data_primes
 
 SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
               "ckks.rescale", "ckks.modswitch", "ckks.concat", "ckks.rotate", "ckks.mul_plain",
@@ -26,7 +27,7 @@ class Params:
 
     @property
     def depth(self) -> int:
-        return len(self.coeff_modulus_bits) - 2
+        return len(data_primes(self.coeff_modulus_bits)) - 1
 
 
 @dataclass
@@ -262,7 +263,7 @@ def predicted_peak_bytes(graph: Graph, streams: bool = True) -> int:
     backend built with it evaluates (the Ray cluster's evaluates without)."""
     from .segments import memory_plan
     params = program_params(graph)
-    n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
+    n, primes = params.poly_modulus_degree, len(data_primes(params.coeff_modulus_bits))
     server = [op for op in graph.ops if op.name in SERVER_OPS]
     order, part, early = memory_plan(graph, server, is_slots(graph), streams)
     planned = iter(order)
@@ -303,7 +304,7 @@ def key_memory_bytes(graph: Graph) -> int:
     widths: the other is regenerated from a seed)."""
     params = program_params(graph)
     n, bits = params.poly_modulus_degree, params.coeff_modulus_bits
-    data = len(bits) - 1
+    data = len(data_primes(bits))
     steps, relin = evaluation_keys(graph)
     keys = len(steps) + int(relin)
     return keys * data * n * (2 * len(bits) * 8 + sum(bits) // 8)
@@ -314,7 +315,7 @@ def plain_bytes(graph: Graph) -> int:
     mul_plain / add_plain reads (N coefficients per prime of its level); the slots layout's
     weight diagonals, mostly."""
     params = program_params(graph)
-    n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
+    n, primes = params.poly_modulus_degree, len(data_primes(params.coeff_modulus_bits))
     seen, total = set(), 0
     for op in graph.ops:
         if op.name in ("ckks.mul_plain", "ckks.add_plain"):

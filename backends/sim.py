@@ -91,6 +91,8 @@ class Simulator:
     def _keyswitch(self, level: int) -> float:
         """A key switch's error at ``level``, in units of a fresh encryption's (KEYSWITCH_NOISE)."""
         chain = self.params.coeff_modulus_bits
+        if len(chain) < 2:  # no special prime: the program switches no keys
+            return 1.0
         data = chain[:-1][: len(chain) - 1 - level]
         return math.sqrt(1.0 + KEYSWITCH_NOISE ** 2 * sum(2.0 ** (2 * (b - chain[-1])) for b in data))
 

@@ -23,6 +23,7 @@ from ..errors import CiphertextFileError, KeyFileError, ParameterError
 from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
+from ..params import data_primes
 from .common import (LinearWeights, batches, evaluation_keys, inputs_per_batch, is_slots, plain_rows, program_params,
                      run_client_tail, slot_inputs, slot_outputs, split_program)
 from . import segments as row_segments
@@ -895,7 +896,8 @@ PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking f
 def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str, list[float]]:
     """Seconds per primitive at each level of the chain (index = level), measured with SEAL on
     this machine: the cost model behind the compile report's predicted latency."""
-    s = _Seal(n, chain, relin=True, galois_steps=[1])
+    keyed = len(chain) > 1  # one prime: no special prime, no key switching (nothing to rotate)
+    s = _Seal(n, chain, relin=keyed, galois_steps=[1] if keyed else [])
     ev, encoder = s.evaluator, s.encoder
     plain, ct = seal.Plaintext(), seal.Ciphertext()
     scale = 2.0 ** min(16, (chain[0] - 4) // 3)  # squares and products fit even at the last level
@@ -910,7 +912,7 @@ def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str,
         for _ in range(repeats):
             fn()
         return (time.perf_counter() - start) / repeats
-    depth = len(chain) - 2
+    depth = len(data_primes(chain)) - 1
     for level in range(depth + 1):
         w, tmp, acc, sq = seal.Plaintext(), seal.Ciphertext(), seal.Ciphertext(), seal.Ciphertext()
         encoder.encode(0.3, ct.parms_id(), scale, w)
@@ -925,9 +927,13 @@ def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str,
         costs["add_plain"].append(timed(lambda: ev.add_plain(ct, vector, tmp)))
         weights = [0.3] * (n // 2)
         costs["encode"].append(timed(lambda: encoder.encode(weights, ct.parms_id(), scale, vector)))
-        costs["rotate"].append(timed(lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)))
-        costs["square"].append(timed(lambda: ev.square(ct, sq)))
-        costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))
+        if keyed:
+            costs["rotate"].append(timed(lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)))
+            costs["square"].append(timed(lambda: ev.square(ct, sq)))
+            costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))
+        else:
+            for name in ("rotate", "square", "relinearize"):
+                costs[name].append(0.0)
         pt = seal.Plaintext()
         costs["encrypt"].append(timed(lambda: (encoder.encode([0.5] * (n // 2), ct.parms_id(), scale, pt),
                                                s.encryptor.encrypt_symmetric(pt, tmp))))

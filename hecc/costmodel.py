@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from .params import data_primes
+
 # seconds at N=16384 for L data primes left: a * L + b * L^2 + c
 MODEL = {
     "rotate": (2.24e-3, 0.16e-3, 0.0),
@@ -32,7 +34,7 @@ def modeled_costs(n: int, chain: list[int]) -> dict[str, list[float]]:
     """Predicted seconds per primitive at each level of ``chain`` (index = level), in the form
     ``measure_primitives`` returns."""
     ring = n * math.log2(n) / (16384 * 14)
-    data = len(chain) - 1
+    data = len(data_primes(chain))
     out = {}
     for name, (a, b, c) in MODEL.items():
         costs = []

@@ -115,8 +115,11 @@ def check_program(graph: Graph) -> None:
     n, chain = attrs["poly_modulus_degree"], attrs["coeff_modulus_bits"]
     if not (MIN_DEGREE <= n <= MAX_DEGREE and n & (n - 1) == 0):
         raise ParameterError(f"ring degree N={n} is not a power of two in [{MIN_DEGREE}, {MAX_DEGREE}]")
-    if not 2 <= len(chain) <= 64 or not all(_is_int(b, 10, 60) for b in chain):
-        raise ParameterError(f"coefficient modulus {chain}: 2 to 64 primes of 10 to 60 bits each")
+    if not 1 <= len(chain) <= 64 or not all(_is_int(b, 10, 60) for b in chain):
+        raise ParameterError(f"coefficient modulus {chain}: 1 to 64 primes of 10 to 60 bits each")
+    if len(chain) == 1 and (any(op.name == "ckks.relinearize" for op in graph.ops) or attrs.get("galois_steps")):
+        raise ParameterError(f"coefficient modulus {chain} has no special prime, which a program that "
+                             "rotates or relinearizes needs")
     steps = attrs.get("galois_steps", [])
     used = {op.attrs["step"] for op in graph.ops if op.name == "ckks.rotate"}
     if len(set(steps)) != len(steps) or not all(_is_int(s, 1, n // 2 - 1) for s in steps):

@@ -21,8 +21,15 @@ def min_prime_bits(poly_modulus_degree: int) -> int:
     return int(math.log2(2 * poly_modulus_degree)) + 2
 
 
+def data_primes(chain: list[int]) -> list[int]:
+    """The primes a fresh ciphertext has: all but the special (key-switching) prime, or the one
+    prime of a chain that has no special prime (a program with no rotation or relinearization
+    and no rescale needs none: SEAL then encrypts under its only prime)."""
+    return list(chain[:-1]) if len(chain) > 1 else list(chain)
+
+
 def modulus_bits_at(chain: list[int], level: int) -> int:
     """Total bits of the primes a ciphertext at ``level`` still has (special prime excluded).
     ``chain`` is SEAL's order: [q0, p_{D-1}, ..., p_0, special]; level l has dropped p_0..p_{l-1}."""
-    data = chain[:-1]
+    data = data_primes(chain)
     return sum(data[: len(data) - level])

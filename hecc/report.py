@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .ir import CipherType
+from .params import data_primes
 
 COSTS_PATH = os.environ.get("HECC_COSTS", os.path.join(os.path.expanduser("~"), ".cache", "hecc", "costs.json"))
 WORKER_SPEEDUP = 1.7  # measured: one batch split over two workers runs 1.7x faster (CryptoNets)
@@ -145,7 +146,7 @@ def ciphertext_bytes(graph) -> tuple[int, int]:
     """Bytes of the ciphertexts sent to and returned by the server, for one batch."""
     n = next(op.attrs["poly_modulus_degree"] for op in graph.ops if op.name == "ckks.params")
     chain = next(op.attrs["coeff_modulus_bits"] for op in graph.ops if op.name == "ckks.params")
-    data = len(chain) - 1
+    data = len(data_primes(chain))
 
     def size(t):
         return t.count * 2 * n * (data - t.level) * 8
@@ -202,7 +203,7 @@ def _render_layout(program, lines: list[str], measure: bool):
     graph = program.graph
     layout = params.get("layout", "batch")
     n, chain = params["poly_modulus_degree"], params["coeff_modulus_bits"]
-    depth = len(chain) - 2
+    depth = len(data_primes(chain)) - 1
     per_ct = params.get("inputs_per_ciphertext", 1)
     unit = "input" if layout == "slots" and per_ct == 1 else "batch"
     lines.append(f"{program.layout} layout: CKKS N={n}, coefficient modulus {chain} ({sum(chain)} bits; the "

@@ -67,7 +67,7 @@ def compile(model, X_calibration, **options) -> "FHEModel":
     of the generalized linear regressors run on the client after decryption.
     """
     try:
-        import skl2onnx  # noqa: F401
+        import skl2onnx  # noqa: F401  (imported here to say which extra is missing)
         from sklearn.pipeline import Pipeline
         from sklearn.utils.validation import check_is_fitted
     except ImportError:
@@ -93,7 +93,10 @@ def compile(model, X_calibration, **options) -> "FHEModel":
 
 # (scale_bits, weight_scale_bits), most precise first. A linear model multiplies once, so its
 # precision is the weights' encoding scale (hecc's batch default of 14 bits leaves regression
-# values 1e-3 off); the largest that fit a 60-bit bottom prime depend on the output's magnitude.
+# values 1e-3 off; 18 bits keep them within 1e-4); the largest that fit a 60-bit bottom prime
+# depend on the output's magnitude. All but the last are precise enough for every estimator
+# here, so among them the one with the smallest rings wins (the smallest messages: N=2048 holds
+# the batch layout's one prime at (26, 18) but not at (28, 20)); the last is the fallback.
 PRECISION_LADDER = ((30, 22), (28, 20), (26, 18), (26, 14))
 
 
@@ -104,19 +107,29 @@ def _compile_precise(onnx_bytes: bytes, X, options: dict):
     from .errors import ParameterError
     if "scale_bits" in options or "weight_scale_bits" in options:
         return hecc.compile(onnx_bytes, calibration=X, **options)
-    first = None  # under layout "auto", the most precise program that lacks a layout
+    complete, partial = [], None  # every layout compiled; the most precise that lacks a layout
     for scale_bits, weight_scale_bits in PRECISION_LADDER:
+        if complete and (scale_bits, weight_scale_bits) == PRECISION_LADDER[-1]:
+            break  # the fallback only when nothing more precise holds every layout
         try:
             program = hecc.compile(onnx_bytes, calibration=X, scale_bits=scale_bits,
                                    weight_scale_bits=weight_scale_bits, **options)
         except ParameterError:
-            if first is None and (scale_bits, weight_scale_bits) == PRECISION_LADDER[-1]:
+            if not complete and partial is None and (scale_bits, weight_scale_bits) == PRECISION_LADDER[-1]:
                 raise
             continue
-        if not program.artifact.manifest.get("layout_unavailable"):
-            return program
-        first = first or program
-    return first
+        if program.artifact.manifest.get("layout_unavailable"):
+            partial = partial or program
+        else:
+            complete.append(program)
+    if not complete:
+        return partial
+    return min(complete, key=_ring_degrees)  # min keeps the first (most precise) of equal rings
+
+
+def _ring_degrees(program) -> int:
+    """The sum of the ring degrees of the program's layouts (each encrypted input's size)."""
+    return sum(program.with_layout(layout).parameters["poly_modulus_degree"] for layout in program.layouts)
 
 
 class FHEModel:

@@ -20,6 +20,7 @@ Options: none.
 """
 from __future__ import annotations
 
+from hecc.params import data_primes
 from hecc.backends.common import SERVER_OPS, ciphertext_bytes, is_slots, predicted_peak_bytes, program_params
 from hecc.ir import CipherType, Graph
 
@@ -47,7 +48,7 @@ def run(graph: Graph, options=None) -> Graph:
 
 def _greedy(graph: Graph, server: list) -> list:
     params = program_params(graph)
-    n, primes = params.poly_modulus_degree, len(params.coeff_modulus_bits) - 1
+    n, primes = params.poly_modulus_degree, len(data_primes(params.coeff_modulus_bits))
 
     def size(v) -> int:
         t = v.type

@@ -3,7 +3,9 @@
 One prime per level transition, of the size the rescales at that level divide by (modswitch-only
 levels get a waterline-sized prime); q0, the prime left at the bottom, just large enough for every
 value at its level (scale + calibrated magnitude + sign + 3 bits of headroom, see hecc.params); a
-special prime as large as the largest data prime. N is the smallest ring degree whose 128-bit
+special prime as large as the largest data prime (none for a program with one data prime that neither
+rotates nor relinearizes: SEAL then encrypts under that prime alone, and a small linear model
+fits N=2048). N is the smallest ring degree whose 128-bit
 bound (HomomorphicEncryption.org: 8192 -> 218, 16384 -> 438, 32768 -> 881 bits, all primes
 counted) holds the chain. There is no insecure fallback.
 
@@ -24,7 +26,7 @@ import math
 
 from hecc.errors import ParameterError
 from hecc.ir import CipherType, Graph, Op
-from hecc.params import MAX_MODULUS_BITS_128, MAX_PRIME_BITS, min_prime_bits, needed_bits
+from hecc.params import MAX_MODULUS_BITS_128, MAX_PRIME_BITS, data_primes, min_prime_bits, needed_bits
 from hecc.rewrite import is_slots_layout, retype
 
 NAME = "select-parameters"
@@ -66,7 +68,10 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
     # where one the size of the data primes suffices, but a rotation may act on a value at the
     # waterline
     rotates = any(op.name == "ckks.rotate" for op in graph.ops)
-    chain = data + [max(data)]
+    keyless = not rotates and not any(op.name == "ckks.relinearize" for op in graph.ops)
+    # one prime and no key switching: SEAL encrypts under that prime alone, and the 128-bit bound
+    # counts no special prime (a small linear model's ring then halves: N=2048 holds 54 bits)
+    chain = data if keyless and len(data) == 1 else data + [max(data)]
     total = sum(chain)
     for n, limit in sorted(MAX_MODULUS_BITS_128.items()):
         if total <= limit and min(chain) >= min_prime_bits(n) and n >= 2048:
@@ -89,7 +94,7 @@ def choose_chain(graph: Graph, waterline: int) -> tuple[int, list[int]]:
 def smallest_ring(chain: list[int]) -> int | None:
     """The smallest ring degree whose 128-bit bound holds ``chain``'s data primes with a special
     prime as large as the largest of them, and whose primes can all exist (None: none)."""
-    data = list(chain[:-1]) or list(chain)
+    data = data_primes(chain)
     needed = data + [max(data)]
     for n, limit in sorted(MAX_MODULUS_BITS_128.items()):
         if n >= 2048 and sum(needed) <= limit and min(needed) >= min_prime_bits(n):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from hecc.errors import ParameterError
 from hecc.ir import CipherType, Graph, print_op
-from hecc.params import modulus_bits_at, needed_bits
+from hecc.params import data_primes, modulus_bits_at, needed_bits
 
 NAME = "validate"
 NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.decrypt", "ckks.rescale", "ckks.rotate",
@@ -33,7 +33,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         raise ParameterError(f"inputs_per_ciphertext {per_ct!r} must be a positive divisor of the {n // 2} slots")
     width = n // 2 // per_ct  # the slots of one input's layout
     chain = params[0].attrs["coeff_modulus_bits"]
-    depth = len(chain) - 2
+    depth = len(data_primes(chain)) - 1
     max_abs = graph.meta.get("max_abs", {})
     names: dict = {}
     for op in graph.ops:

@@ -253,8 +253,19 @@ def _galois(steps):
     return edit
 
 
+def _chain(bits):
+    def edit(manifest, members):
+        text = members["ir/final-slots.hir"].decode()
+        head, rest = text.split("\n", 1)
+        start = head.index("coeff_modulus_bits = [")
+        end = head.index("]", start)
+        members["ir/final-slots.hir"] = (head[:start] + f"coeff_modulus_bits = {bits}" + head[end + 1:] + "\n" + rest).encode()
+    return edit
+
+
 @pytest.mark.parametrize("edit, command, message", [
     (lambda m, _: m.update(stages=["tensor", "final"]), "inspect", "layout slots has no program among the stages"),
+    (_chain([50]), "keygen", "has no special prime, which a program that rotates or relinearizes needs"),
     (lambda m, _: m.update(stages="final"), "inspect", "invalid field(s) stages"),
     (lambda m, _: m.update(layouts=["batch", "slots", "cloud"]), "inspect", "invalid field(s) layouts"),
     (lambda m, _: m.update(layouts=7), "keygen", "invalid field(s) layouts"),
