@@ -155,6 +155,27 @@ def ciphertext_bytes(graph) -> tuple[int, int]:
     return sent, returned
 
 
+def encrypted_input_bytes(graph) -> int:
+    """Bytes of one batch's (or input's) encrypted inputs as the client sends them: seeded
+    ciphertexts in SEAL's compressed serialization, one encrypted with SEAL for the program's
+    parameters and measured."""
+    import tenseal.sealapi as seal
+
+    from .backends.common import program_params
+    from .backends.seal_bytes import to_bytes
+    from .backends.tenseal import _Seal
+    params = program_params(graph)
+    s = _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin=False)
+    total = 0
+    for op in graph.ops:
+        if op.name == "hecc.input":
+            t = op.result.type
+            plain = seal.Plaintext()
+            s.encoder.encode([0.0] * (params.poly_modulus_degree // 2), 2.0 ** t.scale_bits, plain)
+            total += t.count * len(to_bytes(s.encryptor.encrypt_symmetric(plain)))
+    return total
+
+
 def eval_key_bytes(graph) -> tuple[int, int]:
     """(bytes, key count) of the evaluation keys, as hecc keygen saves them (seeded): generated
     with SEAL for the program's parameters and measured."""
@@ -230,8 +251,14 @@ def _render_layout(program, lines: list[str], measure: bool):
                          f"weights ({products} and {rotations} instead of {dense_products} and "
                          f"{dense_rotations})")
     sent, returned = ciphertext_bytes(graph)
-    lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); ciphertexts "
-                 f"per {unit}: {sent / 1e6:.1f} MB in ({sent / 2e6:.1f} MB seeded), {returned / 1e6:.2f} MB out")
+    sent = encrypted_input_bytes(graph)
+    per_unit = 1 if unit == "input" else (n // 2 if layout == "batch" else per_ct)
+    # an input's values: its tensor shape (slots layout: the attribute; batch: the type's shape)
+    values = per_unit * sum(int(np.prod(op.attrs.get("shape") or op.result.type.shape))
+                            for op in graph.ops if op.name == "hecc.input")
+    lines.append(f"  evaluation keys: {key_bytes / 1e6:.1f} MB ({key_count} keys, seeded); encrypted input: "
+                 f"{_bytes(sent)} per {unit} (seeded, compressed; {sent / max(values, 1):.1f} bytes per input "
+                 f"value{' when the batch is full' if per_unit > 1 else ''}), {returned / 1e6:.2f} MB out")
     from .backends.common import key_memory_bytes, predicted_peak_bytes
     live = predicted_peak_bytes(graph)
     lines.append(f"  predicted memory while one {unit} is evaluated: {live / 1e6:.0f} MB of ciphertexts and "
@@ -283,6 +310,10 @@ def zero_block_counts(program) -> list[int] | None:
     if counts.shape != (4,) or counts.dtype.kind not in "iu" or np.any(counts < 0):
         return None
     return [int(c) for c in counts]
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 1e3:.1f} KB" if count < 1e6 else f"{count / 1e6:.1f} MB"
 
 
 def _table(n):

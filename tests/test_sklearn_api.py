@@ -120,6 +120,13 @@ def test_one_encrypted_mnist_input_is_small(mnist_flat, tmp_path):
     client.keygen()
     client.encrypt({"X": x_test[:1]}, tmp_path / "in.hecc")
     assert (tmp_path / "in.hecc").stat().st_size <= 40_000
+    # the report states it (SEAL's bytes; the file adds its container's few hundred)
+    from hecc.report import encrypted_input_bytes, render
+    stated = encrypted_input_bytes(program.graph)
+    assert stated <= (tmp_path / "in.hecc").stat().st_size <= stated + 2000
+    import re
+    reported = re.search(r"encrypted input: ([0-9.]+) KB per input", render(program, measure=False))
+    assert reported and abs(float(reported.group(1)) * 1e3 - stated) < 0.02 * stated  # zstd of random bytes
     Server(program, tmp_path / "keys" / "eval.keys").evaluate(tmp_path / "in.hecc", tmp_path / "out.hecc")
     scores = client.decrypt(tmp_path / "out.hecc")["probabilities"]
     assert model.classes_[np.argmax(scores)] == model.predict(x_test[:1])[0]
