@@ -103,3 +103,19 @@ def test_he_friendly_lenet_compiles_where_the_original_is_refused():
     products, rotations, dense_products, dense_rotations = zero_block_counts(prog)
     assert products + rotations < (dense_products + dense_rotations) / 3
     assert "zero weights skipped" in render(prog, measure=False)
+
+
+def test_federated_logreg_aggregate_compiles_to_small_messages():
+    """examples/federated_logreg: the weights Flower's FedAvg aggregated (model.npz) are an
+    ordinary scikit-learn model; hecc.sklearn compiles it into one-prime N=2048 batch programs
+    (no special prime: nothing rotates) whose simulated classes equal scikit-learn's."""
+    import hecc.sklearn
+    from sklearn.linear_model import LogisticRegression
+    with np.load(os.path.join(EXAMPLES, "federated_logreg", "model.npz")) as w:
+        model = LogisticRegression()
+        model.coef_, model.intercept_, model.classes_ = w["coef"], w["intercept"], np.arange(10)
+    with np.load(MNIST) as d:
+        x = d["x_test"][:500].reshape(500, -1).astype(np.float32) / 255
+    fhe_model = hecc.sklearn.compile(model, x)
+    assert fhe_model.program.with_layout("batch").parameters["coeff_modulus_bits"] == [53]
+    np.testing.assert_array_equal(fhe_model.predict(x[:200], fhe="simulate", layout="batch"), model.predict(x[:200]))
