@@ -481,6 +481,10 @@ class TensealBackend:
             self.plains[key] = plain
         out = seal.Ciphertext()
         if op.name == "ckks.mul_plain":
+            if plain.is_zero():  # SEAL refuses a product that is transparent (no randomness left)
+                s.encryptor.encrypt_zero(ct.parms_id(), out)
+                out.scale = ct.scale * scale
+                return out
             s.evaluator.multiply_plain(ct, plain, out)
         else:
             s.evaluator.add_plain(ct, plain, out)

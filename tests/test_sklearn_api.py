@@ -164,3 +164,16 @@ def test_the_client_makes_the_decision(digits):
     assert not tensor_ops & {"tensor.argmax", "tensor.normalize", "tensor.softmax"}, tensor_ops
     with pytest.raises(hecc.UserError, match="unknown fhe mode"):
         fhe_model.predict(x, fhe="encrypt")
+
+
+def test_a_product_by_an_all_zero_vector_runs_in_seal(mnist_flat):
+    """The packed program of a binary classifier on MNIST multiplies one ciphertext by a diagonal
+    whose weights are all zero; SEAL refuses such a product (its result would be transparent), so
+    the backend gives a fresh encryption of zero instead, and the classes equal scikit-learn's."""
+    x_train, y_train, x_test = mnist_flat
+    binary = y_train < 2
+    model = SGDClassifier(loss="log_loss", random_state=0).fit(x_train[binary], y_train[binary])
+    fhe_model = hecc.sklearn.compile(model, x_train[binary])
+    assert "packed" in fhe_model.program.layouts
+    np.testing.assert_array_equal(fhe_model.predict(x_test[:200], fhe="execute", layout="packed"),
+                                  model.predict(x_test[:200]))
