@@ -4,7 +4,9 @@ with the client's baby steps (the input also sent rotated by each baby step of t
 expanded (im2col-style: at each output's slot, the pixel of one tap; no rotation), or gathered
 (``gather``: taps that differ by whole output rows share a ciphertext; a rotation per output
 row). The client may copy pixels freely: encrypting a ciphertext costs about what a rotation
-does, so the plan costs choose.
+does, so the plan costs choose; except for a model whose whole work is one linear map (a linear
+classifier or regressor), whose cost is mostly what the client sends: its input goes periodic, in
+as few ciphertexts as hold it.
 """
 from __future__ import annotations
 
