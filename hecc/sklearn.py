@@ -100,16 +100,30 @@ def compile(model, X_calibration, **options) -> "FHEModel":
 # N=2048 holds the batch layout's one prime at (26, 18) but not at (28, 20)); a regressor's answer
 # is the value itself, so it takes the most precise that fits. The last is the fallback.
 PRECISION_LADDER = ((30, 22), (28, 20), (26, 18), (26, 14))
+# A regressor first tries scales beyond one 60-bit prime: the slots layout rescales the product by
+# a 30-bit prime, so its values come out within about 1e-5 relative even near zero (the ladder's
+# best, one prime, leaves about 3e-5 absolute: 2e-3 of a prediction of 0.02); the batch layout,
+# which does not rescale before decryption, cannot hold them, so such a program has no batch layout.
+REGRESSION_SCALES = (40, 30)
 
 
 def _compile_precise(onnx_bytes: bytes, X, options: dict, smallest: bool = True):
     """``hecc.compile`` at the scales of ``PRECISION_LADDER`` that hold every layout: the most
-    precise, or (``smallest``) the one with the smallest rings; unless ``options`` name the
-    scales themselves."""
+    precise (first ``REGRESSION_SCALES``, whose program has the slots layout only), or
+    (``smallest``) the one with the smallest rings; unless ``options`` name the scales
+    themselves."""
     import hecc
     from .errors import ParameterError
     if "scale_bits" in options or "weight_scale_bits" in options:
         return hecc.compile(onnx_bytes, calibration=X, **options)
+    if not smallest:
+        try:
+            program = hecc.compile(onnx_bytes, calibration=X, scale_bits=REGRESSION_SCALES[0],
+                                   weight_scale_bits=REGRESSION_SCALES[1], **options)
+            if "slots" in program.layouts:
+                return program
+        except ParameterError:
+            pass
     complete, partial = [], None  # every layout compiled; the most precise that lacks a layout
     for scale_bits, weight_scale_bits in PRECISION_LADDER:
         if complete and (scale_bits, weight_scale_bits) == PRECISION_LADDER[-1]:

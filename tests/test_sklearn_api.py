@@ -177,3 +177,19 @@ def test_a_product_by_an_all_zero_vector_runs_in_seal(mnist_flat):
     assert "packed" in fhe_model.program.layouts
     np.testing.assert_array_equal(fhe_model.predict(x_test[:200], fhe="execute", layout="packed"),
                                   model.predict(x_test[:200]))
+
+
+def test_a_regressor_gets_values_precise_near_zero(digits):
+    """A regressor is compiled at scales beyond one 60-bit prime (the slots layout rescales the
+    product), so even a prediction near zero keeps 1e-3 relative: this pipeline predicts -0.019
+    for one digit, where the batch layout's best scales leave 2e-3 relative."""
+    x, y = digits
+    model = make_pipeline(Normalizer(), MinMaxScaler(), Ridge()).fit(x, y + 1.0)
+    fhe_model = hecc.sklearn.compile(model, x)
+    options = fhe_model.program.artifact.manifest["options"]
+    assert (options["scale_bits"], options["weight_scale_bits"]) == hecc.sklearn.REGRESSION_SCALES
+    assert "batch" not in fhe_model.program.layouts
+    expected = model.predict(x)
+    worst = int(np.argmin(np.abs(expected)))
+    chosen = np.r_[worst, np.arange(40)]
+    np.testing.assert_allclose(fhe_model.predict(x[chosen], fhe="execute"), expected[chosen], rtol=1e-3)
