@@ -182,33 +182,12 @@ def _tensor_graph(onnx_bytes: bytes):
 def _lower(onnx_bytes: bytes, options: dict):
     """(recorded maps, op counts, slots) of the model's slots program at ``options["slots"]`` slots;
     the counts say whether activations were approximated (by quadratics: see ``_tensor_graph``)."""
-    from ..passes.lower_to_ckks.inputs import Relayout
+    from ..passes.lower_to_ckks import lower_slots, slots_op_counts
     graph, approximated = _tensor_graph(onnx_bytes)
-    options = dict(options, layout="slots")
-    recorder = _recorder_class()
-    while True:
-        lowering = recorder(graph, options)
-        try:
-            for op in graph.ops:
-                lowering.lower(op)
-            break
-        except Relayout as exc:
-            options["periodic_inputs"] = set(options.get("periodic_inputs", ())) | {exc.name}
-    lowering.finish()
-    counts = _op_counts(lowering.out)
+    lowering = lower_slots(graph, dict(options, layout="slots"), _recorder_class())
+    counts = slots_op_counts(lowering.out)
     counts["approximated"] = approximated
     return lowering.maps, counts, lowering.slots
-
-
-def _op_counts(graph) -> dict[str, int]:
-    """Products by plaintext vectors, rotations and ciphertext products of a slots program."""
-    counts = {"products": 0, "rotations": 0, "ct_products": 0}
-    names = {"ckks.mul_plain": "products", "ckks.rotate": "rotations", "ckks.mul": "ct_products",
-             "ckks.square": "ct_products"}
-    for op in graph.ops:
-        if op.name in names:
-            counts[names[op.name]] += op.result.type.count
-    return counts
 
 
 def _expanded_products(rows, cols, out, slots):
@@ -231,17 +210,10 @@ def _expanded_products(rows, cols, out, slots):
 
 def _gathered_products(rows, cols, geometry, in_shape, out_shape):
     """Per weight entry of a gathered first map, its (gathered ciphertext, row shift) pair (as
-    ``gather.gather_plan`` computes them), numbered: the products of that map; and each product's
+    ``gather.gathered_taps`` computes them for ``gather_plan``), numbered: the products of that map; and each product's
     shift."""
-    _, c_in, h_in, w_in = in_shape
-    _, c_out, h_out, w_out = out_shape
-    sy, sx = geometry.sy, geometry.sx
-    channel, y, x = np.unravel_index(cols, (c_in, h_in, w_in))
-    _, oy, ox = np.unravel_index(rows, (c_out, h_out, w_out))
-    ty, tx = y - sy * oy, x - sx * ox
-    shift, residue = (ty - int(ty.min())) // sy, (ty - int(ty.min())) % sy
-    columns = tx - int(tx.min())
-    gathered = (channel * sy + residue) * (int(columns.max()) + 1) + columns
+    from ..passes.lower_to_ckks.gather import gathered_taps
+    shift, gathered = gathered_taps(geometry, in_shape, out_shape, rows, cols)
     pairs, product = np.unique(np.stack([shift, gathered]), axis=1, return_inverse=True)
     return product.ravel(), pairs[0]
 
@@ -857,7 +829,8 @@ def _target(target):
 
 
 def _program_counts(program) -> dict[str, int]:
-    return _op_counts(program.graph)
+    from ..passes.lower_to_ckks import slots_op_counts
+    return slots_op_counts(program.graph)
 
 
 def _program_seconds(program) -> float:

@@ -54,7 +54,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         lowering = Lowering(graph, options)
     else:
         options.setdefault("slots", DEFAULT_SLOTS)
-        lowering = _lower_slots(graph, options)
+        lowering = lower_slots(graph, options)
         _count_zero_blocks(graph, options, lowering.out)
         return lowering.out
     for op in graph.ops:
@@ -101,20 +101,23 @@ def _count_zero_blocks(graph: Graph, options: dict, out: Graph) -> None:
         dense.meta["ranges"] = {pairs[op].results[i]: m for op in graph.ops for i, v in enumerate(op.results)
                                 for m in [graph.meta.get("ranges", {}).get(v)] if m is not None}
         try:
-            cache[key] = _slots_counts(_lower_slots(dense, dict(options)).out)
+            counts = slots_op_counts(lower_slots(dense, dict(options)).out)
+            cache[key] = [counts["products"], counts["rotations"]]
         except HeccError:  # the dense maps do not fit (say, too many diagonals): nothing to record
             cache[key] = None
     if cache[key] is None:
         return
+    counts = slots_op_counts(out)
     out.constants[str(options.get("constant_prefix", "")) + ZERO_BLOCKS] = np.asarray(
-        _slots_counts(out) + cache[key], dtype=np.int64)
+        [counts["products"], counts["rotations"]] + cache[key], dtype=np.int64)
 
 
-def _lower_slots(graph: Graph, options: dict) -> SlotsLowering:
-    """The finished slots lowering of ``graph``; an input the lowering wants laid out periodic
-    (``Relayout``) is added to ``options["periodic_inputs"]`` and the lowering starts again."""
+def lower_slots(graph: Graph, options: dict, lowering_class=SlotsLowering) -> SlotsLowering:
+    """The finished slots lowering of ``graph`` (by ``lowering_class``, a ``SlotsLowering``); an
+    input the lowering wants laid out periodic (``Relayout``) is added to
+    ``options["periodic_inputs"]`` and the lowering starts again."""
     while True:
-        lowering = SlotsLowering(graph, options)
+        lowering = lowering_class(graph, options)
         try:
             for op in graph.ops:
                 lowering.lower(op)
@@ -126,8 +129,13 @@ def _lower_slots(graph: Graph, options: dict) -> SlotsLowering:
     return lowering
 
 
-def _slots_counts(graph: Graph) -> list[int]:
-    """[products by plaintext vectors, rotations] of a slots program."""
-    products = sum(op.result.type.count for op in graph.ops if op.name == "ckks.mul_plain")
-    rotations = sum(op.result.type.count for op in graph.ops if op.name == "ckks.rotate")
-    return [int(products), int(rotations)]
+def slots_op_counts(graph: Graph) -> dict[str, int]:
+    """Products by plaintext vectors (``products``), rotations and ciphertext products
+    (``ct_products``) of a slots program, each ciphertext of a value counted."""
+    counts = {"products": 0, "rotations": 0, "ct_products": 0}
+    names = {"ckks.mul_plain": "products", "ckks.rotate": "rotations", "ckks.mul": "ct_products",
+             "ckks.square": "ct_products"}
+    for op in graph.ops:
+        if op.name in names:
+            counts[names[op.name]] += int(op.result.type.count)
+    return counts

@@ -34,6 +34,22 @@ class GatherPlan:
         return len({m for _, m, _ in self.products}) - 1
 
 
+def gathered_taps(geometry: Geometry, in_shape, out_shape, rows, cols):
+    """Per weight entry (rows: output elements, cols: input elements) of a window op on the
+    input's grid: the row shift its tap needs (in output rows) and the gathered ciphertext it is
+    read from (one per input channel, tap row residue and tap column)."""
+    _, c_in, h_in, w_in = in_shape
+    _, c_out, h_out, w_out = out_shape
+    sy, sx = geometry.sy, geometry.sx
+    channel, y, x = np.unravel_index(cols, (c_in, h_in, w_in))
+    _, oy, ox = np.unravel_index(rows, (c_out, h_out, w_out))
+    ty, tx = y - sy * oy, x - sx * ox
+    base = int(ty.min())
+    shift, residue = (ty - base) // sy, (ty - base) % sy
+    columns = tx - int(tx.min())
+    return shift, (channel * sy + residue) * (int(columns.max()) + 1) + columns
+
+
 def gather_plan(geometry: Geometry | None, in_shape, out_shape, out: Placement, rows, cols, vals,
                 slots: int) -> GatherPlan | None:
     """The plan for weights (rows: output elements, cols: input elements) from an input of
@@ -43,17 +59,7 @@ def gather_plan(geometry: Geometry | None, in_shape, out_shape, out: Placement, 
     if (geometry is None or out.grid is None or out.cts != 1 or out.period != slots or len(in_shape) != 4
             or len(out_shape) != 4 or geometry.y0 or geometry.x0 or not rows.size):
         return None
-    _, c_in, h_in, w_in = in_shape
-    _, c_out, h_out, w_out = out_shape
-    sy, sx = geometry.sy, geometry.sx
-    channel, y, x = np.unravel_index(cols, (c_in, h_in, w_in))
-    oc, oy, ox = np.unravel_index(rows, (c_out, h_out, w_out))
-    ty, tx = y - sy * oy, x - sx * ox
-    base = int(ty.min())
-    shift, residue = (ty - base) // sy, (ty - base) % sy
-    columns = tx - int(tx.min())
-    width = int(columns.max()) + 1
-    gathered = (channel * sy + residue) * width + columns
+    shift, gathered = gathered_taps(geometry, in_shape, out_shape, rows, cols)
     row_step = out.grid.ys
     slot = out.pos[rows] + shift * row_step
     if slot.max() >= slots:
