@@ -155,17 +155,26 @@ def ciphertext_bytes(graph) -> tuple[int, int]:
     return sent, returned
 
 
-def encrypted_input_bytes(graph) -> int:
+def program_seal(graph):
+    """A SEAL context and key set made here for the program's parameters and evaluation keys (the
+    keys themselves are generated when first exported)."""
+    from .backends.common import evaluation_keys, program_params
+    from .backends.tenseal import _Seal
+    params = program_params(graph)
+    steps, relin = evaluation_keys(graph)
+    return _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin, galois_steps=steps)
+
+
+def encrypted_input_bytes(graph, s=None) -> int:
     """Bytes of one batch's (or input's) encrypted inputs as the client sends them: seeded
     ciphertexts in SEAL's compressed serialization, one encrypted with SEAL for the program's
-    parameters and measured."""
+    parameters (``s``, default ``program_seal(graph)``) and measured."""
     import tenseal.sealapi as seal
 
     from .backends.common import program_params
     from .backends.seal_bytes import to_bytes
-    from .backends.tenseal import _Seal
     params = program_params(graph)
-    s = _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin=False)
+    s = program_seal(graph) if s is None else s
     total = 0
     for op in graph.ops:
         if op.name == "hecc.input":
@@ -176,15 +185,12 @@ def encrypted_input_bytes(graph) -> int:
     return total
 
 
-def eval_key_bytes(graph) -> tuple[int, int]:
+def eval_key_bytes(graph, s=None) -> tuple[int, int]:
     """(bytes, key count) of the evaluation keys, as hecc keygen saves them (seeded): generated
-    with SEAL for the program's parameters and measured."""
-    from .backends.common import evaluation_keys, program_params
-    from .backends.tenseal import _Seal
-    params = program_params(graph)
+    with SEAL for the program's parameters (``s``, default ``program_seal(graph)``) and measured."""
+    from .backends.common import evaluation_keys
     steps, relin = evaluation_keys(graph)
-    seal = _Seal(params.poly_modulus_degree, params.coeff_modulus_bits, relin, galois_steps=steps)
-    return seal.eval_key_bytes(), len(steps) + int(relin)
+    return (program_seal(graph) if s is None else s).eval_key_bytes(), len(steps) + int(relin)
 
 
 def render(program, measure: bool = True) -> str:
@@ -235,7 +241,8 @@ def _render_layout(program, lines: list[str], measure: bool):
     counts = level_counts(graph)
     lines.append(f"  operations per {unit}: " + ", ".join(
         f"{k} {sum(v.values())}" for k, v in sorted(counts.items())))
-    key_bytes, key_count = eval_key_bytes(graph)
+    seal = program_seal(graph)  # one key set measures the keys and the input ciphertexts
+    key_bytes, key_count = eval_key_bytes(graph, seal)
     steps = params.get("galois_steps", [])
     if layout == "batch":
         lines.append("  rotations: 0, Galois keys: none")
@@ -250,8 +257,8 @@ def _render_layout(program, lines: list[str], measure: bool):
                          f"{dense_rotations - rotations} rotations fewer than the same maps with no zero "
                          f"weights ({products} and {rotations} instead of {dense_products} and "
                          f"{dense_rotations})")
-    sent, returned = ciphertext_bytes(graph)
-    sent = encrypted_input_bytes(graph)
+    _, returned = ciphertext_bytes(graph)
+    sent = encrypted_input_bytes(graph, seal)
     per_unit = 1 if unit == "input" else (n // 2 if layout == "batch" else per_ct)
     # an input's values: its tensor shape (slots layout: the attribute; batch: the type's shape)
     values = per_unit * sum(int(np.prod(op.attrs.get("shape") or op.result.type.shape))
