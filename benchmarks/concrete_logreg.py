@@ -23,6 +23,7 @@ import numpy as np
 
 import hecc
 import hecc.sklearn
+from latency_mnist import hecc_one_at_a_time, one_core
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,23 +89,10 @@ def hecc_side(model, calibration, test) -> dict:
 
 def one_at_a_time(program, samples) -> dict:
     """Keys once, then each sample encrypted, evaluated and decrypted alone in memory on one core
-    (no files): seconds per sample, median over ``samples``."""
-    from hecc.backends.tenseal import TensealBackend
-    from hecc.runtime import stack_inputs
-    cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(cores)})
-    try:
-        stacked, _ = stack_inputs(program.graph, {program.inputs[0][0]: samples})
-        backend = TensealBackend(program.graph)
-        backend.connect(None)
-        backend.run_batch(stacked, 0, 1)  # the weights are encoded on first use
-        seconds = []
-        for i in range(len(samples)):
-            start = time.perf_counter()
-            backend.run_batch(stacked, i, i + 1)
-            seconds.append(time.perf_counter() - start)
-    finally:
-        os.sched_setaffinity(0, cores)
+    (no files): seconds per sample, median over ``samples`` (the first also encodes the weights)."""
+    with one_core():
+        _, times, _, _ = hecc_one_at_a_time(program, samples, "hecc")
+    seconds = [sum(phases) for phases in zip(*times.values())]
     return {"layout": program.layout, "median_seconds": float(np.median(seconds)), "seconds": seconds}
 
 

@@ -18,6 +18,7 @@ Writes benchmarks/results/latency_mnist.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -67,6 +68,17 @@ def tenseal_tutorial(images, weights):
         if (number + 1) % 100 == 0:
             log(f"  TenSEAL pipeline: {number + 1}/{len(images)} images")
     return np.asarray(logits), times, key_bytes
+
+
+@contextlib.contextmanager
+def one_core():
+    """This process on one core (the last it may use) for the block; its cores restored after."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def hecc_one_at_a_time(prog, images, what):

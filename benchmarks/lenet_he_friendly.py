@@ -19,46 +19,19 @@ import numpy as np
 import onnxruntime as ort
 
 import hecc
+from hecc.passes.lower_to_ckks import slots_op_counts
+from latency_mnist import hecc_one_at_a_time, one_core
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(HERE, "..", "examples", "lenet_he_friendly")
 
 
-def counts(program) -> dict:
-    """Products by plaintext vectors, rotations and ciphertext products of the slots program."""
-    graph = program.with_layout("slots").graph
-    found = {"products": 0, "rotations": 0, "ciphertext_products": 0}
-    names = {"ckks.mul_plain": "products", "ckks.rotate": "rotations", "ckks.mul": "ciphertext_products",
-             "ckks.square": "ciphertext_products"}
-    for op in graph.ops:
-        if op.name in names:
-            found[names[op.name]] += op.result.type.count
-    return found
-
-
 def one_at_a_time(program, images: np.ndarray, plain: np.ndarray) -> dict:
     """Keys once, then each image encrypted, evaluated and decrypted alone on one core."""
-    from hecc.backends.tenseal import TensealBackend
-    from hecc.runtime import stack_inputs
-    cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(cores)})
-    try:
-        graph = program.with_layout("slots").graph
-        stacked, _ = stack_inputs(graph, {program.inputs[0][0]: images})
-        backend = TensealBackend(graph)
-        start = time.perf_counter()
-        backend.connect(None)
-        keygen = time.perf_counter() - start
-        seconds, logits = [], []
-        for i in range(len(images)):
-            start = time.perf_counter()
-            outputs, _ = backend.run_batch(stacked, i, i + 1)
-            seconds.append(time.perf_counter() - start)
-            logits.append(np.asarray(outputs[0]).reshape(-1))
-    finally:
-        os.sched_setaffinity(0, cores)
-    logits = np.asarray(logits)
-    return {"keygen_seconds": keygen, "eval_key_bytes": backend.seal.eval_key_bytes(),
+    with one_core():
+        logits, times, key_bytes, keygen = hecc_one_at_a_time(program.with_layout("slots"), images, "hecc")
+    seconds = [sum(phases) for phases in zip(*times.values())]
+    return {"keygen_seconds": keygen, "eval_key_bytes": key_bytes,
             "seconds_per_image": seconds, "median_seconds_per_image": float(np.median(seconds)),
             "classes_equal_to_plaintext": bool(np.all(logits.argmax(1) == plain.argmax(1)))}
 
@@ -89,7 +62,7 @@ def main():
         compile_seconds = time.perf_counter() - start
         plain = onnx_logits(path, x)
         params = program.parameters
-        entry = {"compile_seconds": compile_seconds, **counts(program),
+        entry = {"compile_seconds": compile_seconds, **slots_op_counts(program.with_layout("slots").graph),
                  "poly_modulus_degree": params["poly_modulus_degree"],
                  "coeff_modulus_bits": params["coeff_modulus_bits"],
                  "galois_keys": len(params.get("galois_steps", [])),
