@@ -243,29 +243,24 @@ def test_crafted_result_headers_are_refused_by_decrypt(world, edit, message):
     _refused(run("decrypt", "cn.hecc", "bad.ct", "--keys", "keys", "-o", "bad.npy", ok=False), message)
 
 
+def _params(name, values):
+    """An edit setting the list attribute ``name`` of the slots program's ckks.params op."""
+    def edit(manifest, members):
+        text = members["ir/final-slots.hir"].decode()
+        head, rest = text.split("\n", 1)
+        start = head.index(f"{name} = [")
+        end = head.index("]", start)
+        members["ir/final-slots.hir"] = (head[:start] + f"{name} = {values}" + head[end + 1:] + "\n" + rest).encode()
+    return edit
+
+
 def _galois(steps):
-    def edit(manifest, members):
-        text = members["ir/final-slots.hir"].decode()
-        head, rest = text.split("\n", 1)
-        start = head.index("galois_steps = [")
-        end = head.index("]", start)
-        members["ir/final-slots.hir"] = (head[:start] + f"galois_steps = {steps}" + head[end + 1:] + "\n" + rest).encode()
-    return edit
-
-
-def _chain(bits):
-    def edit(manifest, members):
-        text = members["ir/final-slots.hir"].decode()
-        head, rest = text.split("\n", 1)
-        start = head.index("coeff_modulus_bits = [")
-        end = head.index("]", start)
-        members["ir/final-slots.hir"] = (head[:start] + f"coeff_modulus_bits = {bits}" + head[end + 1:] + "\n" + rest).encode()
-    return edit
+    return _params("galois_steps", steps)
 
 
 @pytest.mark.parametrize("edit, command, message", [
     (lambda m, _: m.update(stages=["tensor", "final"]), "inspect", "layout slots has no program among the stages"),
-    (_chain([50]), "keygen", "has no special prime, which a program that rotates or relinearizes needs"),
+    (_params("coeff_modulus_bits", [50]), "keygen", "has no special prime, which a program that rotates or relinearizes needs"),
     (lambda m, _: m.update(stages="final"), "inspect", "invalid field(s) stages"),
     (lambda m, _: m.update(layouts=["batch", "slots", "cloud"]), "inspect", "invalid field(s) layouts"),
     (lambda m, _: m.update(layouts=7), "keygen", "invalid field(s) layouts"),
