@@ -418,7 +418,50 @@ def _lower(approximated: Graph, calibration, options: dict, slots: int | None, p
         options["scale_bits"] = DEFAULT_SCALE_BITS
     if options.get("weight_scale_bits") is None:
         options["weight_scale_bits"] = options["scale_bits"] if options["rescale"] == "eager" else 14
-    return _lower_measured(approximated, calibration, options, print_after_all, progress)
+    from .passes.lower_to_ckks.batch import materializes
+    polys = [op for op in approximated.ops if op.name == "tensor.poly"]
+    if options["rescale"] == "eager" or not any(materializes("wide", op) for op in polys):
+        return _lower_measured(approximated, calibration, options, print_after_all, progress)
+    return _lower_batch_polys(approximated, calibration, options, print_after_all, progress)
+
+
+MERGED_PRODUCTS_LIMIT = 3  # merged polynomial outputs may cost this many times the products
+
+
+def _lower_batch_polys(approximated: Graph, calibration, options: dict, print_after_all, progress):
+    """The batch program of a model with polynomials on wide tensors (convolution layers). A
+    polynomial's output either stays a form over its terms (merged: no level, but the next map
+    multiplies every term, and through the T_1 term the layer before, so a deep network composes
+    maps across layers: LeNet-5 took 6.7 million products per batch) or becomes ciphertexts (one
+    level per polynomial). Both are lowered, the wide outputs made ciphertexts first, and the one
+    the cost model predicts faster per input is kept; the merged lowering stops once it passes
+    MERGED_PRODUCTS_LIMIT times the other's products, and either stands alone when the other
+    does not compile (too deep for any ring)."""
+    from .errors import ParameterError
+    from .passes.lower_to_ckks import OverBudget
+    try:
+        wide = _lower_measured(approximated, calibration, dict(options, poly_outputs="wide"),
+                               print_after_all, progress)
+    except ParameterError:
+        return _lower_measured(approximated, calibration, options, print_after_all, progress)
+    try:
+        merged = _lower_measured(approximated, calibration,
+                                 dict(options, max_products=MERGED_PRODUCTS_LIMIT * _lowered_products(wide)),
+                                 print_after_all, progress)
+    except (OverBudget, ParameterError):
+        return wide
+    return min((merged, wide), key=lambda pair: _predicted_time(pair[0][1]) / _inputs_per_batch(pair[0][1]))
+
+
+def _inputs_per_batch(graph: Graph) -> int:
+    return next(op.attrs["poly_modulus_degree"] // 2 for op in graph.ops if op.name == "ckks.params")
+
+
+def _lowered_products(lowered) -> int:
+    """Products by plaintext weights of a batch program (``_lower_measured``'s result)."""
+    from .backends.common import LinearWeights
+    final = lowered[0][1]
+    return sum(LinearWeights(final, op).nnz for op in final.ops if op.name == "ckks.linear")
 
 
 DEFAULT_SCALE_BITS = 26

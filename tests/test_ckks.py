@@ -378,3 +378,36 @@ def test_noise_prediction_in_forked_processes_equals_the_one_in_process(monkeypa
         monkeypatch.setattr(api, "PARALLEL_NOISE_WORK", work)
         results.append(api._simulated_noise(final, {"input": x}))
     assert results[0] == results[1] and results[0][0] > 0
+
+
+def test_materialized_polynomial_outputs_equal_the_simulator_and_cost_a_level_each(monkeypatch):
+    """Batch layout, two ReLU polynomials on wide layers made ciphertexts (the lowering LeNet-5
+    needs: merged, each layer's T_1 term composed the maps across layers into 6.7 million
+    products): one level more per polynomial than merged, far fewer products by weights, and
+    TenSEAL equals the simulator, which equals the reference within the approximation."""
+    from hecc.backends.common import LinearWeights
+    from hecc.passes.lower_to_ckks import batch as batch_lowering
+    rng = np.random.default_rng(11)
+    inits = {"w1": rng.normal(0, 0.4, (64, 16)), "b1": rng.normal(0, 0.1, 64),
+             "w2": rng.normal(0, 0.2, (64, 64)), "w3": rng.normal(0, 0.3, (4, 64))}
+    model = _model([n("Gemm", ["x", "w1", "b1"], ["h"], transB=1), n("Relu", ["h"], ["r"]),
+                    n("Gemm", ["r", "w2"], ["h2"], transB=1), n("Relu", ["h2"], ["r2"]),
+                    n("Gemm", ["r2", "w3"], ["y"], transB=1)], {"x": ["N", 16]}, ["y"], inits)
+    x = rng.uniform(-1, 1, (64, 16)).astype(np.float32)
+    merged = hecc.compile(model, calibration=x, layout="batch", activation_degree=3)
+    monkeypatch.setattr(batch_lowering, "WIDE_POLY", 8)
+    monkeypatch.setattr(hecc.api, "MERGED_PRODUCTS_LIMIT", 0)  # the merged lowering is over budget
+    wide = hecc.compile(model, calibration=x, layout="batch", activation_degree=3)
+
+    def depth(prog):
+        return max(op.result.type.level for op in prog.graph.ops if op.name == "ckks.rescale")
+    assert depth(wide) == depth(merged) + 2
+
+    def products(prog):
+        return sum(LinearWeights(prog.graph, op).nnz for op in prog.graph.ops if op.name == "ckks.linear")
+    assert products(wide) < 0.7 * products(merged)
+    reference = merged.run(x[:3], backend="reference")["y"]
+    simulated = wide.run(x[:3], backend="sim")["y"]
+    assert np.abs(simulated - merged.run(x[:3], backend="sim")["y"]).max() < 1e-6 * np.abs(reference).max() + 1e-9
+    encrypted = wide.run(x[:3], backend="tenseal", workers=1)["y"]
+    assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max()

@@ -29,7 +29,10 @@ the given slot count, which select-parameters keeps); ``graph.meta["max_abs"]`` 
 ciphertext value to a bound on the values it holds.
 Options: layout ("batch" | "slots"), scale_bits (26), weight_scale_bits (batch: 14; slots: the
 largest w with scale_bits + 2w <= 60, if 16 or more, else scale_bits), slots (the slots layout's
-slot count, N/2; 4096).
+slot count, N/2; 4096); batch layout: poly_outputs ("merge": a polynomial's output stays a form
+over its terms, which the next map multiplies one by one; "materialize": one ciphertext per element
+at one level more), max_products (stop with ``OverBudget`` past this many products by plaintext
+weights). ``graph.meta["products"]`` (batch) counts those products.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import numpy as np
 from hecc.errors import HeccError, PassError
 from hecc.ir import Graph
 
-from .batch import Lowering
+from .batch import Lowering, OverBudget  # noqa: F401  (OverBudget: raised by run)
 from .slots import Relayout, SlotsLowering
 
 NAME = "lower-to-ckks"
@@ -61,6 +64,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         lowering.lower(op)
     out = lowering.out
     out.meta["max_abs"] = lowering.max_abs
+    out.meta["products"] = lowering.products
     return out
 
 

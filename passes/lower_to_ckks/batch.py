@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from hecc.backends.reference import apply_op
-from hecc.errors import UnsupportedOpError
+from hecc.errors import PassError, UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
 from .affine import (MAX_MATRIX_ENTRIES, MAX_SPARSE_ENTRIES, Affine, TooLarge, element_count,
@@ -21,12 +21,30 @@ AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.ma
               "tensor.avgpool", "tensor.reshape", "tensor.transpose", "tensor.concat", "tensor.pad",
               "tensor.reduce"}
 ELEMENTWISE_AFFINE = {"tensor.add", "tensor.sub", "tensor.neg", "tensor.mul"}
+POLY_OUTPUTS = ("merge", "materialize", "wide")
+WIDE_POLY = 1024
+
+
+def materializes(poly_outputs: str, op: Op) -> bool:
+    """Whether the batch lowering with ``poly_outputs`` makes ciphertexts of tensor.poly ``op``'s
+    output (a polynomial of degree 2 or more)."""
+    if len(op.attrs["coefficients"]) <= 2 or poly_outputs == "merge":
+        return False
+    return poly_outputs == "materialize" or op.result.type.size >= WIDE_POLY
 
 
 def _is_identity(block: np.ndarray) -> bool:
     if block.ndim == 1:
         return bool(np.all(block == 1))
     return block.shape[0] == block.shape[1] and np.array_equal(block, np.eye(block.shape[0]))
+
+
+class OverBudget(PassError):
+    """The lowering emitted more products by plaintext weights than ``max_products``."""
+
+    def __init__(self, products: int):
+        super().__init__(f"over {products} products by plaintext weights")
+        self.products = products
 
 
 class Lowering:
@@ -41,6 +59,15 @@ class Lowering:
         self.materialized: dict[Value, Value] = {}
         self.decrypted: dict[Value, Value] = {}
         self.linear_count = 0
+        # "merge": a polynomial's output stays a form over its terms (no level; the next map
+        # multiplies once per term); "materialize": one ciphertext per element (one level more);
+        # "wide": materialize the outputs of WIDE_POLY elements or more (convolution layers)
+        self.poly_outputs = options.get("poly_outputs", "merge")
+        if self.poly_outputs not in POLY_OUTPUTS:
+            raise PassError(f"poly_outputs must be one of {', '.join(POLY_OUTPUTS)}, got {self.poly_outputs!r}")
+        self.max_products = options.get("max_products")
+        self.products = 0
+        self.materializing = False  # the polynomial being lowered gets a ciphertext per element
 
     # --- helpers -------------------------------------------------------------------------------
     def fail(self, op: Op, why: str):
@@ -61,9 +88,11 @@ class Lowering:
             self.materialized[v] = self.mat(self.env[v], self.ranges.get(v, float("nan")))
         return self.materialized[v]
 
-    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False) -> Value:
-        """Emit the ckks.linear ops (one per base, summed) computing an affine form."""
-        if aff.is_base:
+    def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False, scale: int | None = None) -> Value:
+        """Emit the ckks.linear ops (one per base, summed) computing an affine form; with
+        ``scale``, every product lands at 2^scale once the bases are rescaled (each part's weight
+        scale is what its base lacks)."""
+        if aff.is_base and scale is None:
             return aff.bases[0]
         bias = aff.bias_vector()
         total = None
@@ -75,16 +104,21 @@ class Lowering:
             values = block.vals if sparse else block
             if i > 0 and not np.any(values):
                 continue
-            if not sparse and not np.any(part_bias) and aff.shape == base.type.shape and _is_identity(block):
+            if (scale is None and not sparse and not np.any(part_bias) and aff.shape == base.type.shape
+                    and _is_identity(block)):
                 total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
                 continue
+            self.products += block.nnz if sparse else int(np.count_nonzero(values))
+            if self.max_products is not None and self.products > self.max_products:
+                raise OverBudget(self.products)
             self.linear_count += 1
             while f"linear{self.linear_count}.matrix" in self.src.constants:
                 self.linear_count += 1
             name = f"linear{self.linear_count}"
             self.out.constants[f"{name}.matrix"] = values.copy()
-            attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape),
-                     "weight_scale": self.exact_weight_scale(values, part_bias)}
+            weight_scale = (self.exact_weight_scale(values, part_bias) if scale is None
+                            else scale - self.rescaled_bits(base))
+            attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape), "weight_scale": weight_scale}
             if sparse:
                 self.out.constants[f"{name}.index"] = np.stack([block.rows, block.cols]).astype(np.int64)
                 attrs["index"] = f"{name}.index"
@@ -103,6 +137,18 @@ class Lowering:
         if np.isfinite(max_abs):
             self.max_abs[total] = max_abs
         return total
+
+    def rescaled_bits(self, ct: Value) -> int:
+        """The scale (bits) of ciphertext value ``ct`` once insert-rescale has brought every
+        product back to the waterline: a linear map's result is its operand's plus its weights'."""
+        producer = ct.producer
+        if producer is None or producer.name in ("hecc.input", "ckks.mul", "ckks.square"):
+            return self.scale_bits
+        if producer.name == "ckks.linear":
+            return self.rescaled_bits(producer.operands[0]) + producer.attrs["weight_scale"]
+        if producer.name == "ckks.rescale":
+            return self.rescaled_bits(producer.operands[0]) - producer.attrs["bits"]
+        return self.rescaled_bits(producer.operands[0])
 
     def _add(self, total: Value, ct: Value, bound: float) -> Value:
         previous = self.max_abs.get(total, 1.0)
@@ -197,8 +243,13 @@ class Lowering:
         inner = x.sparse()
         start = np.searchsorted(inner.rows, np.arange(inner.shape[0] + 1))
         joined = int((start[matrix.cols + 1] - start[matrix.cols]).sum())
-        if joined > MAX_SPARSE_ENTRIES:  # two dense maps: their product is dense
-            if matrix.shape[0] * x.width > MAX_MATRIX_ENTRIES:
+        if self.max_products is not None and joined > self.max_products:
+            raise OverBudget(joined)  # its products, once computed, would be past the budget alone
+        dense_size = matrix.shape[0] * x.width
+        # two dense maps: their product is dense, and a dense product is far cheaper than
+        # sorting the partial products when there are many more of them than entries
+        if joined > MAX_SPARSE_ENTRIES or 8 * dense_size < joined and dense_size <= MAX_MATRIX_ENTRIES:
+            if dense_size > MAX_MATRIX_ENTRIES:
                 raise TooLarge(f"{matrix.shape[0]} x {x.width}")
             product = matrix.dense() @ x.dense()[0]
             composed = Sparse.from_dense(product)
@@ -348,6 +399,7 @@ class Lowering:
         x = op.operands[0]
         lo, hi = op.attrs["interval"]
         coefficients = op.attrs["coefficients"]
+        self.materializing = materializes(self.poly_outputs, op)
         alpha, beta = 2.0 / (hi - lo), -(lo + hi) / (hi - lo)
         t = self.env[x].scaled(alpha, beta)
         terms = {1: t}
@@ -374,12 +426,21 @@ class Lowering:
             self.env[op.result] = np.full(op.result.type.shape, coefficients[0])
             return
         self.env[op.result] = self.combination(parts, coefficients[0])
+        if materializes(self.poly_outputs, op):
+            # the terms summed at 2^(waterline + P), P the prime a square of a linear map's
+            # result takes, then rescaled by it: one level, and the next map multiplies once
+            prime = self.scale_bits + 2 * self.weight_bits
+            total = self.mat(self.env[op.result], float("nan"), scale=self.scale_bits + prime)
+            rescaled = self.emit("ckks.rescale", [total], {"bits": prime})
+            self.max_abs[rescaled] = self.max_abs.get(total, float("nan"))
+            self.set_ct(op.result, rescaled)
 
     def t1_term(self, t: Affine, ct: Value) -> Affine:
-        """T_1 in the odd recurrences and the sum of terms: its form (the layer before the
-        activation, which the next layer's weights absorb at one weight scale), not its
-        ciphertext (one weight scale more)."""
-        return t
+        """T_1 in the odd recurrences and the sum of terms: merged, its form (the layer before
+        the activation, which the next layer's weights absorb at one weight scale), not its
+        ciphertext (one weight scale more); materialized, its ciphertext (the sum takes each
+        term at its own weight scale, and the layer before is not computed twice)."""
+        return self.base_form(ct) if self.materializing else t
 
     def combination(self, parts, constant: float) -> Affine:
         """sum of c * (affine form) + constant, as one affine form over the union of bases."""
