@@ -897,56 +897,81 @@ def _block_plan(weights: LinearWeights):
 PARALLEL_MIN_PRODUCTS = 2000  # below this a linear layer is not worth forking for
 
 
-def measure_primitives(n: int, chain: list[int], repeats: int = 20) -> dict[str, list[float]]:
+MEASURED_LEVELS = 5  # levels timed per chain; the others interpolated (costs are smooth in the level)
+MEASURE_SECONDS = 0.05  # per primitive and level: repeats stop here (one is always timed)
+
+
+def measure_primitives(n: int, chain: list[int], repeats: int = 20,
+                       levels: int | None = MEASURED_LEVELS) -> dict[str, list[float]]:
     """Seconds per primitive at each level of the chain (index = level), measured with SEAL on
-    this machine: the cost model behind the compile report's predicted latency."""
+    this machine: the cost model behind the compile report's predicted latency. ``levels``
+    levels (the top, the bottom and evenly between; None: all) are timed, each primitive
+    ``repeats`` times or for MEASURE_SECONDS, and the levels between are interpolated, so a
+    new 23-prime chain at N=32768 is measured in seconds, not a minute."""
     keyed = len(chain) > 1  # one prime: no special prime, no key switching (nothing to rotate)
     s = _Seal(n, chain, relin=keyed, galois_steps=[1] if keyed else [])
+    if keyed:  # used here only: made in place, not seeded, saved and loaded back (5 s at N=32768)
+        s._relin_keys, s._galois_keys = seal.RelinKeys(), seal.GaloisKeys()
+        s.keygen.create_relin_keys(s._relin_keys)
+        s.keygen.create_galois_keys(s.galois_elements(), s._galois_keys)
     ev, encoder = s.evaluator, s.encoder
     plain, ct = seal.Plaintext(), seal.Ciphertext()
     scale = 2.0 ** min(16, (chain[0] - 4) // 3)  # squares and products fit even at the last level
     encoder.encode([0.5] * (n // 2), scale, plain)
     s.encryptor.encrypt_symmetric(plain, ct)
-    costs = {k: [] for k in ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch",
-                             "encrypt", "decrypt", "rotate", "multiply_vector", "add_plain", "encode")}
+    names = ("multiply_plain", "add", "square", "relinearize", "rescale", "modswitch",
+             "encrypt", "decrypt", "rotate", "multiply_vector", "add_plain", "encode")
+    costs: dict[str, dict[int, float]] = {k: {} for k in names}
     vector = seal.Plaintext()
 
     def timed(fn):
-        start = time.perf_counter()
-        for _ in range(repeats):
+        fn()  # untimed: the first call at a level allocates (SEAL's memory pool), up to 9x a later one
+        count, start = 0, time.perf_counter()
+        while count < repeats and (count < 1 or time.perf_counter() - start < MEASURE_SECONDS):
             fn()
-        return (time.perf_counter() - start) / repeats
+            count += 1
+        return (time.perf_counter() - start) / count
     depth = len(data_primes(chain)) - 1
+    sampled = (set(range(depth + 1)) if levels is None or levels > depth
+               else {round(i * depth / max(levels - 1, 1)) for i in range(levels)})
     for level in range(depth + 1):
+        if level not in sampled:
+            if level < depth:
+                ev.mod_switch_to_next_inplace(ct)
+            continue
         w, tmp, acc, sq = seal.Plaintext(), seal.Ciphertext(), seal.Ciphertext(), seal.Ciphertext()
         encoder.encode(0.3, ct.parms_id(), scale, w)
         ev.multiply_plain(ct, w, acc)
-        costs["multiply_plain"].append(timed(lambda: (encoder.encode(0.3, ct.parms_id(), scale, w),
-                                                      ev.multiply_plain(ct, w, tmp))))
-        costs["add"].append(timed(lambda: ev.add_inplace(acc, tmp)))
+        costs["multiply_plain"][level] = timed(lambda: (encoder.encode(0.3, ct.parms_id(), scale, w),
+                                                        ev.multiply_plain(ct, w, tmp)))
+        costs["add"][level] = timed(lambda: ev.add_inplace(acc, tmp))
         # the slots layout: weight vectors encoded once per program, rotations with a Galois key
         encoder.encode([0.3] * (n // 2), ct.parms_id(), scale, vector)
-        costs["multiply_vector"].append(timed(lambda: ev.multiply_plain(ct, vector, tmp)))
+        costs["multiply_vector"][level] = timed(lambda: ev.multiply_plain(ct, vector, tmp))
         encoder.encode([0.3] * (n // 2), ct.parms_id(), ct.scale, vector)
-        costs["add_plain"].append(timed(lambda: ev.add_plain(ct, vector, tmp)))
+        costs["add_plain"][level] = timed(lambda: ev.add_plain(ct, vector, tmp))
         weights = [0.3] * (n // 2)
-        costs["encode"].append(timed(lambda: encoder.encode(weights, ct.parms_id(), scale, vector)))
-        if keyed:
-            costs["rotate"].append(timed(lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)))
-            costs["square"].append(timed(lambda: ev.square(ct, sq)))
-            costs["relinearize"].append(timed(lambda: ev.relinearize(sq, s.relin_keys, tmp)))
-        else:
-            for name in ("rotate", "square", "relinearize"):
-                costs[name].append(0.0)
+        costs["encode"][level] = timed(lambda: encoder.encode(weights, ct.parms_id(), scale, vector))
+        for name, fn in (("rotate", lambda: ev.rotate_vector(ct, 1, s.galois_keys, tmp)),
+                         ("square", lambda: ev.square(ct, sq)),
+                         ("relinearize", lambda: ev.relinearize(sq, s.relin_keys, tmp))):
+            costs[name][level] = timed(fn) if keyed else 0.0
         pt = seal.Plaintext()
-        costs["encrypt"].append(timed(lambda: (encoder.encode([0.5] * (n // 2), ct.parms_id(), scale, pt),
-                                               s.encryptor.encrypt_symmetric(pt, tmp))))
-        costs["decrypt"].append(timed(lambda: (s.decryptor.decrypt(ct, pt), encoder.decode_double(pt))))
+        costs["encrypt"][level] = timed(lambda: (encoder.encode([0.5] * (n // 2), ct.parms_id(), scale, pt),
+                                                 s.encryptor.encrypt_symmetric(pt, tmp)))
+        costs["decrypt"][level] = timed(lambda: (s.decryptor.decrypt(ct, pt), encoder.decode_double(pt)))
         if level < depth:
-            costs["rescale"].append(timed(lambda: ev.rescale_to_next(acc, tmp)))
-            costs["modswitch"].append(timed(lambda: ev.mod_switch_to_next(ct, tmp)))
+            costs["rescale"][level] = timed(lambda: ev.rescale_to_next(acc, tmp))
+            costs["modswitch"][level] = timed(lambda: ev.mod_switch_to_next(ct, tmp))
             ev.mod_switch_to_next_inplace(ct)
-        else:
-            costs["rescale"].append(0.0)
-            costs["modswitch"].append(0.0)
-    return costs
+    out = {}
+    for name, at in costs.items():
+        if name in ("rescale", "modswitch") and depth > 0:
+            # nothing below the last level; its cost next to it stands in for an unsampled one
+            at.setdefault(depth - 1, at[max(at)] if at else 0.0)
+        known = sorted(at)
+        out[name] = [float(np.interp(level, known, [at[k] for k in known])) if known else 0.0
+                     for level in range(depth + 1)]
+        if name in ("rescale", "modswitch"):
+            out[name][depth] = 0.0
+    return out

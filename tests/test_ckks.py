@@ -411,3 +411,19 @@ def test_materialized_polynomial_outputs_equal_the_simulator_and_cost_a_level_ea
     assert np.abs(simulated - merged.run(x[:3], backend="sim")["y"]).max() < 1e-6 * np.abs(reference).max() + 1e-9
     encrypted = wide.run(x[:3], backend="tenseal", workers=1)["y"]
     assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max()
+
+
+def test_primitive_costs_are_measured_at_a_few_levels_and_interpolated_between():
+    """A new parameter set is measured at MEASURED_LEVELS levels (the top, the bottom and evenly
+    between) and the levels between are interpolated: every level gets a positive cost, an
+    unmeasured one lies between its measured neighbours, and nothing rescales below the last."""
+    chain = [30] + [26] * 6 + [30]
+    costs = tenseal_backend.measure_primitives(8192, chain, repeats=2, levels=3)
+    depth = len(chain) - 2  # data primes - 1
+    assert set(costs) >= {"rotate", "relinearize", "multiply_plain", "encrypt", "rescale"}
+    for name, per_level in costs.items():
+        assert len(per_level) == depth + 1, name
+        assert all(t > 0 for t in per_level[:depth]), name
+    assert costs["rescale"][depth] == costs["modswitch"][depth] == 0.0
+    rotate = costs["rotate"]  # measured at levels 0, 3 and 6
+    assert min(rotate[0], rotate[3]) <= rotate[1] <= max(rotate[0], rotate[3])
