@@ -152,7 +152,7 @@ def _pow(ctx, inputs, attrs):
 
 # --- linear layers ---------------------------------------------------------------------------
 
-@importer("MatMul", doc="numpy.matmul semantics")
+@importer("MatMul", doc="numpy.matmul semantics; two encrypted operands (attention's Q K^T) in the batch layout only")
 def _matmul(ctx, inputs, attrs):
     return [ctx.emit("tensor.matmul", inputs)]
 

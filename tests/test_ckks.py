@@ -427,3 +427,39 @@ def test_primitive_costs_are_measured_at_a_few_levels_and_interpolated_between()
     assert costs["rescale"][depth] == costs["modswitch"][depth] == 0.0
     rotate = costs["rotate"]  # measured at levels 0, 3 and 6
     assert min(rotate[0], rotate[3]) <= rotate[1] <= max(rotate[0], rotate[3])
+
+
+def _attention_model(rng, tokens=5, width=4, heads=2):
+    """Two-head attention with a square in place of softmax: Q K^T and A V multiply two
+    encrypted tensors of rank 4 (batch, heads, tokens, head width)."""
+    head = width // heads
+    inits = {name: rng.normal(0, 0.5, (width, width)) for name in ("wq", "wk", "wv")}
+    inits["split"] = np.array([-1, tokens, heads, head], np.int64)
+    inits["merge"] = np.array([-1, tokens, width], np.int64)
+    nodes = [n("MatMul", ["x", "wq"], ["q0"]), n("MatMul", ["x", "wk"], ["k0"]), n("MatMul", ["x", "wv"], ["v0"])]
+    for name in ("q", "k", "v"):
+        nodes += [n("Reshape", [f"{name}0", "split"], [f"{name}1"]),
+                  n("Transpose", [f"{name}1"], [name], perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3])]
+    nodes += [n("MatMul", ["q", "k"], ["s"]), n("Mul", ["s", "s"], ["a"]), n("MatMul", ["a", "v"], ["o"]),
+              n("Transpose", ["o"], ["o1"], perm=[0, 2, 1, 3]), n("Reshape", ["o1", "merge"], ["y"])]
+    return _model(nodes, {"x": ["N", tokens, width]}, ["y"], inits)
+
+
+def test_products_of_two_encrypted_matrices_equal_onnxruntime_in_every_backend():
+    """Attention's Q K^T and A V (MatMul of two encrypted tensors, with heads as a batch
+    dimension) in the batch layout: the reference backend equals onnxruntime, the simulator
+    equals the reference, and TenSEAL the simulator; the slots layout says it has no lowering."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(12)
+    model = _attention_model(rng)
+    x = rng.uniform(-1, 1, (16, 5, 4)).astype(np.float32)
+    prog = hecc.compile(model, calibration=x)
+    assert prog.layouts == ["batch"]
+    assert "two encrypted matrices has no slots-layout lowering" in prog.artifact.manifest["layout_unavailable"]["slots"]
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:3]})[0]
+    reference = prog.run(x[:3], backend="reference")["y"]
+    assert_close(reference, expected, 1e-5, "reference")
+    simulated = prog.run(x[:3], backend="sim")["y"]
+    assert np.abs(simulated - reference).max() < 1e-6 * np.abs(reference).max()
+    encrypted = prog.run(x[:3], backend="tenseal", workers=1)["y"]
+    assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max()

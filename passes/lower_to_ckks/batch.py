@@ -328,7 +328,7 @@ class Lowering:
         elif op.name == "tensor.mul" and all(self.is_secret(v) for v in op.operands):
             self.product(op, *op.operands)
         elif op.name == "tensor.matmul" and all(self.is_secret(v) for v in op.operands):
-            self.fail(op, "a product of two encrypted matrices has no batch-layout lowering")
+            self.secret_matmul(op)
         elif op.name == "tensor.pow":
             self.power(op)
         elif op.name == "tensor.poly":
@@ -373,6 +373,37 @@ class Lowering:
             a, b = self.broadcast(a, shape), self.broadcast(b, shape)
             ct = self.emit("ckks.mul", [self.materialize(a), self.materialize(b)])
         self.set_ct(op.result, ct)
+
+    def secret_matmul(self, op: Op) -> None:
+        """A product of two encrypted matrices (attention's Q K^T and A V), numpy.matmul's
+        semantics over ranks 2 and more: each operand's entries gathered to (..., n, m, k) (an
+        affine form: a selection), one elementwise ciphertext product, and the sum over k (an
+        affine form again, which the next map absorbs). n m k products, one level."""
+        a, b = op.operands
+        sa, sb, out = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
+        if len(sa) < 2 or len(sb) < 2:
+            self.fail(op, "a product of two encrypted vectors (rank 1) has no lowering; reshape "
+                          "them to matrices")
+        n, k, m = sa[-2], sa[-1], sb[-1]
+        wide = out[:-2] + (n, m, k)
+        rows_a = np.broadcast_to(np.arange(a.type.size).reshape(sa)[..., :, None, :], wide)
+        rows_b = np.broadcast_to(np.swapaxes(np.arange(b.type.size).reshape(sb), -1, -2)[..., None, :, :], wide)
+        gathered = []
+        for v, rows in ((a, rows_a), (b, rows_b)):
+            g = Value(TensorType(wide, True))
+            form = self.env[v]
+            select = rows.reshape(-1)
+            matrix = Sparse(np.arange(select.size), select, np.ones(select.size), (select.size, form.size),
+                            canonical=True)
+            self.env[g] = self.compose(form, matrix, None, wide)
+            self.ranges[g] = self.ranges.get(v, float("nan"))
+            gathered.append(g)
+        ct = self.emit("ckks.mul", [self.materialize(gathered[0]), self.materialize(gathered[1])])
+        self.max_abs[ct] = self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
+        size = int(np.prod(out, dtype=np.int64))
+        total = Sparse(np.repeat(np.arange(size), k), np.arange(size * k), np.ones(size * k), (size, size * k),
+                       canonical=True)
+        self.env[op.result] = self.compose(self.base_form(ct), total, None, out)
 
     def power(self, op: Op) -> None:
         n, x = op.attrs["exponent"], op.operands[0]

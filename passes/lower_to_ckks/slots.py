@@ -160,6 +160,10 @@ class SlotsLowering(InputLayouts, Lowering):
         """T_1 as its ciphertext: its form would rotate the layer's input again."""
         return self.base_form(ct)
 
+    def secret_matmul(self, op: Op) -> None:
+        self.fail(op, "a product of two encrypted matrices has no slots-layout lowering in this version "
+                      "(the batch layout has one: --layout batch)")
+
     def product(self, op: Op, a: Value, b: Value) -> None:
         """Both factors in one placement (the first factor's)."""
         if a is b:
