@@ -37,6 +37,10 @@ ACTIVATIONS = {
     "erf": lambda x, a, b: erf(x),
     "silu": lambda x, a, b: x * sigmoid(x),
     "abs": lambda x, a, b: np.abs(x),
+    # pieces of Softmax inside the network and of LayerNormalization (see frontends/onnx_ops.py)
+    "exp": lambda x, a, b: np.exp(np.minimum(x, 700.0)),
+    "reciprocal": lambda x, a, b: 1.0 / x,
+    "rsqrt": lambda x, a, b: 1.0 / np.sqrt(x),
 }
 
 
@@ -204,6 +208,7 @@ IMPLS = {
     "tensor.poly": lambda op, x: chebyshev(op.attrs["coefficients"], op.attrs["interval"], x),
     "tensor.prelu": _broadcasting(lambda x, s: np.where(x >= 0, x, s * x)),
     "tensor.softmax": lambda op, x: _softmax(x, op.attrs["axis"] + 1),
+    "tensor.softmax_inside": lambda op, x: _softmax(x, op.attrs["axis"] + 1),
     "tensor.log_softmax": lambda op, x: _log_softmax(x, op.attrs["axis"] + 1),
     "tensor.normalize": _normalize,
     "tensor.argmax": _argmax,

@@ -151,6 +151,7 @@ class ImportContext:
         self.onnx_names: dict[int, str] = {}
         self.keep_alive: list = []  # arrays keyed by id() must outlive the import
         self.client_producer: dict[Value, str] = {}
+        self.readers: dict[str, set[str]] = {}  # ONNX value name -> op types of the nodes reading it
         self.node = None
         self.node_label = ""
         self.folded = 0  # elements computed by constant folding so far (MAX_FOLDED_ELEMENTS)
@@ -253,6 +254,9 @@ def import_model(source) -> Graph:
         ctx.env[vi.name] = ctx.graph.append("hecc.input", [], [TensorType(shape, True)],
                                             {"name": vi.name}).result
     _check_supported(g, set(initializers))
+    for node in g.node:
+        for name in node.input:
+            ctx.readers.setdefault(name, set()).add(node.op_type)
     for index, node in enumerate(g.node):
         _import_node(ctx, node, index)
     for vi in g.output:

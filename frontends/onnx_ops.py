@@ -600,15 +600,44 @@ def _prelu(ctx, inputs, attrs):
 
 # --- client-side post-processing -------------------------------------------------------------
 
-@importer("Softmax", "LogSoftmax", doc="at the output only (client-side)")
+# a Softmax read by one of these is attention's (A V): computed on the server, approximated
+INSIDE_READERS = {"MatMul", "Gemm", "Mul", "Einsum"}
+
+
+@importer("Softmax", "LogSoftmax", doc="at the output (client-side); Softmax also inside the network when a "
+          "MatMul, Gemm or Mul reads it (attention), approximated on its calibrated range")
 def _softmax(ctx, inputs, attrs):
     rank = len(_shape(inputs[0]))
     default = -1 if ctx.opsets.get("", 13) >= 13 else 1
     axis = _axis(attrs.get("axis", default), rank)
     if ctx.opsets.get("", 13) < 13 and axis != rank - 1:
         raise Unsupported("softmax over several axes (opset < 13 with axis != last)")
+    if ctx.node.op_type == "Softmax" and ctx.readers.get(ctx.node.output[0], set()) & INSIDE_READERS:
+        return [ctx.emit("tensor.softmax_inside", inputs, {"axis": axis})]
     name = "tensor.softmax" if ctx.node.op_type == "Softmax" else "tensor.log_softmax"
     return [ctx.emit(name, inputs, {"axis": axis})]
+
+
+@importer("LayerNormalization", doc="mean and variance as sums and a square, 1/sqrt(variance + epsilon) "
+          "approximated on its calibrated range")
+def _layer_norm(ctx, inputs, attrs):
+    x = inputs[0]
+    shape = _shape(x)
+    axis = _axis(attrs.get("axis", -1), len(shape))
+    axes = list(range(axis, len(shape)))
+    if int(attrs.get("stash_type", 1)) != 1:
+        raise Unsupported("stash_type other than float")
+    mean = ctx.emit("tensor.reduce", [x], {"kind": "mean", "axes": axes, "keepdims": True})
+    centered = ctx.emit("tensor.sub", [x, mean])
+    variance = ctx.emit("tensor.reduce", [ctx.emit("tensor.mul", [centered, centered])],
+                        {"kind": "mean", "axes": axes, "keepdims": True})
+    shifted = ctx.emit("tensor.add", [variance, np.asarray(float(attrs.get("epsilon", 1e-5)))])
+    y = ctx.emit("tensor.mul", [centered, ctx.emit("tensor.activation", [shifted], {"kind": "rsqrt"})])
+    if len(inputs) > 1 and inputs[1] is not None:
+        y = ctx.emit("tensor.mul", [y, inputs[1]])
+    if len(inputs) > 2 and inputs[2] is not None:
+        y = ctx.emit("tensor.add", [y, inputs[2]])
+    return [y]
 
 
 @importer("ArgMax", doc="at the output only (client-side)")

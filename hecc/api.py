@@ -316,6 +316,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
             pairs = list(zip(_values(tensor), _values(graph)))
             graph.meta["intervals"] = {new: intervals[old] for old, new in pairs if old in intervals}
             graph.meta["samples"] = {new: samples[old] for old, new in pairs if old in samples}
+            graph.meta["originals"] = {new: old for old, new in pairs}
             chosen = dict(options, max_degree=max_degree) if max_degree else options
             done = run_passes(graph, APPROXIMATION_PIPELINE, chosen, print_after_all=print_after_all,
                               progress=progress)
@@ -715,21 +716,23 @@ def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None
 
 
 def _approximation_report(tensor: Graph, approximated: Graph, calibration, trace: dict) -> list[dict]:
-    """Per approximated activation: kind, interval, degree, depth and its max error on the
-    calibration data (the activation's real inputs, ``trace``: the tensor graph's values on it)."""
-    from .backends.reference import apply_op
+    """Per approximated activation (the approximation pass's list): kind, interval, degree,
+    depth (Newton steps, squarings) and its max error on the calibration data: the approximated
+    program's value against the exact network's (``trace``: the tensor graph's values on it)."""
+    from .backends.reference import evaluate
+    entries = approximated.meta.get("approximations", [])
+    originals = approximated.meta.get("originals", {})
+    approximate_trace: dict = {}
+    if any(originals.get(e.get("_source")) in trace for e in entries):
+        evaluate(approximated, stack_inputs(approximated, calibration)[0], approximate_trace)
     report = []
-    for original, poly in zip(tensor.ops, approximated.ops):
-        if poly.name != "tensor.poly" or original.name != "tensor.activation":
-            continue
-        lo, hi = poly.attrs["interval"]
-        degree = len(poly.attrs["coefficients"]) - 1
-        entry = {"kind": poly.attrs["kind"], "interval": [round(lo, 6), round(hi, 6)], "degree": degree,
-                 "depth": max(degree - 1, 0).bit_length()}
-        x = trace.get(original.operands[0])
-        if x is not None:
-            exact = trace[original.result]
-            entry["max_error_on_calibration"] = float(np.max(np.abs(apply_op(poly, [x]) - exact)))
+    for e in entries:
+        entry = {k: v for k, v in e.items() if not k.startswith("_") and k != "max_error"}
+        entry["interval"] = [round(float(b), 6) for b in e["interval"]]
+        source, output = originals.get(e.get("_source")), e.get("_output")
+        if source in trace and output in approximate_trace:
+            exact, approx = trace[source], approximate_trace[output]
+            entry["max_error_on_calibration"] = float(np.max(np.abs(approx - exact)))
         report.append(entry)
     return report
 

@@ -46,7 +46,8 @@ def value_intervals(graph: Graph, inputs: dict[str, np.ndarray], trace: dict | N
 
 def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0,
                        trace: dict | None = None) -> dict[Value, np.ndarray]:
-    """Up to ``count`` calibration values of each activation's input."""
+    """Up to ``count`` calibration values of each activation's input; by the result of a softmax
+    inside the network, a pair: its input minus the row mean, and the row sums of exp of that."""
     trace = calibration_trace(graph, inputs) if trace is None else trace
     rng = np.random.default_rng(seed)
     out = {}
@@ -54,7 +55,21 @@ def activation_samples(graph: Graph, inputs, count: int = 20000, seed: int = 0,
         if op.name == "tensor.activation":
             values = trace[op.operands[0]].reshape(-1)
             out[op.operands[0]] = values if values.size <= count else rng.choice(values, count, replace=False)
+        if op.name == "tensor.softmax_inside":
+            # by its result: x minus its row mean, then the row sums of exp of that (each with its
+            # extremes kept, which the approximation's intervals come from)
+            axis = op.attrs["axis"] + 1
+            x = trace[op.operands[0]]
+            centered = x - x.mean(axis=axis, keepdims=True)
+            sums = np.exp(np.minimum(centered, 700.0)).sum(axis=axis)
+            out[op.result] = tuple(_with_extremes(v.reshape(-1), count, rng) for v in (centered, sums))
     return out
+
+
+def _with_extremes(values: np.ndarray, count: int, rng) -> np.ndarray:
+    if values.size <= count:
+        return values
+    return np.concatenate([rng.choice(values, count - 2, replace=False), [values.min(), values.max()]])
 
 
 def max_abs(intervals: dict[Value, tuple[float, float]]) -> dict[Value, float]:

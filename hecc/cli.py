@@ -219,10 +219,11 @@ def _cmd_compile(args) -> int:
         ins = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.inputs)
         outs = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in prog.outputs)
         print(f"compiled {args.model} -> {out} (inputs: {ins}; outputs: {outs})")
+        from .report import refinement_text
         for a in prog.artifact.manifest.get("approximations", []):
             err = a.get("max_error_on_calibration")
             err_text = f", max error {err:.3g} on the calibration data" if err is not None else ""
-            print(f"approximated {a['kind']} by a degree-{a['degree']} polynomial on "
+            print(f"approximated {a['kind']} by a degree-{a['degree']} polynomial{refinement_text(a)} on "
                   f"[{a['interval'][0]:.4g}, {a['interval'][1]:.4g}] (depth {a['depth']}{err_text})")
         for layout in prog.layouts:
             params = prog.with_layout(layout).parameters

@@ -48,7 +48,9 @@ def _str_dict(x, check) -> bool:
 def _approximation(a) -> bool:
     return (isinstance(a, dict) and isinstance(a.get("kind"), str) and _interval(a.get("interval"))
             and _is_int(a.get("degree"), 0, 1 << 10) and _is_int(a.get("depth"), 0, 64)
-            and set(a) <= {"kind", "interval", "degree", "depth", "max_error_on_calibration"}
+            and set(a) <= {"kind", "interval", "degree", "depth", "max_error_on_calibration", "newton_steps",
+                           "squarings"}
+            and all(_is_int(a[k], 0, 64) for k in ("newton_steps", "squarings") if k in a)
             and ("max_error_on_calibration" not in a or _is_num(a["max_error_on_calibration"])))
 
 

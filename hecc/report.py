@@ -193,6 +193,13 @@ def eval_key_bytes(graph, s=None) -> tuple[int, int]:
     return (program_seal(graph) if s is None else s).eval_key_bytes(), len(steps) + int(relin)
 
 
+def refinement_text(a: dict) -> str:
+    """What follows an approximation's polynomial: squarings (exp) and Newton steps."""
+    parts = [f"squared {a['squarings']} times" for _ in [0] if a.get("squarings")]
+    parts += [f"then {a['newton_steps']} Newton steps" for _ in [0] if a.get("newton_steps")]
+    return "".join(f", {p}" for p in parts)
+
+
 def render(program, measure: bool = True) -> str:
     lines = []
     lines.append("passes".ljust(28) + "seconds")
@@ -205,7 +212,7 @@ def render(program, measure: bool = True) -> str:
         return "\n".join(lines) + "\n"
     for a in program.artifact.manifest.get("approximations", []):
         err = a.get("max_error_on_calibration")
-        lines.append(f"activation {a['kind']}: degree {a['degree']} on [{a['interval'][0]:.4g}, "
+        lines.append(f"activation {a['kind']}: degree {a['degree']}{refinement_text(a)} on [{a['interval'][0]:.4g}, "
                      f"{a['interval'][1]:.4g}], depth {a['depth']}"
                      + (f", max error {err:.3g} on the calibration data" if err is not None else ""))
     estimates = {}

@@ -463,3 +463,37 @@ def test_products_of_two_encrypted_matrices_equal_onnxruntime_in_every_backend()
     assert np.abs(simulated - reference).max() < 1e-6 * np.abs(reference).max()
     encrypted = prog.run(x[:3], backend="tenseal", workers=1)["y"]
     assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max()
+
+
+@pytest.mark.parametrize("case", ["layer_norm", "softmax_inside"])
+def test_layer_norm_and_softmax_inside_run_encrypted_within_their_reported_error(case):
+    """LayerNormalization (1/sqrt by a polynomial and Newton steps) and a Softmax that a MatMul
+    reads (attention: row mean subtracted, exp by squaring, reciprocal of the row sums): the
+    reference backend equals onnxruntime to 1e-5, the report gives each approximation's error on
+    the calibration data, the simulator (the approximated program) is within it of onnxruntime,
+    and TenSEAL equals the simulator."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(21)
+    if case == "layer_norm":
+        model = _model([n("LayerNormalization", ["x", "g", "b"], ["h"], axis=-1, epsilon=1e-2),
+                        n("MatMul", ["h", "w"], ["y"])], {"x": ["N", 3, 4]}, ["y"],
+                       {"g": rng.uniform(.5, 1.5, 4), "b": rng.normal(0, .1, 4), "w": rng.normal(0, .5, (4, 2))})
+        shape, kinds = (3, 4), ["rsqrt"]
+    else:
+        model = _model([n("MatMul", ["x", "w"], ["s"]), n("Softmax", ["s"], ["a"], axis=-1),
+                        n("MatMul", ["a", "x"], ["y"])], {"x": ["N", 3, 3]}, ["y"], {"w": rng.normal(0, .4, (3, 3))})
+        shape, kinds = (3, 3), ["softmax", "reciprocal (softmax)"]
+    x = rng.uniform(-1, 1, (256,) + shape).astype(np.float32)
+    prog = hecc.compile(model, calibration=x, layout="batch")
+    report = prog.artifact.manifest["approximations"]
+    assert [a["kind"] for a in report] == kinds
+    error = report[0]["max_error_on_calibration"]
+    assert 0 < error < 0.02
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:3]})[0]
+    assert_close(prog.run(x[:3], backend="reference")["y"], expected, 1e-5, case)
+    simulated = prog.run(x[:3], backend="sim")["y"]
+    weights = np.abs(np.asarray(model.graph.initializer[-1].float_data or
+                                onnx.numpy_helper.to_array(model.graph.initializer[-1]))).sum()
+    assert np.abs(simulated - expected).max() <= 4 * error * max(weights, 1.0)
+    encrypted = prog.run(x[:3], backend="tenseal", workers=1)["y"]
+    assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(expected).max()

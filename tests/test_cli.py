@@ -122,23 +122,25 @@ def _corrupt(path, tmp_path):
     return out
 
 
-def _matrix_product_model(tmp_path):
+def _unencryptable_model(tmp_path):
+    """An encrypted matrix times an encrypted vector (rank 1): no CKKS lowering."""
     nodes = [helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")]
     graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("a", F, [2, 2]),
-                                            helper.make_tensor_value_info("b", F, [2, 2])],
-                              [helper.make_tensor_value_info("y", F, [2, 2])])
+                                            helper.make_tensor_value_info("b", F, [2])],
+                              [helper.make_tensor_value_info("y", F, [2])])
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
                  tmp_path / "mm.onnx")
 
 
 def test_model_that_cannot_be_encrypted_still_runs_on_reference(tmp_path, run_cli):
     art = tmp_path / "mm.hecc"
-    code, stdout, _ = run_cli("compile", _matrix_product_model(tmp_path), "-o", art)
-    assert code == 0 and "not compiled for encryption" in stdout and "two encrypted matrices" in stdout
+    code, stdout, _ = run_cli("compile", _unencryptable_model(tmp_path), "-o", art)
+    assert code == 0 and "not compiled for encryption" in stdout and "encrypted vector (rank 1)" in stdout
     np.save(tmp_path / "a.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    np.save(tmp_path / "b.npy", np.array([1.0, 1.0], np.float32))
     code, stdout, _ = run_cli("run", art, "--input", f"a={tmp_path / 'a.npy'}", "--input",
-                              f"b={tmp_path / 'a.npy'}")
-    assert code == 0 and "[[ 7. 10.]\n [15. 22.]]" in stdout
+                              f"b={tmp_path / 'b.npy'}")
+    assert code == 0 and "[3. 7.]" in stdout
     np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
     for argv, message in [(("inspect", art, "--stage", "ckks"), "has no 'ckks' stage"),
                           (("run", art, "--input", f"a={tmp_path / 'x.npy'}", "--input",

@@ -85,6 +85,14 @@ CASES = {
     "AveragePool_same_upper": lambda: make_model(
         [node("AveragePool", ["x"], kernel_shape=[2, 2], auto_pad="SAME_UPPER", strides=[2, 2])],
         {"x": [1, 1, 5, 5]}, [("y", F)]),
+    "LayerNormalization_affine": lambda: make_model(
+        [node("LayerNormalization", ["x", "g", "b"], axis=-1, epsilon=1e-3)], {"x": [1, 3, 4]}, [("y", F)],
+        {**C("g", rand(4)), **C("b", rand(4))}),
+    "LayerNormalization_two_axes_no_bias": lambda: make_model(
+        [node("LayerNormalization", ["x", "g"], axis=1)], {"x": [1, 3, 4]}, [("y", F)], C("g", rand(3, 4))),
+    "Softmax_inside_attention": lambda: make_model(
+        [node("MatMul", ["x", "w"], ["s"]), node("Softmax", ["s"], ["a"], axis=-1), node("MatMul", ["a", "x"])],
+        {"x": [1, 3, 3]}, [("y", F)], C("w", rand(3, 3))),
     "GlobalAveragePool": lambda: make_model([node("GlobalAveragePool", ["x"])], {"x": [1, 3, 4, 5]}, [("y", F)]),
     "ReduceMean_attr": lambda: make_model([node("ReduceMean", ["x"], axes=[-1], keepdims=0)], {"x": [1, 3, 4]}, [("y", F)]),
     "ReduceSum_input": lambda: make_model([node("ReduceSum", ["x", "a"])], {"x": [1, 3, 4]}, [("y", F)],

@@ -11,7 +11,7 @@ from .ops import Attr, define
 from .types import TensorType
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softplus", "elu", "hard_sigmoid",
-               "gelu", "gelu_tanh", "erf", "silu", "abs")
+               "gelu", "gelu_tanh", "erf", "silu", "abs", "exp", "reciprocal", "rsqrt")
 
 
 def _tensor(t) -> TensorType:
@@ -218,6 +218,10 @@ define("tensor.poly", 1, infer=_same,
            "activation it approximates).")
 define("tensor.softmax", 1, infer=_softmax_like, attrs={"axis": Attr("int")}, client_side=True,
        doc="Softmax along an axis (client-side, after decryption).")
+define("tensor.softmax_inside", 1, infer=_softmax_like, attrs={"axis": Attr("int")},
+       doc="Softmax along an axis whose result the network uses further (server-side, on encrypted "
+           "values): approximate-activations replaces it by exp, a sum and a reciprocal fitted on the "
+           "calibrated ranges.")
 define("tensor.log_softmax", 1, infer=_softmax_like, attrs={"axis": Attr("int")}, client_side=True,
        doc="Log-softmax along an axis (client-side, after decryption).")
 define("tensor.normalize", 1, infer=_same, attrs={"norm": Attr("str", choices=("MAX", "L1", "L2"))},

@@ -382,8 +382,8 @@ class Lowering:
         a, b = op.operands
         sa, sb, out = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
         if len(sa) < 2 or len(sb) < 2:
-            self.fail(op, "a product of two encrypted vectors (rank 1) has no lowering; reshape "
-                          "them to matrices")
+            self.fail(op, "a product of an encrypted vector (rank 1) and another encrypted tensor has no "
+                          "lowering; reshape the vector to a matrix")
         n, k, m = sa[-2], sa[-1], sb[-1]
         wide = out[:-2] + (n, m, k)
         rows_a = np.broadcast_to(np.arange(a.type.size).reshape(sa)[..., :, None, :], wide)
