@@ -10,7 +10,7 @@ from ..errors import HeccError
 from ..ir import CipherType, Graph, Op
 from ..params import data_primes
 
-SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
+SERVER_OPS = {"ckks.linear", "ckks.mul", "ckks.matmul", "ckks.square", "ckks.add", "ckks.sub", "ckks.relinearize",
               "ckks.rescale", "ckks.modswitch", "ckks.concat", "ckks.rotate", "ckks.mul_plain",
               "ckks.add_plain", "ckks.extract"}
 SLOTS_CHUNK = 256  # inputs the simulator runs at once in the slots layout

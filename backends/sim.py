@@ -197,6 +197,10 @@ class Simulator:
             return args[0] * args[0]
         if name == "ckks.mul":
             return args[0] * args[1]
+        if name == "ckks.matmul":
+            a = args[0].reshape(op.operands[0].type.shape + (-1,))
+            b = args[1].reshape(op.operands[1].type.shape + (-1,))
+            return np.einsum("...iks,...kjs->...ijs", a, b).reshape(op.result.type.count, -1)
         if name == "ckks.add":
             return args[0] + args[1]
         if name == "ckks.sub":

@@ -247,7 +247,7 @@ class TensealBackend:
             if op.name == "ckks.linear":
                 s = args[0] * 2.0 ** op.attrs["weight_scale"]
                 scale[op.result] = s / prime(level) if op.attrs.get("rescale_terms") else s
-            elif op.name == "ckks.mul":
+            elif op.name in ("ckks.mul", "ckks.matmul"):
                 scale[op.result] = args[0] * args[1]
             elif op.name == "ckks.square":
                 scale[op.result] = args[0] * args[0]
@@ -439,6 +439,8 @@ class TensealBackend:
         if name == "ckks.concat":
             parts = [np.array(a, dtype=object).reshape(v.type.shape) for a, v in zip(args, op.operands)]
             return list(np.concatenate(parts, axis=op.attrs["axis"]).reshape(-1))
+        if name == "ckks.matmul":
+            return self._matmul(op, args)
         result = []
         for parts in zip(*args):
             out = seal.Ciphertext()
@@ -464,6 +466,26 @@ class TensealBackend:
             elif name == "ckks.rotate":
                 ev.rotate_vector(parts[0], op.attrs["step"], s.galois_keys, out)
             result.append(out)
+        return result
+
+    def _matmul(self, op, args) -> list:
+        """Each result: the sum of k products, accumulated at size 3 (one relinearization after
+        the sum, by insert-relinearize, instead of one per product)."""
+        ev = self.seal.evaluator
+        a = np.array(args[0], dtype=object).reshape(op.operands[0].type.shape)
+        b = np.array(args[1], dtype=object).reshape(op.operands[1].type.shape)
+        n, k, m = a.shape[-2], a.shape[-1], b.shape[-1]
+        a, b = a.reshape(-1, n, k), b.reshape(-1, k, m)
+        result, tmp = [], seal.Ciphertext()
+        for h in range(a.shape[0]):
+            for i in range(n):
+                for j in range(m):
+                    out = seal.Ciphertext()
+                    ev.multiply(a[h, i, 0], b[h, 0, j], out)
+                    for t in range(1, k):
+                        ev.multiply(a[h, i, t], b[h, t, j], tmp)
+                        ev.add_inplace(out, tmp)
+                    result.append(out)
         return result
 
     def _plain_op(self, op, ct, c: int):

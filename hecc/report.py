@@ -85,6 +85,10 @@ def level_counts(graph) -> dict[str, dict[int, int]]:
                 add("rescale", level, nnz)
         elif op.name in ("ckks.square", "ckks.mul"):
             add("square", op.operands[0].type.level, op.result.type.count)
+        elif op.name == "ckks.matmul":  # k products and k - 1 sums per result
+            k = op.operands[0].type.shape[-1]
+            add("square", op.operands[0].type.level, op.result.type.count * k)
+            add("add", op.operands[0].type.level, op.result.type.count * (k - 1))
         elif op.name in ("ckks.add", "ckks.sub"):
             add("add", op.operands[0].type.level, op.result.type.count)
         elif op.name in ("ckks.relinearize", "ckks.rescale", "ckks.modswitch"):

@@ -23,7 +23,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     new_ops: list[Op] = []
     count = 0
     for op in graph.ops:
-        if op.name in ("ckks.add", "ckks.sub", "ckks.mul", "ckks.concat"):
+        if op.name in ("ckks.add", "ckks.sub", "ckks.mul", "ckks.matmul", "ckks.concat"):
             target = max(v.type.level for v in op.operands)
             for i, v in enumerate(op.operands):
                 while v.type.level < target:
@@ -32,7 +32,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
                     max_abs[switch.result] = max_abs.get(v, float("nan"))
                     v = switch.result
                 op.operands[i] = v
-            if op.name != "ckks.mul":
+            if op.name not in ("ckks.mul", "ckks.matmul"):
                 scales = [v.type.scale_bits for v in op.operands]
                 high = max(scales)
                 for i, v in enumerate(op.operands):

@@ -36,6 +36,7 @@ NAME = "insert-rescale"
 # slots-layout ops a linear map is made of: they keep the scale of the weighted sum
 LINEAR_SLOT_OPS = {"ckks.mul_plain", "ckks.add", "ckks.sub", "ckks.rotate", "ckks.add_plain"}
 MAX_PRIME_BITS = 60
+PRODUCTS = ("ckks.mul", "ckks.square", "ckks.matmul")  # ciphertext products: rescaled right after
 MIN_RESCALE_BITS = 20  # a linear map's result this close to the waterline keeps its scale (no prime that small)
 
 
@@ -57,7 +58,7 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     for op in graph.ops:
         new_ops.append(op)
         retype_op(op)  # operands may have been rescaled above
-        if op.name in ("ckks.mul", "ckks.square"):
+        if op.name in PRODUCTS:
             value = op.result
             rescaled = users.get(value, [])
         elif slots and op.name in LINEAR_SLOT_OPS:
@@ -104,7 +105,7 @@ def _needs_waterline(value, users: dict, waterline: float) -> list[Op]:
     (it would need a bottom prime past 60 bits)."""
     need = []
     for user in users.get(value, []):
-        if user.name in ("ckks.mul", "ckks.square"):
+        if user.name in PRODUCTS:
             scale = (2 * value.type.scale_bits if user.name == "ckks.square"
                      else sum(v.type.scale_bits for v in user.operands))
             if scale - waterline > MAX_PRIME_BITS:
@@ -128,7 +129,7 @@ def _one_prime_per_level(graph: Graph, max_abs: dict) -> None:
     narrow = {id(op): widest[op.operands[0].type.level] - op.attrs["bits"] for op in single
               if op.attrs["bits"] < widest[op.operands[0].type.level]}
     products = {id(op.operands[0].producer): op for op in single
-                if id(op) in narrow and op.operands[0].producer.name in ("ckks.mul", "ckks.square")}
+                if id(op) in narrow and op.operands[0].producer.name in PRODUCTS}
     new_ops: list[Op] = []
 
     def up(x, delta):
@@ -147,9 +148,10 @@ def _one_prime_per_level(graph: Graph, max_abs: dict) -> None:
             x = op.operands[0]
             scaled = up(x, delta)
             other = x if op.name == "ckks.square" else op.operands[1]
-            op.name, op.operands = "ckks.mul", [scaled, other]
+            op.name = "ckks.matmul" if op.name == "ckks.matmul" else "ckks.mul"
+            op.operands = [scaled, other]
             rescale.attrs["bits"] += int(delta)
-        elif id(op) in narrow and op.operands[0].producer.name not in ("ckks.mul", "ckks.square"):
+        elif id(op) in narrow and op.operands[0].producer.name not in PRODUCTS:
             op.operands = [up(op.operands[0], narrow[id(op)])]
             op.attrs["bits"] += int(narrow[id(op)])
         new_ops.append(op)

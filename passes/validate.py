@@ -18,7 +18,7 @@ from hecc.ir import CipherType, Graph, print_op
 from hecc.params import data_primes, modulus_bits_at, needed_bits
 
 NAME = "validate"
-NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.square", "ckks.decrypt", "ckks.rescale", "ckks.rotate",
+NEEDS_SIZE_2 = {"ckks.linear", "ckks.mul", "ckks.matmul", "ckks.square", "ckks.decrypt", "ckks.rescale", "ckks.rotate",
                 "ckks.mul_plain", "ckks.add_plain", "ckks.extract"}
 
 
@@ -57,11 +57,11 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
                          f"{need:.1f} bits, but level {t.level} has a {have}-bit modulus")
         if op.name in NEEDS_SIZE_2 and any(v.type.size != 2 for v in op.operands):
             fail(f"{op.name} needs relinearized (size 2) operands (run insert-relinearize)")
-        if op.name in ("ckks.add", "ckks.sub", "ckks.mul", "ckks.concat"):
+        if op.name in ("ckks.add", "ckks.sub", "ckks.mul", "ckks.matmul", "ckks.concat"):
             kinds = [v.type for v in op.operands]
             if len({t.level for t in kinds}) > 1:
                 fail(f"operands at levels {sorted({t.level for t in kinds})} (run align-levels)")
-            if op.name != "ckks.mul" and len({(t.scale_bits, t.size) for t in kinds}) > 1:
+            if op.name not in ("ckks.mul", "ckks.matmul") and len({(t.scale_bits, t.size) for t in kinds}) > 1:
                 fail(f"operands with scales {[t.scale_bits for t in kinds]} and sizes "
                      f"{[t.size for t in kinds]} (run align-levels and insert-relinearize)")
         if op.name == "ckks.relinearize" and op.operands[0].type.size != 3:

@@ -51,6 +51,14 @@ def _mul(types, attrs):
                   size=a.size + b.size - 1)]
 
 
+def _matmul(types, attrs):
+    a, b = _cipher(types[0]), _cipher(types[1])
+    if len(a.shape) < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"cannot multiply ciphertext matrices of shapes {a.shape} and {b.shape}")
+    return [a.but(shape=a.shape[:-1] + b.shape[-1:], level=max(a.level, b.level),
+                  scale_bits=a.scale_bits + b.scale_bits, size=a.size + b.size - 1)]
+
+
 def _square(types, attrs):
     a = _cipher(types[0])
     return [a.but(scale_bits=2 * a.scale_bits, size=2 * a.size - 1)]
@@ -149,6 +157,10 @@ define("ckks.linear", 1, infer=_linear,
            "(the eager baseline). The bias is encoded at the result's scale. checks_interval marks the input "
            "of a polynomial activation mapped to [-1, 1]: the simulator counts values outside it.")
 define("ckks.mul", 2, infer=_mul, doc="Elementwise ciphertext product (size 3 result).")
+define("ckks.matmul", 2, infer=_matmul,
+       doc="Matrix product of two ciphertext tensors (..., n, k) and (..., k, m), equal batch "
+           "dimensions: each result is a sum of k ciphertext products (size 3 result, relinearized "
+           "once after the sum).")
 define("ckks.square", 1, infer=_square, doc="Elementwise ciphertext square (size 3 result).")
 define("ckks.add", 2, infer=_add, doc="Elementwise sum; equal level, scale and size.")
 define("ckks.sub", 2, infer=_add, doc="Elementwise difference; equal level, scale and size.")

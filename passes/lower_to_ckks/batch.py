@@ -376,34 +376,20 @@ class Lowering:
 
     def secret_matmul(self, op: Op) -> None:
         """A product of two encrypted matrices (attention's Q K^T and A V), numpy.matmul's
-        semantics over ranks 2 and more: each operand's entries gathered to (..., n, m, k) (an
-        affine form: a selection), one elementwise ciphertext product, and the sum over k (an
-        affine form again, which the next map absorbs). n m k products, one level."""
+        semantics over ranks 2 and more: both operands as ciphertext tensors (batch dimensions
+        broadcast to the result's), one ``ckks.matmul`` (n m k ciphertext products summed at size
+        3, one level), whose result the next map absorbs."""
         a, b = op.operands
         sa, sb, out = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
         if len(sa) < 2 or len(sb) < 2:
             self.fail(op, "a product of an encrypted vector (rank 1) and another encrypted tensor has no "
                           "lowering; reshape the vector to a matrix")
-        n, k, m = sa[-2], sa[-1], sb[-1]
-        wide = out[:-2] + (n, m, k)
-        rows_a = np.broadcast_to(np.arange(a.type.size).reshape(sa)[..., :, None, :], wide)
-        rows_b = np.broadcast_to(np.swapaxes(np.arange(b.type.size).reshape(sb), -1, -2)[..., None, :, :], wide)
-        gathered = []
-        for v, rows in ((a, rows_a), (b, rows_b)):
-            g = Value(TensorType(wide, True))
-            form = self.env[v]
-            select = rows.reshape(-1)
-            matrix = Sparse(np.arange(select.size), select, np.ones(select.size), (select.size, form.size),
-                            canonical=True)
-            self.env[g] = self.compose(form, matrix, None, wide)
-            self.ranges[g] = self.ranges.get(v, float("nan"))
-            gathered.append(g)
-        ct = self.emit("ckks.mul", [self.materialize(gathered[0]), self.materialize(gathered[1])])
-        self.max_abs[ct] = self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
-        size = int(np.prod(out, dtype=np.int64))
-        total = Sparse(np.repeat(np.arange(size), k), np.arange(size * k), np.ones(size * k), (size, size * k),
-                       canonical=True)
-        self.env[op.result] = self.compose(self.base_form(ct), total, None, out)
+        a = self.broadcast(a, out[:-2] + sa[-2:])
+        b = self.broadcast(b, out[:-2] + sb[-2:])
+        ct = self.emit("ckks.matmul", [self.materialize(a), self.materialize(b)])
+        self.set_ct(op.result, ct)  # its calibrated range, else a bound
+        if not np.isfinite(self.max_abs[ct]):
+            self.max_abs[ct] = sa[-1] * self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
 
     def power(self, op: Op) -> None:
         n, x = op.attrs["exponent"], op.operands[0]
