@@ -431,6 +431,70 @@ def _transpose(ctx, inputs, attrs):
     return [ctx.emit("tensor.transpose", inputs, {"perm": perm})]
 
 
+def _select(ctx, x, axis: int, index: list[int]):
+    """Entries ``index`` of ``x`` along ``axis`` (not the batch axis), as a product by a constant
+    selection matrix: an affine map in both layouts."""
+    shape = _shape(x)
+    rank = len(shape)
+    if axis == 0:
+        raise Unsupported("it selects along the batch axis")
+    if index == list(range(shape[axis])):
+        return x
+    select = np.zeros((len(index), shape[axis]))
+    select[np.arange(len(index)), index] = 1.0
+    if axis == rank - 1:
+        return ctx.emit("tensor.matmul", [x, select.T.copy()])
+    if axis == rank - 2:
+        return ctx.emit("tensor.matmul", [select, x])
+    perm = [i for i in range(rank) if i != axis]
+    perm.insert(rank - 2, axis)  # the axis next to last, selected, and moved back
+    moved = ctx.emit("tensor.transpose", [x], {"perm": perm})
+    back = [perm.index(i) for i in range(rank)]
+    return ctx.emit("tensor.transpose", [ctx.emit("tensor.matmul", [select, moved])], {"perm": back})
+
+
+@importer("Gather", doc="constant indices of an encrypted tensor (not along the batch axis)")
+def _gather(ctx, inputs, attrs):
+    x, indices = inputs[0], _const(inputs[1], "indices")
+    shape = _shape(x)
+    axis = _axis(int(attrs.get("axis", 0)), len(shape))
+    if indices.dtype.kind not in "iu":
+        raise Unsupported("its indices are not integers")
+    flat = indices.astype(np.int64).reshape(-1)
+    if np.any(flat < -shape[axis]) or np.any(flat >= shape[axis]):
+        raise Unsupported(f"an index is out of range for axis {axis} of size {shape[axis]}")
+    y = _select(ctx, x, axis, [int(i) % shape[axis] for i in flat])
+    out = tuple(shape[:axis]) + tuple(indices.shape) + tuple(shape[axis + 1:])
+    return [y if tuple(_shape(y)) == out else ctx.emit("tensor.reshape", [y], {"shape": list(out)})]
+
+
+@importer("Slice", doc="constant starts, ends, axes and steps of an encrypted tensor (not along the batch axis)")
+def _slice(ctx, inputs, attrs):
+    x = inputs[0]
+    shape = _shape(x)
+    if _opset(ctx) < 10:
+        starts, ends = attrs.get("starts", []), attrs.get("ends", [])
+        axes, steps = attrs.get("axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends = _ints(_const(inputs[1], "starts")), _ints(_const(inputs[2], "ends"))
+        axes = (_ints(_const(inputs[3], "axes")) if len(inputs) > 3 and inputs[3] is not None
+                else list(range(len(starts))))
+        steps = (_ints(_const(inputs[4], "steps")) if len(inputs) > 4 and inputs[4] is not None
+                 else [1] * len(starts))
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise Unsupported("its starts, ends, axes and steps differ in length")
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = _axis(int(axis), len(shape))
+        if step == 0:
+            raise Unsupported("a step is 0")
+        n = _shape(x)[axis]
+        index = list(range(n))[slice(max(min(int(start), n), -n - 1), max(min(int(end), n), -n - 1), int(step))]
+        if not index:
+            raise Unsupported(f"it selects nothing along axis {axis}")
+        x = _select(ctx, x, axis, index)
+    return [x]
+
+
 @importer("Concat")
 def _concat(ctx, inputs, attrs):
     rank = len(_shape(inputs[0]))

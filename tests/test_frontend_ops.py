@@ -93,6 +93,20 @@ CASES = {
     "Softmax_inside_attention": lambda: make_model(
         [node("MatMul", ["x", "w"], ["s"]), node("Softmax", ["s"], ["a"], axis=-1), node("MatMul", ["a", "x"])],
         {"x": [1, 3, 3]}, [("y", F)], C("w", rand(3, 3))),
+    "Gather_scalar_index": lambda: make_model(
+        [node("Gather", ["x", "i"], axis=1)], {"x": [1, 4, 3]}, [("y", F)], {"i": np.asarray(-4, np.int64)}),
+    "Gather_indices_last_axis": lambda: make_model(
+        [node("Gather", ["x", "i"], axis=2)], {"x": [1, 2, 4]}, [("y", F)],
+        {"i": np.asarray([[3, 0], [1, 1]], np.int64)}),
+    "Gather_middle_axis": lambda: make_model(
+        [node("Gather", ["x", "i"], axis=1)], {"x": [1, 3, 2, 2]}, [("y", F)], {"i": np.asarray([2, 0], np.int64)}),
+    "Slice_steps_negative": lambda: make_model(
+        [node("Slice", ["x", "s", "e", "a", "t"])], {"x": [1, 5, 6]}, [("y", F)],
+        {"s": np.asarray([4, 1], np.int64), "e": np.asarray([0, 1000], np.int64),
+         "a": np.asarray([1, -1], np.int64), "t": np.asarray([-2, 2], np.int64)}),
+    "Slice_class_token": lambda: make_model(
+        [node("Slice", ["x", "s", "e", "a"])], {"x": [1, 17, 4]}, [("y", F)],
+        {"s": np.asarray([0], np.int64), "e": np.asarray([1], np.int64), "a": np.asarray([1], np.int64)}),
     "GlobalAveragePool": lambda: make_model([node("GlobalAveragePool", ["x"])], {"x": [1, 3, 4, 5]}, [("y", F)]),
     "ReduceMean_attr": lambda: make_model([node("ReduceMean", ["x"], axes=[-1], keepdims=0)], {"x": [1, 3, 4]}, [("y", F)]),
     "ReduceSum_input": lambda: make_model([node("ReduceSum", ["x", "a"])], {"x": [1, 3, 4]}, [("y", F)],
