@@ -55,13 +55,14 @@ def test_readme_ops_table_is_generated_from_the_import_table():
 
 @pytest.mark.parametrize("name, output", [("relu_cnn_mnist", "logits"), ("sigmoid_mlp_mnist", "logits"),
                                           ("tenseal_tutorial_mnist", "logits"),
-                                          ("sklearn_logreg_mnist", "probabilities")])
+                                          ("sklearn_logreg_mnist", "probabilities"), ("vit_mnist", "logits")])
 def test_example_reference_reproduces_expected(name, output):
     folder = os.path.join(EXAMPLES, name)
     x = np.load(os.path.join(folder, "input.npy"))
     # the ReLU CNN's slots program (13 levels, N=16384) is slow to simulate: its batch program here
+    # (the ViT's attention multiplies two encrypted matrices: the batch layout only)
     prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x,
-                        layout="batch" if name == "relu_cnn_mnist" else "auto")
+                        layout="batch" if name in ("relu_cnn_mnist", "vit_mnist") else "auto")
     assert prog.encrypted
     got = prog.run(x)
     assert_close(got[output], np.load(os.path.join(folder, "expected.npy")), 1e-5, name)
