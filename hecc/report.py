@@ -204,12 +204,26 @@ def refinement_text(a: dict) -> str:
     return "".join(f", {p}" for p in parts)
 
 
+def model_weights(program) -> int | None:
+    """How many weights the model has: the elements of the float constants its tensor stage uses
+    (after the frontend's folding: a batch norm folded into its layer counts once)."""
+    if "tensor" not in program.artifact.stages:
+        return None
+    graph = program.artifact.graph("tensor")
+    names = {op.attrs["name"] for op in graph.ops if op.name == "tensor.constant"}
+    return int(sum(np.asarray(graph.constants[n]).size for n in names
+                   if n in graph.constants and np.asarray(graph.constants[n]).dtype.kind == "f"))
+
+
 def render(program, measure: bool = True) -> str:
     lines = []
     lines.append("passes".ljust(28) + "seconds")
     for t in program.timings:
         lines.append(f"  {t.name:<26}{t.seconds:.3f}")
     lines.append("")
+    weights = model_weights(program)
+    if weights is not None:
+        lines.append(f"model: {weights:,} weights (the float constants of its tensor stage)")
     if not program.layouts:
         why = program.artifact.manifest.get("not_encrypted_because", "")
         lines.append(f"not compiled for encryption: {why}")

@@ -66,7 +66,7 @@ def test_compile_report_prints_the_table(tmp_path):
     proc = subprocess.run([HECC, "compile", model, "-o", tmp_path / "c.hecc", "--calibration", cal, "--report"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for needle in ("lower-to-ckks", "multiplicative depth: 2", "N=8192", "multiply_plain 105935",
+    for needle in ("lower-to-ckks", "model: 85,740 weights", "multiplicative depth: 2", "N=8192", "multiply_plain 105935",
                    "rescale 945", "evaluation keys:", "predicted precision", "predicted time per batch",
                    "predicted throughput", "slots layout: CKKS N=", "predicted time per input",
                    "1 input(s):", "picks slots", "4096 input(s):", "picks batch"):
