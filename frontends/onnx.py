@@ -219,7 +219,8 @@ class ImportContext:
         for v in values:
             if v in self.client_producer and not opdef.client_side:
                 raise Unsupported(f"it uses the result of {self.client_producer[v]}, which hecc only "
-                                  "supports at the model's output (client-side, after decryption)")
+                                  "supports at the model's output (client-side, after decryption) or, for a "
+                                  "Softmax, read directly by a MatMul, Gemm or Mul (attention)")
         full = {k: opdef.attr(attrs, k) for k in opdef.attrs}
         try:
             types = opdef.infer([v.type for v in values], full)

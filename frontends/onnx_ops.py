@@ -436,10 +436,10 @@ def _select(ctx, x, axis: int, index: list[int]):
     selection matrix: an affine map in both layouts."""
     shape = _shape(x)
     rank = len(shape)
-    if axis == 0:
-        raise Unsupported("it selects along the batch axis")
     if index == list(range(shape[axis])):
         return x
+    if axis == 0:
+        raise Unsupported("it selects along the batch axis")
     select = np.zeros((len(index), shape[axis]))
     select[np.arange(len(index)), index] = 1.0
     if axis == rank - 1:
@@ -461,6 +461,8 @@ def _gather(ctx, inputs, attrs):
     if indices.dtype.kind not in "iu":
         raise Unsupported("its indices are not integers")
     flat = indices.astype(np.int64).reshape(-1)
+    if flat.size == 0:
+        raise Unsupported("its indices are empty: it selects nothing")
     if np.any(flat < -shape[axis]) or np.any(flat >= shape[axis]):
         raise Unsupported(f"an index is out of range for axis {axis} of size {shape[axis]}")
     y = _select(ctx, x, axis, [int(i) % shape[axis] for i in flat])
@@ -677,6 +679,8 @@ def _softmax(ctx, inputs, attrs):
     if ctx.opsets.get("", 13) < 13 and axis != rank - 1:
         raise Unsupported("softmax over several axes (opset < 13 with axis != last)")
     if ctx.node.op_type == "Softmax" and ctx.readers.get(ctx.node.output[0], set()) & INSIDE_READERS:
+        if axis == 0:
+            raise Unsupported("a softmax across the batch axis")
         return [ctx.emit("tensor.softmax_inside", inputs, {"axis": axis})]
     name = "tensor.softmax" if ctx.node.op_type == "Softmax" else "tensor.log_softmax"
     return [ctx.emit(name, inputs, {"axis": axis})]
@@ -691,6 +695,10 @@ def _layer_norm(ctx, inputs, attrs):
     axes = list(range(axis, len(shape)))
     if int(attrs.get("stash_type", 1)) != 1:
         raise Unsupported("stash_type other than float")
+    if axis == 0:
+        raise Unsupported("it normalizes across the batch axis")
+    if any(ctx.node.output[1:]):
+        raise Unsupported("its Mean and InvStdDev outputs are used; only Y is supported")
     mean = ctx.emit("tensor.reduce", [x], {"kind": "mean", "axes": axes, "keepdims": True})
     centered = ctx.emit("tensor.sub", [x, mean])
     variance = ctx.emit("tensor.reduce", [ctx.emit("tensor.mul", [centered, centered])],

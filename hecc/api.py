@@ -438,18 +438,16 @@ def _lower_batch_polys(approximated: Graph, calibration, options: dict, print_af
     the cost model predicts faster per input is kept; the merged lowering stops once it passes
     MERGED_PRODUCTS_LIMIT times the other's products, and either stands alone when the other
     does not compile (too deep for any ring)."""
-    from .errors import ParameterError
-    from .passes.lower_to_ckks import OverBudget
     try:
         wide = _lower_measured(approximated, calibration, dict(options, poly_outputs="wide"),
                                print_after_all, progress)
-    except ParameterError:
+    except UserError:  # too deep for any ring, a prime past 60 bits, a map too large: merged alone
         return _lower_measured(approximated, calibration, options, print_after_all, progress)
     try:
         merged = _lower_measured(approximated, calibration,
                                  dict(options, max_products=MERGED_PRODUCTS_LIMIT * _lowered_products(wide)),
                                  print_after_all, progress)
-    except (OverBudget, ParameterError):
+    except UserError:  # over budget (OverBudget), too deep, too large: the wide one stands
         return wide
     return min((merged, wide), key=lambda pair: _predicted_time(pair[0][1]) / _inputs_per_batch(pair[0][1]))
 

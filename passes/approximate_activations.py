@@ -146,10 +146,12 @@ def _newton(graph: Graph, op: Op, lo: float, hi: float, sample, target: float, m
     if lo <= 0:
         raise PassError(f"{kind} of values that reach {lo:.3g} on the calibration data; it needs positive "
                         "values")
-    lo, hi = lo * (1 - margin), hi * (1 + margin)  # widened by ratios: the interval stays positive
+    lo, hi = lo / (1 + margin), hi * (1 + margin)  # widened by ratios: the interval stays positive
     f = activation_function(op)
-    xs = np.clip(np.asarray(sample if sample is not None and len(sample) else np.geomspace(lo, hi, 512)),
-                 lo, hi)
+    # the samples and a geometric grid: a subsample may miss the interval's ends, where the first
+    # guess is worst and Newton's steps need it most
+    xs = np.concatenate([np.clip(np.asarray(sample if sample is not None else [], dtype=np.float64), lo, hi),
+                         np.geomspace(lo, hi, 512)])
     best = None
     grid = np.geomspace(lo, hi, 512)
     grid_t = (2 * grid - lo - hi) / (hi - lo)

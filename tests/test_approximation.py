@@ -154,3 +154,24 @@ def test_automatic_degrees_are_capped_when_the_network_answers_as_well():
         agreement, error = output_quality([exact], [prog.run(x, backend="sim")["y"]])
         assert agreement >= 0.93 and error < 0.01
     assert output_quality([np.eye(3)], [np.eye(3)]) == (1.0, 0.0)
+
+
+def test_newton_reciprocal_is_checked_at_the_interval_ends_not_only_on_the_samples():
+    """Calibration samples crowded in the middle of [0.05, 20] (a subsample misses the ends):
+    the first guess and Newton steps are chosen for the whole calibrated interval, so 1/x stays
+    within the target at both ends; a margin of 1 keeps the interval positive."""
+    import importlib
+    from hecc.ir import Graph, TensorType
+    aa = importlib.import_module("hecc.passes.approximate_activations")
+    for margin, low in ((0.1, 0.05), (1.0, 0.5)):
+        g = Graph()
+        x = g.append("hecc.input", [], [TensorType((1, 4), True)], {"name": "x"}).result
+        act = g.append("tensor.activation", [x], [TensorType((1, 4), True)], {"kind": "reciprocal"})
+        g.append("hecc.output", [act.result], [], {"name": "y"})
+        g.meta["intervals"] = {x: (low, 20.0)}
+        g.meta["samples"] = {x: np.random.default_rng(0).uniform(1.0, 3.0, 20000)}
+        out = aa.run(g, {"margin": margin})
+        from hecc.backends.reference import evaluate
+        ends = np.array([[low, 0.5, 5.0, 20.0]])
+        y = evaluate(out, [ends[None]])[0][0]
+        assert np.max(np.abs(y * ends - 1)) <= 0.01, (margin, y * ends)

@@ -211,3 +211,27 @@ def test_op_matches_onnxruntime(case):
             np.testing.assert_array_equal(got[name], expected[name])
         else:
             assert_close(got[name], expected[name], 1e-5, f"{case} {name}")
+
+
+@pytest.mark.parametrize("nodes, inputs, inits, message", [
+    ([node("Gather", ["x", "i"], axis=1)], {"x": [1, 3]}, {"i": np.zeros(0, np.int64)}, "selects nothing"),
+    ([node("LayerNormalization", ["x", "g"], axis=0)], {"x": [1, 3]}, C("g", rand(1, 3)), "batch axis"),
+    ([node("LayerNormalization", ["x", "g"], ["y", "mean"], axis=-1)], {"x": [1, 3]}, C("g", rand(3)),
+     "Mean and InvStdDev"),
+    ([node("Slice", ["x", "s", "e", "a"])], {"x": [2, 3]}, {"s": np.asarray([1], np.int64),
+     "e": np.asarray([2], np.int64), "a": np.asarray([0], np.int64)}, "batch axis"),
+])
+def test_selections_and_layer_norms_hecc_cannot_do_are_refused_with_the_reason(nodes, inputs, inits, message):
+    model = make_model(nodes, inputs, [("y", F)], inits)
+    with pytest.raises(hecc.errors.UnsupportedOpError) as info:
+        hecc.compile(model, layout="batch")
+    assert message in str(info.value)
+
+
+def test_slice_of_the_whole_batch_axis_is_kept():
+    """Slicing every element of the batch axis (starts 0, ends INT64_MAX) selects nothing away."""
+    model = make_model([node("Slice", ["x", "s", "e"])], {"x": [1, 3]}, [("y", F)],
+                       {"s": np.asarray([0, 1], np.int64), "e": np.asarray([2 ** 63 - 1, 3], np.int64)})
+    x = rand(2, 3)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:1]})[0]
+    assert_close(hecc.compile(model, layout="batch").run(x[:1])["y"], expected, 1e-6, "slice")

@@ -13,7 +13,8 @@ from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
 from .affine import (MAX_MATRIX_ENTRIES, MAX_SPARSE_ENTRIES, Affine, TooLarge, element_count,
                      elementwise_sum, sparse_sum, union_bases)
-from .sparse import Sparse, avgpool_matrix, conv2d_matrix, matmul_matrix, pad_rows, transpose_rows
+from .sparse import (Sparse, avgpool_matrix, conv2d_matrix, left_matmul_matrix, matmul_matrix, pad_rows,
+                     transpose_rows)
 
 DEFAULT_SCALE_BITS = 26
 DEFAULT_WEIGHT_SCALE_BITS = 14
@@ -22,6 +23,7 @@ AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.ma
               "tensor.reduce"}
 ELEMENTWISE_AFFINE = {"tensor.add", "tensor.sub", "tensor.neg", "tensor.mul"}
 POLY_OUTPUTS = ("merge", "materialize", "wide")
+MAX_PRIME_BITS = 60
 WIDE_POLY = 1024
 
 
@@ -142,13 +144,13 @@ class Lowering:
         """The scale (bits) of ciphertext value ``ct`` once insert-rescale has brought every
         product back to the waterline: a linear map's result is its operand's plus its weights'."""
         producer = ct.producer
-        if producer is None or producer.name in ("hecc.input", "ckks.mul", "ckks.square"):
+        if producer is None or producer.name in ("hecc.input", "ckks.mul", "ckks.square", "ckks.matmul"):
             return self.scale_bits
         if producer.name == "ckks.linear":
             return self.rescaled_bits(producer.operands[0]) + producer.attrs["weight_scale"]
         if producer.name == "ckks.rescale":
             return self.rescaled_bits(producer.operands[0]) - producer.attrs["bits"]
-        return self.rescaled_bits(producer.operands[0])
+        return max(self.rescaled_bits(v) for v in producer.operands)  # a sum: align-levels raises the lower
 
     def _add(self, total: Value, ct: Value, bound: float) -> Value:
         previous = self.max_abs.get(total, 1.0)
@@ -196,6 +198,10 @@ class Lowering:
         x = forms[0]
         shape = tuple(op.result.type.shape)
         constants = forms[1:]
+        if (op.name == "tensor.matmul" and not isinstance(x, Affine) and isinstance(forms[1], Affine)
+                and np.ndim(x) == 2):  # a constant matrix times a secret one (a selection, say)
+            matrix = left_matmul_matrix(np.asarray(x, dtype=np.float64), forms[1].shape)
+            return None if matrix is None else self.compose(forms[1], matrix, None, shape)
         if not isinstance(x, Affine) or any(isinstance(f, Affine) for f in constants):
             if op.name in ("tensor.add", "tensor.sub") and all(isinstance(f, Affine) for f in forms):
                 if all(f.shape == shape for f in forms):
@@ -248,7 +254,8 @@ class Lowering:
         dense_size = matrix.shape[0] * x.width
         # two dense maps: their product is dense, and a dense product is far cheaper than
         # sorting the partial products when there are many more of them than entries
-        if joined > MAX_SPARSE_ENTRIES or 8 * dense_size < joined and dense_size <= MAX_MATRIX_ENTRIES:
+        fits = max(dense_size, x.size * x.width, matrix.shape[0] * matrix.shape[1]) <= MAX_MATRIX_ENTRIES
+        if joined > MAX_SPARSE_ENTRIES or 8 * dense_size < joined and fits:
             if dense_size > MAX_MATRIX_ENTRIES:
                 raise TooLarge(f"{matrix.shape[0]} x {x.width}")
             product = matrix.dense() @ x.dense()[0]
@@ -447,6 +454,9 @@ class Lowering:
             # the terms summed at 2^(waterline + P), P the prime a square of a linear map's
             # result takes, then rescaled by it: one level, and the next map multiplies once
             prime = self.scale_bits + 2 * self.weight_bits
+            if prime > MAX_PRIME_BITS:
+                raise PassError(f"a polynomial's output at 2^{self.scale_bits} with weights at "
+                                f"2^{self.weight_bits} would need a {prime}-bit prime (at most {MAX_PRIME_BITS})")
             total = self.mat(self.env[op.result], float("nan"), scale=self.scale_bits + prime)
             rescaled = self.emit("ckks.rescale", [total], {"bits": prime})
             self.max_abs[rescaled] = self.max_abs.get(total, float("nan"))

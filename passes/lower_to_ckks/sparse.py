@@ -187,10 +187,26 @@ def _avgpool_image(op: Op, in_shape) -> tuple[Sparse, tuple]:
 
 
 def matmul_matrix(weight: np.ndarray, in_shape) -> Sparse | None:
-    """x @ W for x of shape (1, n) (or (n,)) and a constant W (n, m): the m x n matrix W^T."""
-    if weight.ndim != 2 or len(in_shape) not in (1, 2) or (len(in_shape) == 2 and in_shape[0] != 1):
+    """x @ W for x of shape (..., n) and a constant W (n, m): W^T for each leading index."""
+    if weight.ndim != 2 or not in_shape or in_shape[-1] != weight.shape[0]:
         return None
-    return Sparse.from_dense(weight.T)
+    block = Sparse.from_dense(weight.T)
+    return _per_image(block, int(np.prod(in_shape[:-1], dtype=np.int64)))
+
+
+def left_matmul_matrix(weight: np.ndarray, in_shape) -> Sparse | None:
+    """W @ x for a constant W (m, n) and x of shape (..., n, d): out[..., i, c] = sum_j W[i, j]
+    x[..., j, c], for each leading index."""
+    if weight.ndim != 2 or len(in_shape) < 2 or in_shape[-2] != weight.shape[1]:
+        return None
+    d = int(in_shape[-1])
+    i, j = np.nonzero(weight)
+    c = np.arange(d)
+    rows = (i[:, None] * d + c[None, :]).ravel()
+    cols = (j[:, None] * d + c[None, :]).ravel()
+    vals = np.repeat(weight[i, j], d)
+    block = Sparse(rows, cols, vals, (weight.shape[0] * d, weight.shape[1] * d))
+    return _per_image(block, int(np.prod(in_shape[:-2], dtype=np.int64)))
 
 
 def transpose_rows(perm, in_shape) -> np.ndarray:
