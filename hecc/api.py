@@ -331,10 +331,12 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
         if not any(op.name == "tensor.poly" for op in approximated.ops):  # nothing was approximated
             pairs = dict(zip(_values(tensor), _values(approximated)))
             approximated.meta["ranges"] = {pairs[v]: m for v, m in max_abs(intervals).items() if v in pairs}
-        else:
-            approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration))
-        extra["approximations"] = _approximation_report(tensor, approximated, calibration, trace)
-        del trace
+            approximate_trace: dict = {}
+        else:  # one run of the polynomial program: its magnitudes and the approximations' errors
+            approximate_trace = calibration_trace(approximated, calibration)
+            approximated.meta["ranges"] = max_abs(value_intervals(approximated, calibration, approximate_trace))
+        extra["approximations"] = _approximation_report(approximated, trace, approximate_trace)
+        del trace, approximate_trace
         if guessed and extra["approximations"]:
             assumed = "; ".join(f"{a['kind']} on [{a['interval'][0]:.3g}, {a['interval'][1]:.3g}]"
                                 for a in extra["approximations"])
@@ -374,8 +376,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
                 refused.append(exc)
                 reasons[name] = str(exc)
                 continue
-            slots = slots or next(op.attrs["poly_modulus_degree"] // 2 for op in final.ops
-                                  if op.name == "ckks.params")
+            slots = slots or _inputs_per_batch(final)
             result.timings += timings
             stages[STAGES[name][0]] = lowered
             stages[STAGES[name][1]] = print_graph(final)
@@ -453,6 +454,7 @@ def _lower_batch_polys(approximated: Graph, calibration, options: dict, print_af
 
 
 def _inputs_per_batch(graph: Graph) -> int:
+    """The slots of a program's ciphertexts (N/2): a batch's inputs, or the slots one input has."""
     return next(op.attrs["poly_modulus_degree"] // 2 for op in graph.ops if op.name == "ckks.params")
 
 
@@ -713,18 +715,14 @@ def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None
         estimates[value] = max(peak, before) if slots and np.isfinite(before) else peak
 
 
-def _approximation_report(tensor: Graph, approximated: Graph, calibration, trace: dict) -> list[dict]:
+def _approximation_report(approximated: Graph, trace: dict, approximate_trace: dict) -> list[dict]:
     """Per approximated activation (the approximation pass's list): kind, interval, degree,
     depth (Newton steps, squarings) and its max error on the calibration data: the approximated
-    program's value against the exact network's (``trace``: the tensor graph's values on it)."""
-    from .backends.reference import evaluate
-    entries = approximated.meta.get("approximations", [])
+    program's value (``approximate_trace``) against the exact network's (``trace``: the tensor
+    graph's values on the calibration data)."""
     originals = approximated.meta.get("originals", {})
-    approximate_trace: dict = {}
-    if any(originals.get(e.get("_source")) in trace for e in entries):
-        evaluate(approximated, stack_inputs(approximated, calibration)[0], approximate_trace)
     report = []
-    for e in entries:
+    for e in approximated.meta.get("approximations", []):
         entry = {k: v for k, v in e.items() if not k.startswith("_") and k != "max_error"}
         entry["interval"] = [round(float(b), 6) for b in e["interval"]]
         source, output = originals.get(e.get("_source")), e.get("_output")

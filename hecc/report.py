@@ -199,9 +199,8 @@ def eval_key_bytes(graph, s=None) -> tuple[int, int]:
 
 def refinement_text(a: dict) -> str:
     """What follows an approximation's polynomial: squarings (exp) and Newton steps."""
-    parts = [f"squared {a['squarings']} times" for _ in [0] if a.get("squarings")]
-    parts += [f"then {a['newton_steps']} Newton steps" for _ in [0] if a.get("newton_steps")]
-    return "".join(f", {p}" for p in parts)
+    text = f", squared {a['squarings']} times" if a.get("squarings") else ""
+    return text + (f", then {a['newton_steps']} Newton steps" if a.get("newton_steps") else "")
 
 
 def model_weights(program) -> int | None:

@@ -140,7 +140,8 @@ def _newton(graph: Graph, op: Op, lo: float, hi: float, sample, target: float, m
             report: list) -> Value:
     """1/x or 1/sqrt(x) on the calibrated interval (x > 0): a low-degree polynomial first guess,
     then Newton steps (y' = 2y - x y^2, or y' = 1.5y - 0.5 (y y)(x y): two levels each), the
-    shallowest pair whose largest relative error on the calibration samples is within ``target``. ``op`` (a tensor.activation, appended last) becomes the first guess; returns the value
+    shallowest pair whose largest relative error on the calibration samples is within ``target``.
+    ``op`` (a tensor.activation, appended last) becomes the first guess; returns the value
     holding the result."""
     kind = op.attrs["kind"]
     if lo <= 0:
@@ -150,15 +151,13 @@ def _newton(graph: Graph, op: Op, lo: float, hi: float, sample, target: float, m
     f = activation_function(op)
     # the samples and a geometric grid: a subsample may miss the interval's ends, where the first
     # guess is worst and Newton's steps need it most
-    xs = np.concatenate([np.clip(np.asarray(sample if sample is not None else [], dtype=np.float64), lo, hi),
-                         np.geomspace(lo, hi, 512)])
-    best = None
     grid = np.geomspace(lo, hi, 512)
-    grid_t = (2 * grid - lo - hi) / (hi - lo)
+    xs = np.concatenate([np.clip(np.asarray(sample if sample is not None else [], dtype=np.float64), lo, hi), grid])
+    grid_t, t = ((2 * v - lo - hi) / (hi - lo) for v in (grid, xs))
+    best = None
     for degree in NEWTON_DEGREES:
         # least squares of the relative error (Newton's steps square it), on a geometric grid
         coefficients = np.polynomial.chebyshev.chebfit(grid_t, f(grid), degree, w=1.0 / np.abs(f(grid)))
-        t = (2 * xs - lo - hi) / (hi - lo)
         guess = np.polynomial.chebyshev.chebval(t, coefficients)
         for steps in range(MAX_NEWTON_STEPS + 1):
             error = float(np.max(np.abs(_newton_values(kind, xs, guess, steps) / f(xs) - 1)))
@@ -201,10 +200,10 @@ def _exp_by_squaring(lo: float, hi: float, target: float, max_degree: int):
     squarings = max(0, math.ceil(math.log2(max(hi - lo, 1e-9) / 2)))
     scale = 2.0 ** squarings
     grid = np.linspace(lo, hi, GRID)
+    t = (2 * grid - lo - hi) / (hi - lo)
     for degree in range(2, max(max_degree, 2) + 1):
         coefficients = np.polynomial.chebyshev.chebinterpolate(
-            lambda t: np.exp((lo + (t + 1) * (hi - lo) / 2) / scale), degree)
-        t = (2 * grid - lo - hi) / (hi - lo)
+            lambda u: np.exp((lo + (u + 1) * (hi - lo) / 2) / scale), degree)
         error = float(np.max(np.abs(np.polynomial.chebyshev.chebval(t, coefficients) ** scale / np.exp(grid) - 1)))
         if error <= target / 4:
             break
@@ -236,11 +235,11 @@ def _softmax(graph: Graph, op: Op, intervals: dict, samples: dict, target: float
     row = tuple(1 if i == axis else k for i, k in enumerate(x.type.shape))
     op.name, op.attrs = "tensor.reduce", {"kind": "mean", "axes": [axis], "keepdims": True}
     op.results[0].type = TensorType(row, True)
-    z = graph.append("tensor.sub", [x, op.result], [x.type]).result
+    z = _emit(graph, "tensor.sub", [x, op.result], x)
     e = graph.append("tensor.poly", [z], [x.type], {"coefficients": coefficients, "interval": [lo, hi],
                                                      "kind": "exp"}).result
     for _ in range(squarings):
-        e = graph.append("tensor.mul", [e, e], [x.type]).result
+        e = _emit(graph, "tensor.mul", [e, e], x)
     total = graph.append("tensor.reduce", [e], [TensorType(row, True)],
                          {"kind": "sum", "axes": [axis], "keepdims": True}).result
     reciprocal = graph.append("tensor.activation", [total], [total.type], {"kind": "reciprocal"})
@@ -248,7 +247,6 @@ def _softmax(graph: Graph, op: Op, intervals: dict, samples: dict, target: float
     part = report[-1]
     part["kind"] = "reciprocal (softmax)"
     del part["_source"], part["_output"]  # no value of the exact network to compare with
-    y = graph.append("tensor.mul", [e, r], [x.type]).result
-    summary.update(depth=max(exp_depth, part["depth"] + exp_depth) + 1, newton_steps=part["newton_steps"],
-                   _output=y)
+    y = _emit(graph, "tensor.mul", [e, r], x)
+    summary.update(depth=exp_depth + part["depth"] + 1, newton_steps=part["newton_steps"], _output=y)
     return y

@@ -32,7 +32,7 @@ largest w with scale_bits + 2w <= 60, if 16 or more, else scale_bits), slots (th
 slot count, N/2; 4096); batch layout: poly_outputs ("merge": a polynomial's output stays a form
 over its terms, which the next map multiplies one by one; "materialize": one ciphertext per element
 at one level more), max_products (stop with ``OverBudget`` past this many products by plaintext
-weights). ``graph.meta["products"]`` (batch) counts those products.
+weights).
 """
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
         lowering.lower(op)
     out = lowering.out
     out.meta["max_abs"] = lowering.max_abs
-    out.meta["products"] = lowering.products
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from hecc.backends.reference import apply_op
 from hecc.errors import PassError, UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
+from hecc.params import MAX_PRIME_BITS
 
 from .affine import (MAX_MATRIX_ENTRIES, MAX_SPARSE_ENTRIES, Affine, TooLarge, element_count,
                      elementwise_sum, sparse_sum, union_bases)
@@ -23,7 +24,6 @@ AFFINE_OPS = {"tensor.add", "tensor.sub", "tensor.mul", "tensor.neg", "tensor.ma
               "tensor.reduce"}
 ELEMENTWISE_AFFINE = {"tensor.add", "tensor.sub", "tensor.neg", "tensor.mul"}
 POLY_OUTPUTS = ("merge", "materialize", "wide")
-MAX_PRIME_BITS = 60
 WIDE_POLY = 1024
 
 
@@ -450,7 +450,7 @@ class Lowering:
             self.env[op.result] = np.full(op.result.type.shape, coefficients[0])
             return
         self.env[op.result] = self.combination(parts, coefficients[0])
-        if materializes(self.poly_outputs, op):
+        if self.materializing:
             # the terms summed at 2^(waterline + P), P the prime a square of a linear map's
             # result takes, then rescaled by it: one level, and the next map multiplies once
             prime = self.scale_bits + 2 * self.weight_bits
