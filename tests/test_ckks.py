@@ -497,3 +497,47 @@ def test_layer_norm_and_softmax_inside_run_encrypted_within_their_reported_error
     assert np.abs(simulated - expected).max() <= 4 * error * max(weights, 1.0)
     encrypted = prog.run(x[:3], backend="tenseal", workers=1)["y"]
     assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(expected).max()
+
+
+def _pooled_cnn(rng, side=16, c1=6, c2=16):
+    """conv -> x^2 -> 2x2 average pooling -> a sparse conv (two taps) -> x^2 -> pooling -> dense."""
+    second = np.zeros((c2, c1, 3, 3))
+    second[:, :, 0, 0], second[:, :, 2, 1] = rng.normal(0, 0.3, (c2, c1)), rng.normal(0, 0.3, (c2, c1))
+    return _model([n("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), n("Mul", ["c1", "c1"], ["s1"]),
+                   n("AveragePool", ["s1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+                   n("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]), n("Mul", ["c2", "c2"], ["s2"]),
+                   n("AveragePool", ["s2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+                   n("Flatten", ["p2"], ["f"]), n("Gemm", ["f", "fw"], ["y"], transB=1)],
+                  {"x": ["N", 1, side, side]}, ["y"],
+                  {"w1": rng.normal(0, 0.5, (c1, 1, 3, 3)), "w2": second,
+                   "fw": rng.normal(0, 0.3, (5, c2 * side * side // 16))})
+
+
+def test_pooling_summed_by_rotations_equals_the_folded_one_in_every_backend(monkeypatch):
+    """An average pooling before a sparse convolution is summed by two rotations of the
+    activation's ciphertext instead of folded into the convolution (four diagonals per weight):
+    fewer products, the same numbers in the simulator (= onnxruntime, the model being
+    polynomial), the packed layout and TenSEAL."""
+    import onnxruntime as ort
+    from hecc.passes.lower_to_ckks import pooling
+    rng = np.random.default_rng(11)
+    model = _pooled_cnn(rng)
+    x = rng.uniform(-1, 1, (16, 1, 16, 16)).astype(np.float32)
+    prog = hecc.compile(model, calibration=x)
+    assert {"slots", "packed"} <= set(prog.layouts)
+    expected = prog.run(x, backend="reference")["y"]
+    assert_close(expected, ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0], 1e-5,
+                 "reference vs onnxruntime")
+    for layout in ("slots", "packed"):
+        assert_close(prog.run(x, backend="sim", layout=layout)["y"], expected, 1e-6, layout)
+    simulated = prog.run(x[:2], backend="sim", layout="slots")["y"]
+    predicted = np.abs(prog.run(x[:2], backend="sim", layout="slots", noise=True)["y"] - simulated).max()
+    encrypted = prog.run(x[:2], backend="tenseal", layout="slots", workers=1)["y"]
+    assert np.abs(encrypted - simulated).max() <= max(2 * predicted, 1e-3 * np.abs(simulated).max())
+    monkeypatch.setattr(pooling.PoolingByRotation, "pooled_alt", lambda self, op, form: None)
+    folded = hecc.compile(model, calibration=x, layout="slots")
+    assert_close(folded.run(x, backend="sim")["y"], expected, 1e-6, "folded")
+
+    def products(p):
+        return sum(op.name == "ckks.mul_plain" for op in p.with_layout("slots").graph.ops)
+    assert products(prog) < products(folded)

@@ -40,7 +40,8 @@ How a linear layer becomes products and rotations in the slots layout
 - For a convolution on a grid, weight W[o, c, ty, tx] lands in diagonal
   c_off[c] - c_off'[o] + (ty, tx) . (row, column strides): a product collects one tap over every
   (input, output) channel pair with the same channel-offset difference; with the pooling before it
-  folded, each weight lands in one diagonal per pooling window position. For a dense layer from a
+  folded, each weight lands in one diagonal per pooling window position (the lowering may instead
+  sum the windows by rotations first, ``pooling``: then one diagonal). For a dense layer from a
   compact vector, W[i, j] lands in diagonal (j - i) mod q.
 
 How ``block_prune`` finds the blocks

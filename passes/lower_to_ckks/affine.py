@@ -37,14 +37,17 @@ class Affine:
     """A secret tensor as sum_b A_b @ base_b + bias over ciphertext tensors. ``matrix`` is None
     (the identity), a dense 2-D array over the concatenated bases, a ``Diagonal`` or a
     ``Sparse`` matrix over the concatenated bases. ``geometry`` (the slots layout's, or None)
-    says where the form's elements lie on its bases' grid (see ``slots.Geometry``)."""
+    says where the form's elements lie on its bases' grid (see ``slots.Geometry``). ``alt`` (the
+    slots layout's, or None) is the same tensor as another form, over bases some of which are
+    yet to be computed (see ``pooling``): the lowering may emit either."""
 
-    __slots__ = ("bases", "matrix", "bias", "shape", "geometry")
+    __slots__ = ("bases", "matrix", "bias", "shape", "geometry", "alt")
 
     def __init__(self, bases: list[Value], matrix, bias, shape, geometry=None):
         self.bases = list(bases)
         self.matrix, self.bias, self.shape = matrix, bias, tuple(shape)
         self.geometry = geometry
+        self.alt = None
 
     @classmethod
     def of(cls, base: Value) -> "Affine":
@@ -86,7 +89,9 @@ class Affine:
             matrix = self.matrix.scaled(alpha)
         else:
             matrix = self.dense()[0] * alpha
-        return Affine(self.bases, matrix, self.bias_vector() * alpha + beta, self.shape, self.geometry)
+        out = Affine(self.bases, matrix, self.bias_vector() * alpha + beta, self.shape, self.geometry)
+        out.alt = None if self.alt is None else self.alt.scaled(alpha, beta)
+        return out
 
     def sparse(self) -> Sparse:
         """The linear part over the concatenated bases, as a sparse matrix."""

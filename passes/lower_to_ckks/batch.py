@@ -341,14 +341,18 @@ class Lowering:
         elif op.name == "tensor.poly":
             self.poly(op)
         elif op.name in AFFINE_OPS:
-            forms = [self.env[v] for v in op.operands]
-            self.env[op.result] = (self.elementwise(op, forms) or self.structured(op, forms) or self.through(
-                forms, lambda args: apply_op(op, args), op.result.type.shape))
+            self.env[op.result] = self.affine_form(op, [self.env[v] for v in op.operands])
         elif op.name == "tensor.activation":
             self.fail(op, f"the {op.attrs['kind']} activation is not a polynomial (run "
                           "approximate-activations first)")
         else:
             self.fail(op, "no CKKS lowering for this op in the batch layout")
+
+    def affine_form(self, op: Op, forms: list) -> Affine:
+        """The form of an affine op's result from its operands' forms (affine forms or constant
+        arrays)."""
+        return (self.elementwise(op, forms) or self.structured(op, forms)
+                or self.through(forms, lambda args: apply_op(op, args), op.result.type.shape))
 
     def base_form(self, ct: Value) -> Affine:
         """The affine form of ciphertext value ``ct`` itself."""

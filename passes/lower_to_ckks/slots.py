@@ -14,6 +14,7 @@ from .batch import AFFINE_OPS, ELEMENTWISE_AFFINE, Lowering
 from .diagonal import Part, Plan
 from .inputs import InputLayouts, Relayout
 from .placement import Geometry, Placement, blocked_grid, compact, multiplexed, next_pow2, spanned
+from .pooling import PoolingByRotation
 
 MIN_MERGED_WEIGHT_BITS = 16
 
@@ -27,7 +28,7 @@ def merged_weight_bits(scale_bits: int) -> int:
     return w if w >= MIN_MERGED_WEIGHT_BITS else int(scale_bits)
 
 
-class SlotsLowering(InputLayouts, Lowering):
+class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
     """The slots layout: one input's tensors in the slots of one or a few ciphertexts.
 
     Every ciphertext value has a ``Placement``: a slot for each element, over one ciphertext
@@ -39,7 +40,9 @@ class SlotsLowering(InputLayouts, Lowering):
     once for every output ciphertext, and, when the output's period is shorter than the input's,
     a rotate-and-sum over its blocks. The output's placement is the cheapest of a few candidates
     (compact; channel blocks of a power of two; for a convolution or pooling, multiplexed on its
-    input's grid), a new rotation key counting as a cost. Baby steps rotate the previous baby
+    input's grid), a new rotation key counting as a cost. An average pooling of a ciphertext is
+    either folded into the next map or summed by rotations first (``pooling``), whichever that
+    map's plan costs say is cheaper. Baby steps rotate the previous baby
     and giant steps are in Horner form, so a map needs few distinct steps. The input is laid out
     by the client, who may copy pixels: for the first linear map it is either periodic, or
     expanded (im2col-style: tap t of output i in slot t*q + s_i, over as many ciphertexts as the
@@ -63,6 +66,8 @@ class SlotsLowering(InputLayouts, Lowering):
         self.input_ops: list[tuple[int, Op]] = []
         self.steps: set[int] = set()
         self.client_babies: dict[Value, dict[int, Value]] = {}  # an input's rotations the client sent
+        self.window_sums: dict[Value, tuple[Value, list[int]]] = {}  # pooling: (ciphertext, steps)
+        self.window_values: dict[Value, Value] = {}  # the window sums emitted
         self.count = 0
         self.prefix = str(options.get("constant_prefix", ""))
 
@@ -121,18 +126,21 @@ class SlotsLowering(InputLayouts, Lowering):
             self.env[op.result] = form
             self.max_abs[placeholder] = self.ranges.get(op.result, float("nan"))
             return
+        forms = [self.env.get(v) for v in op.operands]
         super().lower_op(op)
         form = self.env.get(op.result) if op.results else None
         if op.name in AFFINE_OPS and isinstance(form, Affine) and not form.is_base:  # not a product
-            form.geometry = self._geometry_after(op)
+            form.geometry = self.geometry_after(op, forms, form)
+            form.alt = (self.pooled_alt(op, forms[0]) if op.name == "tensor.avgpool"
+                        else self.alternative_after(op, forms))
 
-    def _geometry_after(self, op: Op):
-        """Where the result of an affine op lies on its input's grid (see ``Geometry``)."""
-        forms = [self.env[v] for v in op.operands]
+    def geometry_after(self, op: Op, forms: list, result: Affine):
+        """Where ``result``, an affine op's result from operand ``forms``, lies on its input's
+        grid (see ``Geometry``)."""
         x = forms[0]
         if not isinstance(x, Affine) or x.geometry is None or len(x.shape) != 4:
             if op.name in ELEMENTWISE_AFFINE:
-                return self.env[op.result].geometry
+                return result.geometry
             return None
         if op.name in ("tensor.conv2d", "tensor.avgpool"):
             return x.geometry.window(op.attrs["strides"], op.attrs["pads"])
@@ -184,6 +192,8 @@ class SlotsLowering(InputLayouts, Lowering):
 
     # --- linear maps ---------------------------------------------------------------------------
     def mat(self, aff: Affine, max_abs: float, checks_interval: bool = False, want: Placement | None = None) -> Value:
+        if aff.alt is not None:
+            aff = self.cheaper_form(aff, want)
         base = aff.bases[0]
         if (aff.is_base and base not in self.placeholders
                 and (want is None or self.placement[base].same(want))):
