@@ -61,16 +61,17 @@ def inputs_per_batch(graph: Graph) -> int:
     return program_params(graph).slots
 
 
-def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1) -> np.ndarray:
+def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1, per_ct: int | None = None) -> np.ndarray:
     """The plaintext vectors a mul_plain / add_plain uses, repeated periodically to ``slots``:
     (count, slots), one row per ciphertext of the operand (a one-row table serves them all);
-    with K inputs per ciphertext each slot of the one-input vector is repeated K times."""
+    with K inputs per ciphertext (``per_ct``, else looked up) each slot of the one-input vector
+    is repeated K times."""
     table = graph.constants[op.attrs["plain"]]
     if table.shape[0] == 1:
         rows = np.repeat(table, count, axis=0)
     else:
         rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
-    k = inputs_per_ciphertext(graph)
+    k = inputs_per_ciphertext(graph) if per_ct is None else per_ct
     rows = np.tile(rows, (1, slots // k // rows.shape[1]))
     return np.repeat(rows, k, axis=1) if k > 1 else rows
 

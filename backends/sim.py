@@ -160,7 +160,7 @@ class Simulator:
             return out
         if name == "ckks.extract":
             return args[0][op.attrs["index"]: op.attrs["index"] + 1]
-        rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0])[:, None, :]
+        rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0], self.per_ct)[:, None, :]
         if name == "ckks.mul_plain":
             if self.noise:
                 # repeated for K interleaved inputs, a one-input period P is a period of P * K

@@ -24,8 +24,8 @@ from ..progress import count_progress
 from ..ir import Graph
 from . import seal_bytes
 from ..params import data_primes
-from .common import (LinearWeights, batches, evaluation_keys, inputs_per_batch, is_slots, plain_rows, program_params,
-                     run_client_tail, slot_inputs, slot_outputs, split_program)
+from .common import (LinearWeights, batches, evaluation_keys, inputs_per_batch, inputs_per_ciphertext, is_slots,
+                     plain_rows, program_params, run_client_tail, slot_inputs, slot_outputs, split_program)
 from . import segments as row_segments
 from .segments import Stream, external, live_out
 
@@ -209,6 +209,7 @@ class TensealBackend:
                        for op in self.server if op.name == "ckks.linear"}
         self.slots_layout = is_slots(graph)
         self.per_batch = inputs_per_batch(graph)  # inputs a batch of ciphertexts holds
+        self.per_ct = inputs_per_ciphertext(graph)
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
         self.server, self.segments = row_segments.plan(graph, self.server, self.slots_layout, streams)
         last_use = {}
@@ -497,7 +498,7 @@ class TensealBackend:
         key = (op.attrs["plain"], op.attrs.get("row", 0) + c, tuple(ct.parms_id()), scale)
         plain = self.plains.get(key)
         if plain is None:
-            vector = plain_rows(self.graph, op, self.params.slots, c + 1)[c]
+            vector = plain_rows(self.graph, op, self.params.slots, c + 1, self.per_ct)[c]
             plain = seal.Plaintext()
             s.encoder.encode(vector, ct.parms_id(), scale, plain)
             self.plains[key] = plain
