@@ -152,7 +152,7 @@ def _pow(ctx, inputs, attrs):
 
 # --- linear layers ---------------------------------------------------------------------------
 
-@importer("MatMul", doc="numpy.matmul semantics; two encrypted operands (attention's Q K^T) in the batch layout only")
+@importer("MatMul", doc="numpy.matmul semantics; two encrypted operands (attention's Q K^T and A V) in every layout")
 def _matmul(ctx, inputs, attrs):
     return [ctx.emit("tensor.matmul", inputs)]
 

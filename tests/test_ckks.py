@@ -447,22 +447,24 @@ def _attention_model(rng, tokens=5, width=4, heads=2):
 
 def test_products_of_two_encrypted_matrices_equal_onnxruntime_in_every_backend():
     """Attention's Q K^T and A V (MatMul of two encrypted tensors, with heads as a batch
-    dimension) in the batch layout: the reference backend equals onnxruntime, the simulator
-    equals the reference, and TenSEAL the simulator; the slots layout says it has no lowering."""
+    dimension) in every layout: the reference backend equals onnxruntime, the simulator equals
+    the reference, and TenSEAL the simulator."""
     import onnxruntime as ort
     rng = np.random.default_rng(12)
     model = _attention_model(rng)
     x = rng.uniform(-1, 1, (16, 5, 4)).astype(np.float32)
     prog = hecc.compile(model, calibration=x)
-    assert prog.layouts == ["batch"]
-    assert "two encrypted matrices has no slots-layout lowering" in prog.artifact.manifest["layout_unavailable"]["slots"]
+    assert prog.layouts == ["batch", "slots", "packed"]
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:3]})[0]
     reference = prog.run(x[:3], backend="reference")["y"]
     assert_close(reference, expected, 1e-5, "reference")
-    simulated = prog.run(x[:3], backend="sim")["y"]
-    assert np.abs(simulated - reference).max() < 1e-6 * np.abs(reference).max()
-    encrypted = prog.run(x[:3], backend="tenseal", workers=1)["y"]
-    assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max()
+    for layout in prog.layouts:
+        simulated = prog.run(x[:3], backend="sim", layout=layout)["y"]
+        assert np.abs(simulated - reference).max() < 1e-6 * np.abs(reference).max(), layout
+    for layout in ("batch", "slots"):
+        simulated = prog.run(x[:3], backend="sim", layout=layout)["y"]
+        encrypted = prog.run(x[:3], backend="tenseal", layout=layout, workers=1)["y"]
+        assert np.abs(encrypted - simulated).max() < 1e-3 * np.abs(simulated).max(), layout
 
 
 @pytest.mark.parametrize("case", ["layer_norm", "softmax_inside"])

@@ -59,8 +59,8 @@ def test_readme_ops_table_is_generated_from_the_import_table():
 def test_example_reference_reproduces_expected(name, output):
     folder = os.path.join(EXAMPLES, name)
     x = np.load(os.path.join(folder, "input.npy"))
-    # the ReLU CNN's slots program (13 levels, N=16384) is slow to simulate: its batch program here
-    # (the ViT's attention multiplies two encrypted matrices: the batch layout only)
+    # the ReLU CNN's and the ViT's slots programs (13 levels at N=16384; attention's 2k maps per
+    # product of two encrypted matrices) are slow to simulate: their batch programs here
     prog = hecc.compile(os.path.join(folder, "model.onnx"), calibration=x,
                         layout="batch" if name in ("relu_cnn_mnist", "vit_mnist") else "auto")
     assert prog.encrypted

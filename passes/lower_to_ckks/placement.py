@@ -157,3 +157,22 @@ def spanned(n: int, input_period: int, slots: int) -> Placement | None:
         return None
     i = np.arange(n)
     return Placement((i // q) * input_period + i % q, slots, 1, None, "spanned", input_period, q)
+
+
+def rows(shape, stride: int, slots: int) -> Placement | None:
+    """A tensor of shape (..., cols) as rows of ``stride`` slots (a power of two >= cols): element
+    (r, c) of its rows at r * stride + c. Maps applied to every row alike (a transformer's
+    per-token dense layers) then have the diagonals c_in - c_out between two such placements of
+    one stride, whatever the number of rows. None when a row does not fit."""
+    cols = int(shape[-1]) if len(shape) else 1
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(shape) < 2 or cols < 2 or stride < cols:
+        return None
+    r, c = np.divmod(np.arange(count), cols)
+    return spread(r * stride + c, slots, None, f"rows{stride}")
+
+
+def row_stride(placement: Placement) -> int | None:
+    """The stride of a ``rows`` placement, else None."""
+    kind = placement.kind
+    return int(kind[4:]) if kind.startswith("rows") and kind[4:].isdigit() else None

@@ -11,10 +11,12 @@ from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
 from .affine import Affine, TooLarge, block_entries
 from .batch import AFFINE_OPS, ELEMENTWISE_AFFINE, Lowering
-from .diagonal import Part, Plan
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan
 from .inputs import InputLayouts, Relayout
-from .placement import Geometry, Placement, blocked_grid, compact, multiplexed, next_pow2, spanned
+from .placement import (Geometry, Placement, blocked_grid, compact, multiplexed, next_pow2, row_stride, rows,
+                        spanned)
 from .pooling import PoolingByRotation
+from .sparse import Sparse
 
 MIN_MERGED_WEIGHT_BITS = 16
 
@@ -169,8 +171,48 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         return self.base_form(ct)
 
     def secret_matmul(self, op: Op) -> None:
-        self.fail(op, "a product of two encrypted matrices has no slots-layout lowering in this version "
-                      "(the batch layout has one: --layout batch)")
+        """A product of two encrypted matrices (attention's Q K^T and A V; numpy.matmul over ranks
+        2 and more, batch dimensions broadcast): C = sum over t < k of L_t * R_t, where L_t holds
+        A[..., i, t] and R_t holds B[..., t, j] at the slot of every C[..., i, j]. The operands
+        are materialized in rows of rho slots (rho the power of two that holds a row of A, of B
+        and of C), A[..., i, t] at (batch * n + i) * rho + t, B[..., t, j] at (batch * k + t) * rho
+        + j, and C takes C[..., i, j] at (batch * n + i) * rho + j: L_t is then a map with the m
+        diagonals t - j and R_t one with the diagonals rho (t - i) plus the batch offsets, far
+        fewer than between placements chosen apart. 2k maps and k ciphertext products: one level
+        for the operands, one for the maps and one for the products."""
+        a, b = op.operands
+        sa, sb, shape = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
+        if len(sa) < 2 or len(sb) < 2:
+            self.fail(op, "a product of an encrypted vector (rank 1) and another encrypted tensor has no "
+                          "lowering; reshape the vector to a matrix")
+        a = self.broadcast(a, shape[:-2] + sa[-2:])
+        b = self.broadcast(b, shape[:-2] + sb[-2:])
+        n, k, m = sa[-2], sa[-1], sb[-1]
+        size = int(np.prod(shape, dtype=np.int64))
+        batches, rho = size // (n * m), next_pow2(max(k, m))
+        placements = []
+        for shape_of in (shape[:-2] + (n, k), shape[:-2] + (k, m), shape):
+            placed = rows(shape_of, rho, self.slots)
+            if placed is None or placed.cts > MAX_INPUT_CIPHERTEXTS:
+                self.fail(op, f"a product of two encrypted {n} x {k} and {k} x {m} matrices is too large for "
+                              "the slots layout of this version")
+            placements.append(placed)
+        forms = [self.base_form(self.mat(self.env[v], self.ranges.get(v, float("nan")), want=placed))
+                 for v, placed in zip((a, b), placements)]
+        out = placements[2]
+        batch, i, j = np.unravel_index(np.arange(size), (batches, n, m))
+        bound = k * self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
+        total = None
+        for t in range(k):
+            factors = []
+            for form, cols in ((forms[0], (batch * n + i) * k + t), (forms[1], (batch * k + t) * m + j)):
+                copy = Sparse(np.arange(size), cols, np.ones(size), (size, form.size))
+                factors.append(self.mat(self.compose(form, copy, None, shape), float("nan"), want=out))
+            term = self._placed(self.emit("ckks.mul", factors), out)
+            total = term if total is None else self._add_ct(total, term, bound)
+        self.set_ct(op.result, total)
+        if not np.isfinite(self.max_abs[total]):
+            self.max_abs[total] = bound
 
     def product(self, op: Op, a: Value, b: Value) -> None:
         """Both factors in one placement (the first factor's)."""
@@ -343,6 +385,9 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         periods = {p.placement.period for p in parts}
         found += [blocked_grid(aff.shape, self.slots), compact(aff.size, self.slots),
                   spanned(aff.size, min(periods), self.slots) if len(periods) == 1 else None]
+        if len(aff.shape) >= 2:  # rows of the inputs' stride, or of the row's length
+            strides = {row_stride(p.placement) for p in parts} | {next_pow2(aff.shape[-1])}
+            found += [rows(aff.shape, stride, self.slots) for stride in sorted(strides - {None})]
         found = [c for c in found if c is not None]
         top = max(p.placement.period for p in parts)
         longer = []
