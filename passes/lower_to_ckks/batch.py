@@ -390,17 +390,21 @@ class Lowering:
         semantics over ranks 2 and more: both operands as ciphertext tensors (batch dimensions
         broadcast to the result's), one ``ckks.matmul`` (n m k ciphertext products summed at size
         3, one level), whose result the next map absorbs."""
+        a, b, sa, _ = self.matmul_operands(op)
+        ct = self.emit("ckks.matmul", [self.materialize(a), self.materialize(b)])
+        self.set_ct(op.result, ct)  # its calibrated range, else a bound
+        if not np.isfinite(self.max_abs[ct]):
+            self.max_abs[ct] = sa[-1] * self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
+
+    def matmul_operands(self, op: Op):
+        """(a, b, a's shape, b's shape) of a product of two encrypted matrices, a and b broadcast
+        over the result's batch dimensions."""
         a, b = op.operands
         sa, sb, out = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
         if len(sa) < 2 or len(sb) < 2:
             self.fail(op, "a product of an encrypted vector (rank 1) and another encrypted tensor has no "
                           "lowering; reshape the vector to a matrix")
-        a = self.broadcast(a, out[:-2] + sa[-2:])
-        b = self.broadcast(b, out[:-2] + sb[-2:])
-        ct = self.emit("ckks.matmul", [self.materialize(a), self.materialize(b)])
-        self.set_ct(op.result, ct)  # its calibrated range, else a bound
-        if not np.isfinite(self.max_abs[ct]):
-            self.max_abs[ct] = sa[-1] * self.ranges.get(a, float("nan")) * self.ranges.get(b, float("nan"))
+        return self.broadcast(a, out[:-2] + sa[-2:]), self.broadcast(b, out[:-2] + sb[-2:]), sa, sb
 
     def power(self, op: Op) -> None:
         n, x = op.attrs["exponent"], op.operands[0]

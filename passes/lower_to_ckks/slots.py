@@ -180,13 +180,8 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         diagonals t - j and R_t one with the diagonals rho (t - i) plus the batch offsets, far
         fewer than between placements chosen apart. 2k maps and k ciphertext products: one level
         for the operands, one for the maps and one for the products."""
-        a, b = op.operands
-        sa, sb, shape = tuple(a.type.shape), tuple(b.type.shape), tuple(op.result.type.shape)
-        if len(sa) < 2 or len(sb) < 2:
-            self.fail(op, "a product of an encrypted vector (rank 1) and another encrypted tensor has no "
-                          "lowering; reshape the vector to a matrix")
-        a = self.broadcast(a, shape[:-2] + sa[-2:])
-        b = self.broadcast(b, shape[:-2] + sb[-2:])
+        a, b, sa, sb = self.matmul_operands(op)
+        shape = tuple(op.result.type.shape)
         n, k, m = sa[-2], sa[-1], sb[-1]
         size = int(np.prod(shape, dtype=np.int64))
         batches, rho = size // (n * m), next_pow2(max(k, m))
