@@ -164,11 +164,9 @@ def rows(shape, stride: int, slots: int) -> Placement | None:
     (r, c) of its rows at r * stride + c. Maps applied to every row alike (a transformer's
     per-token dense layers) then have the diagonals c_in - c_out between two such placements of
     one stride, whatever the number of rows. None when a row does not fit."""
-    cols = int(shape[-1]) if len(shape) else 1
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(shape) < 2 or cols < 2 or stride < cols:
+    if len(shape) < 2 or not 2 <= shape[-1] <= stride:
         return None
-    r, c = np.divmod(np.arange(count), cols)
+    r, c = np.divmod(np.arange(int(np.prod(shape, dtype=np.int64))), int(shape[-1]))
     return spread(r * stride + c, slots, None, f"rows{stride}")
 
 
