@@ -161,7 +161,7 @@ def op_counts(graph: Graph, batch_count: int) -> dict[str, int]:
         if op.name == "ckks.linear":
             weights = LinearWeights(graph, op)
             nnz = weights.nnz
-            add("multiply_plain", nnz)
+            add("multiply_plain", weights.products(op))
             add("add", nnz - weights.row_count())
             if op.attrs.get("bias"):
                 add("add_plain", np.count_nonzero(graph.constants[op.attrs["bias"]]))
@@ -208,6 +208,13 @@ class LinearWeights:
     @property
     def nnz(self) -> int:
         return int(self.vals.size)
+
+    def products(self, op: Op) -> int:
+        """The weights ``op`` multiplies by: at weight scale 2^0 a weight of 1 or -1 is an
+        addition or a subtraction (the TenSEAL backend's, outside the eager-rescale baseline)."""
+        if op.attrs["weight_scale"] != 0 or op.attrs.get("rescale_terms"):
+            return self.nnz
+        return int(np.count_nonzero(np.abs(self.vals) != 1.0))
 
     def row_count(self) -> int:
         """Rows with at least one weight."""

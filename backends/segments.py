@@ -129,6 +129,8 @@ def _streams(graph: Graph, server: list[Op]) -> list[Stream]:
         if any(kind[id(op)] == "head" and op.operands[0] in own for op in ops):
             continue  # a head would need all rows of a value the stream makes a chunk at a time
         body = [op for op in ops if id(op) not in taken]
+        if not body:
+            continue  # its ops are the tails of another stream: they head their own
         chosen = {id(op) for op in body + ends}
         stream = Stream([op for op in server if id(op) in chosen], count, {id(t) for t in ends})
         if _self_contained(server, stream):

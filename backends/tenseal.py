@@ -353,6 +353,13 @@ class TensealBackend:
         encode, multiply_plain, add_inplace = encoder.encode, ev.multiply_plain, ev.add_inplace
         weight_scale = 2.0 ** op.attrs["weight_scale"]
         eager = op.attrs.get("rescale_terms", False)
+        unit = op.attrs["weight_scale"] == 0 and not eager  # weights of +-1: additions, no product
+        sub_inplace = ev.sub_inplace
+
+        def negate(x):
+            out = seal.Ciphertext()
+            ev.negate(x, out)
+            return out
         parms_id = cts[0].parms_id()
         plain, tmp = seal.Plaintext(), seal.Ciphertext()
         last = first + len(cts)
@@ -367,6 +374,16 @@ class TensealBackend:
                 for b, w in entries:
                     at = block_lo + b - lo
                     if not 0 <= at < hi - lo:
+                        continue
+                    if unit and (w == 1.0 or w == -1.0):  # exactly what a product by 1 or -1 gives
+                        if accs[at] is None:
+                            accs[at] = negate(x)
+                            if w > 0:  # a copy (no copy constructor in the bindings)
+                                ev.negate_inplace(accs[at])
+                        elif w > 0:
+                            add_inplace(accs[at], x)
+                        else:
+                            sub_inplace(accs[at], x)
                         continue
                     encode(w, parms_id, weight_scale, plain)
                     if accs[at] is None:

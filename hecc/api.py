@@ -462,7 +462,7 @@ def _lowered_products(lowered) -> int:
     """Products by plaintext weights of a batch program (``_lower_measured``'s result)."""
     from .backends.common import LinearWeights
     final = lowered[0][1]
-    return sum(LinearWeights(final, op).nnz for op in final.ops if op.name == "ckks.linear")
+    return sum(LinearWeights(final, op).products(op) for op in final.ops if op.name == "ckks.linear")
 
 
 DEFAULT_SCALE_BITS = 26

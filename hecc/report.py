@@ -78,8 +78,9 @@ def level_counts(graph) -> dict[str, dict[int, int]]:
     for op in graph.ops:
         if op.name == "ckks.linear":
             level = op.operands[0].type.level
-            nnz = LinearWeights(graph, op).nnz
-            add("multiply_plain", level, nnz)
+            weights = LinearWeights(graph, op)
+            nnz = weights.nnz
+            add("multiply_plain", level, weights.products(op))
             add("add", level, nnz)
             if op.attrs.get("rescale_terms"):
                 add("rescale", level, nnz)

@@ -515,6 +515,34 @@ def _pooled_cnn(rng, side=16, c1=6, c2=16):
                    "fw": rng.normal(0, 0.3, (5, c2 * side * side // 16))})
 
 
+def test_pooling_summed_by_additions_in_the_batch_layout(monkeypatch):
+    """In the batch layout an average pooling of an activation is its windows' sums (a linear
+    map of unit weights: additions, no level) scaled in the next map, not folded into it (a
+    product per window element): fewer products, the same numbers in the simulator, and in
+    TenSEAL within the noise model."""
+    from hecc.backends.common import op_counts
+    from hecc.passes.lower_to_ckks.batch import Lowering
+    rng = np.random.default_rng(12)
+    model = _pooled_cnn(rng, side=8)
+    x = rng.uniform(-1, 1, (16, 1, 8, 8)).astype(np.float32)
+    prog = hecc.compile(model, calibration=x, layout="batch")
+    sums = [op for op in prog.graph.ops if op.name == "ckks.linear" and op.attrs["weight_scale"] == 0]
+    assert len(sums) == 2
+    expected = prog.run(x, backend="reference")["y"]
+    assert_close(prog.run(x, backend="sim")["y"], expected, 1e-6, "batch")
+    simulated = prog.run(x[:4], backend="sim")["y"]
+    predicted = np.abs(prog.run(x[:4], backend="sim", noise=True)["y"] - simulated).max()
+    encrypted = prog.run(x[:4], backend="tenseal", workers=1)["y"]
+    assert np.abs(encrypted - simulated).max() <= max(2 * predicted, 1e-3 * np.abs(simulated).max())
+    monkeypatch.setattr(Lowering, "summed_pooling", lambda self, x, pool, shape: None)
+    folded = hecc.compile(model, calibration=x, layout="batch")
+    assert_close(folded.run(x, backend="sim")["y"], expected, 1e-6, "folded")
+
+    def products(p):
+        return op_counts(p.graph, 1)["multiply_plain"]
+    assert products(prog) < 0.5 * products(folded)
+
+
 def test_pooling_summed_by_rotations_equals_the_folded_one_in_every_backend(monkeypatch):
     """An average pooling before a sparse convolution is summed by two rotations of the
     activation's ciphertext instead of folded into the convolution (four diagonals per weight):

@@ -34,6 +34,11 @@ class PoolingByRotation:
     makes the alternative form, ``alternative_after`` carries it through an affine op, and
     ``cheaper_form`` chooses at the map."""
 
+    def summed_pooling(self, x, pool, shape) -> None:
+        """Not the batch layout's sums by unit weights (a ciphertext is a whole tensor here):
+        ``pooled_alt`` sums by rotations instead."""
+        return None
+
     def pooled_alt(self, op: Op, x) -> Affine | None:
         """The form of ``op`` (a tensor.avgpool of ``x``) over a window sum yet to be computed,
         or None where the alternative does not apply."""
