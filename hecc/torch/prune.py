@@ -972,7 +972,7 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
         accuracy_before = _accuracy(student, evaluation) if evaluation is not None else None
         weights0 = layers.weights()
         params_before = _nonzero_parameters(student)
-        masks = [torch.ones_like(m.weight) for _, m in layers.modules]
+        masks = [(m.weight != 0).to(m.weight.dtype) for _, m in layers.modules]  # zeros stay zero
         structure = _Structure(student, layers, shape, lowering)
         # polynomials the compiler fits to non-polynomial activations multiply by constants: the
         # structure's lowering (quadratics) counts fewer such products than the program
