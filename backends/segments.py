@@ -32,13 +32,25 @@ import heapq
 import numpy as np
 
 from ..ir import Graph, Op
-from .common import LinearWeights
+from ..params import data_primes
+from .common import LinearWeights, ciphertext_bytes, program_params
 
 ELEMENTWISE = {"ckks.square", "ckks.mul", "ckks.add", "ckks.sub", "ckks.relinearize", "ckks.rescale",
                "ckks.modswitch"}
 ROWWISE = ELEMENTWISE | {"ckks.mul_plain", "ckks.add_plain"}
 ROW_CHUNK = 32  # rows of a segment evaluated at once: a segment's temporaries exist for these only
+CHUNK_BYTES = 64 << 20  # ... or fewer, so that a chunk of top-level ciphertexts stays under this
+MIN_ROW_CHUNK = 4
 STREAM_MIN_CHUNKS = 2  # a wide value is streamed when it has at least this many chunks of rows
+
+
+def row_chunk(graph: Graph) -> int:
+    """Rows of a segment evaluated at once: ROW_CHUNK, fewer where ROW_CHUNK top-level
+    ciphertexts would pass CHUNK_BYTES (N=32768 with 15 primes: 8 rows of 7.9 MB, which takes
+    the classic LeNet-5's predicted batch peak from 26.0 to 19.0 GB), at least MIN_ROW_CHUNK."""
+    params = program_params(graph)
+    top = ciphertext_bytes(params.poly_modulus_degree, len(data_primes(params.coeff_modulus_bits)))
+    return min(ROW_CHUNK, max(MIN_ROW_CHUNK, CHUNK_BYTES // top))
 
 
 class Stream(list):
@@ -238,13 +250,14 @@ def external(segment: list[Op]) -> list:
 def memory_plan(graph: Graph, server: list[Op], slots_layout: bool,
                 streams: bool = True) -> tuple[list[Op], dict, dict]:
     """What the backend's evaluation means for memory: ``plan``'s order of ``server``; the values
-    that exist only ROW_CHUNK rows at a time (made and read inside one batch-layout segment of
+    that exist only ``row_chunk`` rows at a time (made and read inside one batch-layout segment of
     several ops), value -> the fraction of its rows alive at once; and for each stream tail's
     result, the op of that order from which its sums exist (the stream's first: they grow
     chunk by chunk)."""
     order, segments = plan(graph, server, slots_layout, streams)
     if slots_layout:
         return order, {}, {}
+    chunk = row_chunk(graph)
     position = {id(op): i for i, op in enumerate(order)}
     outside = {v for op in graph.ops if id(op) not in position for v in op.operands}
     part, early = {}, {}
@@ -257,7 +270,7 @@ def memory_plan(graph: Graph, server: list[Op], slots_layout: bool,
             if id(op) in tails:
                 early[op.result] = segment[0]
             elif op.result not in kept:
-                part[op.result] = min(1.0, ROW_CHUNK / max(1, op.result.type.count))
+                part[op.result] = min(1.0, chunk / max(1, op.result.type.count))
     return order, part, early
 
 

@@ -212,6 +212,7 @@ class TensealBackend:
         self.per_ct = inputs_per_ciphertext(graph)
         self.plains: dict[tuple, object] = {}  # slots layout: encoded weight vectors, per program
         self.server, self.segments = row_segments.plan(graph, self.server, self.slots_layout, streams)
+        self.row_chunk = row_segments.row_chunk(graph)
         last_use = {}
         for index, op in enumerate(self.server + self.decrypts):
             for v in op.operands:
@@ -532,7 +533,7 @@ class TensealBackend:
 
     def _evaluate(self, env, rows=None):
         """The server ops on ``env``, segment by segment (``segments``): a segment of several
-        ops runs ROW_CHUNK rows at a time, so its temporaries never exist for all rows at once.
+        ops runs ``segments.row_chunk`` rows at a time, so its temporaries never exist for all rows at once.
         ``rows`` (an executor's row splitter, or None) runs the rows of large segments in
         ``rows.parts`` pieces elsewhere. A splitter may leave a segment's results where they
         were computed (a ``Deferred``): the next split segment reads them there, anything else
@@ -597,10 +598,10 @@ class TensealBackend:
         return [v for v in self.live_out(number) if id(v.producer) not in tails]
 
     def _chunked(self, number: int, read, lo: int, hi: int, shares=None, like=None, sums=None) -> list[list]:
-        """Rows lo..hi of segment ``number``, ROW_CHUNK at a time (``_rows``); per value of
+        """Rows lo..hi of segment ``number``, ``row_chunk`` at a time (``_rows``); per value of
         ``kept(number)``, its ciphertexts (a stream's tails add to ``sums``)."""
         out = [[] for _ in self.kept(number)]
-        step = row_segments.ROW_CHUNK
+        step = self.row_chunk
         for a in range(lo, hi, step):
             b = min(hi, a + step)
             part = None if shares is None else [share[a - lo:b - lo] for share in shares]
