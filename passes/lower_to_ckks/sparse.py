@@ -12,6 +12,9 @@ import numpy as np
 from hecc.ir import Op
 
 
+DENSE_ACCUMULATE = 1 << 25  # entries of a product summed densely (256 MB of float64) at most
+
+
 class Sparse:
     """An m x n matrix as coordinate lists, canonical: sorted by (row, column), no duplicate
     coordinates, no zeros."""
@@ -100,8 +103,16 @@ class Sparse:
         left = np.repeat(np.arange(self.nnz), counts)
         within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
         right = start[self.cols][left] + within
-        return Sparse(self.rows[left], other.cols[right], self.vals[left] * other.vals[right],
-                      (self.shape[0], other.shape[1]))
+        shape = (self.shape[0], other.shape[1])
+        size = shape[0] * shape[1]
+        if size <= min(max(total, 1 << 20), DENSE_ACCUMULATE):
+            # summed into a dense array by position, linear time (sorting the partial products
+            # took 0.8 s per map of the ViT's attention, 7 million of them)
+            acc = np.bincount(self.rows[left] * shape[1] + other.cols[right],
+                              weights=self.vals[left] * other.vals[right], minlength=size)
+            at = np.flatnonzero(acc)
+            return Sparse(at // shape[1], at % shape[1], acc[at], shape, canonical=True)
+        return Sparse(self.rows[left], other.cols[right], self.vals[left] * other.vals[right], shape)
 
     def __add__(self, other: "Sparse") -> "Sparse":
         if self.shape != other.shape:
