@@ -15,7 +15,7 @@ import hecc  # noqa: E402
 from conftest import MNIST_SAMPLE, assert_close  # noqa: E402
 from hecc.errors import HeccWarning, InputError, UnsupportedOpError, UserError  # noqa: E402
 from hecc.torch import he_friendly  # noqa: E402
-from hecc.torch.friendly import PolyActivation  # noqa: E402
+from hecc.torch.friendly import AffineNorm, PolyActivation, PolySoftmax  # noqa: E402
 
 
 def small_cnn():
@@ -78,10 +78,10 @@ def trained(mnist):
     return model, before, friendly, messages
 
 
-def export(model, path, fold=False):
+def export(model, path, fold=False, side=28):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), path, dynamo=False, opset_version=13,
+        torch.onnx.export(model, (torch.zeros(1, 1, side, side),), path, dynamo=False, opset_version=13,
                           input_names=["input"], output_names=["logits"], do_constant_folding=fold,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return path
@@ -225,6 +225,86 @@ def test_nothing_to_convert_returns_an_unchanged_copy(mnist):
     with pytest.warns(HeccWarning, match="nothing to convert"):
         copied = he_friendly(model, mnist[0][:64])
     assert copied is not model and torch.equal(copied[1].weight, model[1].weight)
+
+
+class Attention(nn.Module):
+    """Self-attention as vit-pytorch writes it: an nn.Softmax module on the scores (``functional``:
+    ``scores.softmax(-1)`` instead, which cannot be swapped)."""
+
+    def __init__(self, width: int, heads: int = 2, functional: bool = False):
+        super().__init__()
+        self.heads, self.functional = heads, functional
+        self.qkv = nn.Linear(width, 3 * width)
+        self.attend = None if functional else nn.Softmax(dim=-1)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x):
+        n, t, w = x.shape
+        q, k, v = (part.reshape(n, t, self.heads, w // self.heads).transpose(1, 2)
+                   for part in self.qkv(x).chunk(3, -1))
+        scores = q @ k.transpose(-2, -1) * (w // self.heads) ** -0.5
+        weights = scores.softmax(-1) if self.functional else self.attend(scores)
+        return self.out((weights @ v).transpose(1, 2).reshape(n, t, w))
+
+
+class TinyViT(nn.Module):
+    """7x7 images as 7 tokens (their rows), one pre-norm encoder block (LayerNorm, softmax
+    attention, a GELU MLP), the tokens' mean to 10 logits."""
+
+    def __init__(self, width: int = 16, functional: bool = False):
+        super().__init__()
+        self.embed = nn.Linear(7, width)
+        self.pos = nn.Parameter(torch.randn(1, 7, width) * 0.1)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = Attention(width, functional=functional)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x.reshape(x.shape[0], 7, 7)) + self.pos
+        tokens = tokens + self.attention(self.norm1(tokens))
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        return self.head(tokens.mean(1))
+
+
+def test_a_transformer_block_becomes_polynomial_and_compiles(mnist, tmp_path):
+    """LayerNorm -> a learned affine map, softmax attention -> polynomial attention, GELU -> a
+    polynomial: hecc refuses the original (softmax's reciprocal over too wide a range) and compiles
+    the converted one with nothing to approximate, its reference run equal to PyTorch's; after
+    fine-tuning it is within 2 points of the original."""
+    x, y, x_test, y_test = (F.avg_pool2d(t, 4) if t.is_floating_point() else t for t in mnist)
+    torch.manual_seed(0)
+    model = TinyViT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(20):
+        for i in range(0, len(x), 64):
+            loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    converted = he_friendly(model, (x, y), epochs=10, lr=3e-3)
+    kinds = [type(m) for m in converted.modules()]
+    assert kinds.count(AffineNorm) == 2 and kinds.count(PolySoftmax) == 1 and kinds.count(PolyActivation) == 1
+    assert not {nn.LayerNorm, nn.Softmax, nn.GELU} & set(kinds)
+    assert accuracy(converted, x_test, y_test) >= accuracy(model, x_test, y_test) - 0.02
+    with pytest.raises(UserError):
+        hecc.compile(export(model, tmp_path / "exact.onnx", side=7), calibration=x[:256].numpy(), layout="batch")
+    program = hecc.compile(export(converted, tmp_path / "converted.onnx", side=7), calibration=x[:256].numpy(),
+                           layout="batch")
+    assert program.artifact.manifest.get("approximations", []) == []
+    with torch.no_grad():
+        expected = converted(x_test[:16]).numpy()
+    assert_close(program.run(x_test[:16].numpy(), backend="reference")["logits"], expected, 1e-5, "reference")
+
+
+def test_softmax_and_layer_norm_that_cannot_be_swapped_are_refused(mnist):
+    x = F.avg_pool2d(mnist[0][:64], 4)
+    with pytest.raises(UserError, match=r"softmax inside the network as a function.*nn\.Softmax"):
+        he_friendly(TinyViT(functional=True), x, epochs=0)
+    attention = nn.MultiheadAttention(16, 2, batch_first=True)
+    with pytest.raises(UserError, match="nn.MultiheadAttention"):
+        he_friendly(nn.Sequential(nn.Flatten(), nn.Linear(49, 16), attention), x, epochs=0)
 
 
 @pytest.mark.parametrize("data, match", [

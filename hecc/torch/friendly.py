@@ -10,7 +10,16 @@ What it swaps, in a deep copy (the caller's model is never modified):
   interval the polynomial is trusted on, kept on the module as the buffers ``lo`` and ``hi``;
 - nn.MaxPool1d/2d -> nn.AvgPool1d/2d (same kernel, stride, padding and ceil_mode;
   ``count_include_pad=False``, since max pooling never picks its padding) and
-  nn.AdaptiveMaxPool1d/2d -> nn.AdaptiveAvgPool1d/2d.
+  nn.AdaptiveMaxPool1d/2d -> nn.AdaptiveAvgPool1d/2d;
+- transformers' nn.LayerNorm -> ``AffineNorm``, a learned scale and shift per feature (no mean,
+  variance or inverse square root: LayerNorm's Newton 1/sqrt alone costs a dozen levels),
+  initialised per feature by the least-squares line from the feature to LayerNorm's output on
+  the data;
+- nn.Softmax (attention written as vit-pytorch and many ViTs write it, ``self.attend =
+  nn.Softmax(dim=-1)``) -> ``PolySoftmax``, polynomial attention (u = scale * x + shift,
+  weights u^2 / n over the n scores of a row: one level, where exp and a reciprocal cost about
+  twenty), scale and shift learned, initialised by the least-squares fit of u^2 to n softmax(x)
+  on the data's scores.
 
 Modules are found at any depth (nn.Sequential, ModuleList, custom modules' children), shared
 instances included. The copy is then fine-tuned, all parameters trainable, on the loss
@@ -28,14 +37,16 @@ loss's (averaged, 0.7% of LeNet-5's activation inputs left their interval; summe
 
 Assumes: a classifier whose output is logits (N, classes); labels, when given, are class indices;
 ``data`` is (inputs, labels) tensors or arrays, inputs alone, or a DataLoader of such batches.
-Guarantees: the returned model (in eval mode) holds no activation or max-pool module; it exports
-with ``torch.onnx.export`` (opset 13) to Sub, Div, Mul and Add in place of every activation (at
+Guarantees: the returned model (in eval mode) holds no activation, max-pool, LayerNorm or Softmax
+module; it exports with ``torch.onnx.export`` (opset 13) to Sub, Div, Mul and Add in place of every activation (at
 degree 2 a * ((x - center) / scale)^2 + c: the x^2 of Orion's networks with a shift and a scale
 that fold into the layer before) and hecc's ONNX frontend imports it with no activation left to
-approximate. That is checked before fine-tuning: activations or max pooling written as functions
-in a forward (``F.relu``, ``torch.sigmoid``, ``F.max_pool2d``), which cannot be swapped, and
-anything else hecc refuses raise ``UserError`` naming the ONNX nodes, instead of a half-converted
-model. A model with nothing to swap is returned as an unchanged copy, with a ``HeccWarning``.
+approximate. That is checked before fine-tuning: activations, max pooling, softmax or layer
+normalization written as functions in a forward (``F.relu``, ``torch.sigmoid``, ``F.max_pool2d``,
+``x.softmax(-1)``, ``F.layer_norm``), and nn.MultiheadAttention (its softmax is inside PyTorch's
+function), which cannot be swapped, and anything else hecc refuses raise ``UserError`` naming
+what to change, instead of a half-converted model. A model with nothing to swap is returned as an
+unchanged copy, with a ``HeccWarning``.
 Deterministic for a given ``seed``; the caller's random state is left as it was.
 """
 from __future__ import annotations
@@ -67,6 +78,38 @@ FUNCTIONAL = {"Relu": "nn.ReLU", "LeakyRelu": "nn.LeakyReLU", "Gelu": "nn.GELU",
               "Softplus": "nn.Softplus", "HardSigmoid": "nn.Hardsigmoid", "HardSwish": "nn.Hardswish",
               "Clip": "nn.ReLU6 or nn.Hardtanh", "MaxPool": "nn.MaxPool2d",
               "GlobalMaxPool": "nn.AdaptiveMaxPool2d(1)"}
+
+
+class AffineNorm(nn.Module):
+    """LayerNorm's stand-in: y = x * weight + bias, one weight and bias per element of the
+    normalized shape (the trailing dimensions), learned."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).clone())
+        self.bias = nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).clone())
+
+    def forward(self, x):
+        return x * self.weight + self.bias
+
+
+class PolySoftmax(nn.Module):
+    """Softmax's stand-in along ``dim``: u = scale * x + shift, y = u^2 / n, n the size of ``dim``
+    (weights that grow with the score like exp's, normalised by the count instead of the sum:
+    no reciprocal). ``scale`` and ``shift`` are learned scalars."""
+
+    def __init__(self, dim: int, scale: float, shift: float):
+        super().__init__()
+        self.dim = dim
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.shift = nn.Parameter(torch.tensor(float(shift)))
+
+    def forward(self, x):
+        u = x * self.scale + self.shift
+        return u * u / x.shape[self.dim]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, scale={self.scale.item():.4g}, shift={self.shift.item():.4g}"
 
 
 class PolyActivation(nn.Module):
@@ -280,6 +323,23 @@ def _replace_modules(model: nn.Module, batches: Batches, degree: int, margin: fl
     for module in model.modules():
         if type(module) in POOLS or type(module) in ADAPTIVE_POOLS:
             replacements[id(module)] = _average_pool(module)
+        elif isinstance(module, nn.MultiheadAttention):
+            raise UserError("he_friendly cannot replace the softmax inside nn.MultiheadAttention (PyTorch "
+                            "computes it in a function); write the attention with an nn.Softmax(dim=-1) "
+                            "module applied to the scores (as vit-pytorch does), which it replaces by "
+                            "polynomial attention")
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    for module, (slope, intercept) in zip(norms, _norm_fits(model, norms, batches, device)):
+        gamma = module.weight.detach() if module.weight is not None else torch.ones_like(slope)
+        beta = module.bias.detach() if module.bias is not None else torch.zeros_like(slope)
+        replacements[id(module)] = AffineNorm(gamma * slope, gamma * intercept + beta).to(device)
+    softmaxes = [m for m in model.modules() if isinstance(m, nn.Softmax)]
+    for module in softmaxes:
+        if module.dim is None:
+            raise UserError(f"{module} has no dim; give nn.Softmax the axis it normalizes (dim=-1 for "
+                            "attention scores)")
+    for module, (scale, shift) in zip(softmaxes, _softmax_fits(model, softmaxes, batches, device)):
+        replacements[id(module)] = PolySoftmax(module.dim, scale, shift).to(device)
     activations = [m for m in model.modules() if isinstance(m, ACTIVATIONS)]
     for module, (lo, hi, values) in zip(activations, _activation_inputs(model, activations, batches, device)):
         width = max(hi - lo, 1e-6)
@@ -304,24 +364,87 @@ def _average_pool(pool: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _activation_inputs(model, activations, batches: Batches, device) -> list[tuple[float, float, np.ndarray]]:
-    """(min, max, a sample of values) of each activation's input on the first RANGE_INPUTS inputs."""
-    seen = [[math.inf, -math.inf, []] for _ in activations]
-    generator = torch.Generator().manual_seed(0)
-
-    def hook(stats):
-        def record(module, inputs, output):
-            x = inputs[0].detach().float().reshape(-1).cpu()
-            stats[0], stats[1] = min(stats[0], x.min().item()), max(stats[1], x.max().item())
-            stats[2].append(x[torch.randperm(len(x), generator=generator)[:FIT_VALUES]].double().numpy())
-        return record
-    handles = [m.register_forward_hook(hook(stats)) for m, stats in zip(activations, seen)]
+def _observe(model, modules, record, batches: Batches, device) -> None:
+    """Runs the first RANGE_INPUTS inputs through ``model`` with ``record(index, module, input,
+    output)`` called on every call of each of ``modules``."""
+    def hook(index):
+        return lambda module, inputs, output: record(index, module, inputs[0].detach(), output.detach())
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
     try:
         for x in batches.first(RANGE_INPUTS):
             model(x.to(device))
     finally:
         for h in handles:
             h.remove()
+
+
+def _softmax_fits(model, softmaxes, batches: Batches, device) -> list[tuple[float, float]]:
+    """Per nn.Softmax, (scale, shift) of the PolySoftmax whose (scale * x + shift)^2 is nearest to
+    n * softmax(x) on a sample of its inputs over the first RANGE_INPUTS inputs: the least-squares
+    quadratic c2 x^2 + c1 x + c0, read as (sqrt(c2) x + c1 / (2 sqrt(c2)))^2; where that
+    quadratic opens downwards, u = (x - lo) / (hi - lo) over the inputs' interval."""
+    seen = [[[], []] for _ in softmaxes]
+    generator = torch.Generator().manual_seed(0)
+
+    def record(index, module, x, output):
+        keep = torch.randperm(x.numel(), generator=generator)[:FIT_VALUES]
+        seen[index][0].append(x.double().reshape(-1)[keep].cpu().numpy())
+        seen[index][1].append((output.double() * x.shape[module.dim]).reshape(-1)[keep].cpu().numpy())
+    _observe(model, softmaxes, record, batches, device)
+    fits = []
+    for module, (xs, ys) in zip(softmaxes, seen):
+        if not xs:
+            raise UserError(f"the softmax module {module} is never called on the data; remove it")
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        c0, c1, c2 = np.polynomial.polynomial.polyfit(x, y, 2)
+        if c2 > 1e-12:
+            a = math.sqrt(c2)
+            fits.append((a, c1 / (2 * a)))
+        else:
+            lo, hi = float(x.min()), float(x.max())
+            width = max(hi - lo, 1e-6)
+            fits.append((1.0 / width, -lo / width))
+    return fits
+
+
+def _norm_fits(model, norms, batches: Batches, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per LayerNorm, per element of its normalized shape: (slope, intercept) of the
+    least-squares line from its input x to (x - mean) / sqrt(var + eps) over the tokens of the
+    first RANGE_INPUTS inputs."""
+    sums = [None for _ in norms]
+
+    def record(index, module, x, output):
+        shape = tuple(module.normalized_shape)
+        axes = tuple(range(x.ndim - len(shape), x.ndim))
+        x = x.double()
+        y = (x - x.mean(axes, keepdim=True)) / torch.sqrt(x.var(axes, keepdim=True, unbiased=False) + module.eps)
+        x, y = x.reshape((-1,) + shape), y.reshape((-1,) + shape)
+        part = torch.stack([torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0), (x * y).sum(0)])
+        sums[index] = part if sums[index] is None else sums[index] + part
+    _observe(model, norms, record, batches, device)
+    fits = []
+    for module, part in zip(norms, sums):
+        if part is None:
+            raise UserError(f"the normalization module {module} is never called on the data; remove it")
+        n, sx, sy, sxx, sxy = part
+        variance = sxx / n - (sx / n) ** 2
+        slope = torch.where(variance > 1e-12, (sxy / n - sx * sy / n ** 2) / variance.clamp_min(1e-12),
+                            torch.zeros_like(variance))
+        fits.append((slope.float().to(device), (sy / n - slope * sx / n).float().to(device)))
+    return fits
+
+
+@torch.no_grad()
+def _activation_inputs(model, activations, batches: Batches, device) -> list[tuple[float, float, np.ndarray]]:
+    """(min, max, a sample of values) of each activation's input on the first RANGE_INPUTS inputs."""
+    seen = [[math.inf, -math.inf, []] for _ in activations]
+    generator = torch.Generator().manual_seed(0)
+
+    def record(index, module, x, output):
+        stats, x = seen[index], x.float().reshape(-1).cpu()
+        stats[0], stats[1] = min(stats[0], x.min().item()), max(stats[1], x.max().item())
+        stats[2].append(x[torch.randperm(len(x), generator=generator)[:FIT_VALUES]].double().numpy())
+    _observe(model, activations, record, batches, device)
     rng = np.random.default_rng(0)
     for module, stats in zip(activations, seen):
         if not stats[2]:
@@ -359,9 +482,14 @@ def _check_compilable(model: nn.Module, example: torch.Tensor) -> None:
         graph = import_model(onnx_model)
     except UserError as exc:
         raise UserError(f"after he_friendly's substitutions hecc still refuses the model:\n{exc}") from exc
+    if any(op.name == "tensor.softmax_inside" for op in graph.ops):
+        raise UserError("the converted model still computes a softmax inside the network as a function "
+                        "(F.softmax or x.softmax in a forward); apply an nn.Softmax(dim) module instead, "
+                        "which he_friendly replaces by polynomial attention")
     kinds = sorted({op.attrs["kind"] for op in graph.ops if op.name == "tensor.activation"})
     if kinds:
-        raise UserError(f"the converted model still computes {', '.join(kinds)} (not with an activation "
+        module = " (layer normalization: use nn.LayerNorm)" if "rsqrt" in kinds else ""
+        raise UserError(f"the converted model still computes {', '.join(kinds)}{module} (not with a "
                         "module he_friendly could replace); compute it with an nn.Module instead")
 
 
