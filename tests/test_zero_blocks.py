@@ -72,3 +72,14 @@ def test_report_counts_what_zero_weights_removed():
     assert "zero weights skipped" not in render(dense, measure=False)
     x = calibration[:4]
     np.testing.assert_allclose(pruned.run(x, backend="sim")["y"], pruned.run(x)["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_selection_of_zeros_and_ones_is_not_counted_as_pruned_weights():
+    """A Gather of one token becomes a product by a 0/1 selection matrix: its zeros are structure,
+    not pruning, and would cost a second lowering to count; weights with zeros among them are."""
+    from hecc.passes.lower_to_ckks import _pruned
+    select = np.zeros((1, 17))
+    select[0, 0] = 1.0
+    weights = np.array([[0.5, 0.0], [0.0, -1.25]])
+    assert not _pruned(select) and not _pruned(np.ones((3, 3))) and not _pruned(np.zeros(4))
+    assert _pruned(weights)

@@ -85,8 +85,7 @@ def _count_zero_blocks(graph: Graph, options: dict, out: Graph) -> None:
         elif op.name == "tensor.matmul":
             weights.update(op.operands)
     names = [op.attrs["name"] for op in graph.ops if op.name == "tensor.constant" and op.result in weights]
-    zeros = [n for n in names if n in graph.constants and np.asarray(graph.constants[n]).ndim >= 2
-             and np.asarray(graph.constants[n]).dtype.kind == "f" and not np.all(graph.constants[n])]
+    zeros = [n for n in names if n in graph.constants and _pruned(np.asarray(graph.constants[n]))]
     if not zeros:
         return
     cache = graph.meta.setdefault("zero_blocks_dense", {})
@@ -113,6 +112,15 @@ def _count_zero_blocks(graph: Graph, options: dict, out: Graph) -> None:
     counts = slots_op_counts(out)
     out.constants[str(options.get("constant_prefix", "")) + ZERO_BLOCKS] = np.asarray(
         [counts["products"], counts["rotations"]] + cache[key], dtype=np.int64)
+
+
+def _pruned(array: np.ndarray) -> bool:
+    """Whether a matrix constant looks like weights with zeros among them: not a selection of 0s
+    and 1s (a Gather of the class token becomes one; counting its zeros cost the ViT a second
+    lowering per slot count)."""
+    if array.ndim < 2 or array.dtype.kind != "f" or np.all(array):
+        return False
+    return bool(np.any(array[array != 0] != 1.0))
 
 
 def lower_slots(graph: Graph, options: dict, lowering_class=SlotsLowering) -> SlotsLowering:
