@@ -77,6 +77,20 @@ def test_example_reference_reproduces_expected(name, output):
         np.testing.assert_array_equal(got["label"], np.load(os.path.join(folder, "expected_labels.npy")))
 
 
+def test_the_vit_converted_by_he_friendly_compiles_with_nothing_to_approximate():
+    """The exact ViT (refused: 36 levels) after hecc.torch.he_friendly: depth 4 in the batch layout,
+    no approximation, the simulator equal to onnxruntime."""
+    import onnxruntime as ort
+    folder = os.path.join(EXAMPLES, "vit_mnist")
+    x = np.load(os.path.join(folder, "input.npy"))[:16]
+    path = os.path.join(folder, "converted.onnx")
+    prog = hecc.compile(path, calibration=x, layout="batch")
+    assert prog.artifact.manifest["approximations"] == []
+    assert len(prog.parameters["coeff_modulus_bits"]) - 2 == 4
+    expected = ort.InferenceSession(path).run(None, {"input": x})[0]
+    assert_close(prog.run(x, backend="sim")["logits"], expected, 1e-5, "converted ViT")
+
+
 def test_every_example_has_a_readme_with_an_encrypted_run():
     for name in os.listdir(EXAMPLES):
         if not os.path.isdir(os.path.join(EXAMPLES, name)):  # mnist_training.py: the train scripts' helpers

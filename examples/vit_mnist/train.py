@@ -8,12 +8,16 @@
                      place of each LayerNorm, MLP 48-96-48 with 0.125 x^2 + 0.5 x + 0.25 (GELU's
                      quadratic fit) in place of GELU
         exact:       softmax attention, LayerNorm, GELU (the textbook block)
+        converted:   the exact model (exact.pt, trained first if missing) converted by
+                     hecc.torch.he_friendly: each LayerNorm a learned affine map, the softmax
+                     polynomial attention, GELU a quadratic, fine-tuned by distillation
     the class token's output, Linear(48, 10) -> logits (N, 10)
 
-Writes model.onnx (he_friendly; exact.onnx with --variant exact), input.npy, labels.npy,
-expected.npy and metrics.json next to this script (ONNX opset 17, legacy exporter, dynamic batch):
+Writes model.onnx (he_friendly; exact.onnx and exact.pt with --variant exact, converted.onnx with
+--variant converted), input.npy, labels.npy, expected.npy and metrics_<variant>.json next to this
+script (ONNX opset 17, legacy exporter, dynamic batch):
 
-    python examples/vit_mnist/train.py --data /path/to/mnist.npz [--variant exact]
+    python examples/vit_mnist/train.py --data /path/to/mnist.npz [--variant exact|converted]
 """
 import argparse
 import json
@@ -54,13 +58,14 @@ class Attention(nn.Module):
         super().__init__()
         self.exact = exact
         self.q, self.k, self.v = (nn.Linear(WIDTH, WIDTH) for _ in range(3))
+        self.attend = nn.Softmax(dim=-1) if exact else None  # a module, so he_friendly can swap it
         self.out = nn.Linear(WIDTH, WIDTH)
 
     def forward(self, x):
         n, t, _ = x.shape
         q, k, v = (f(x).reshape(n, t, HEADS, WIDTH // HEADS).transpose(1, 2) for f in (self.q, self.k, self.v))
         scores = q @ k.transpose(-2, -1) / (WIDTH // HEADS) ** 0.5
-        weights = scores.softmax(-1) if self.exact else scores * scores / t
+        weights = self.attend(scores) if self.exact else scores * scores / t
         return self.out((weights @ v).transpose(1, 2).reshape(n, t, WIDTH))
 
 
@@ -100,7 +105,9 @@ def export(model, path: str) -> list[str]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="mnist.npz (x_train, y_train, x_test, y_test)")
-    p.add_argument("--variant", choices=("he_friendly", "exact"), default="he_friendly")
+    p.add_argument("--variant", choices=("he_friendly", "exact", "converted"), default="he_friendly")
+    p.add_argument("--friendly-epochs", type=int, default=30, help="he_friendly's fine-tuning (converted)")
+    p.add_argument("--friendly-lr", type=float, default=3e-3)
     p.add_argument("--outdir", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -111,11 +118,25 @@ def main():
     seed_everything(args.seed)
     x_train, y_train, x_test, y_test = load_mnist(args.data)
     tensors = [torch.from_numpy(a) for a in (x_train, y_train, x_test, y_test)]
-    model = ViT(exact=args.variant == "exact")
+    model = ViT(exact=args.variant != "he_friendly")
     start = time.time()
-    train(model, *tensors, args.epochs, 128, args.lr, 0.05, args.seed)
+    weights = os.path.join(args.outdir, "exact.pt")
+    if args.variant == "converted" and os.path.exists(weights):
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    else:
+        train(model, *tensors, args.epochs, 128, args.lr, 0.05, args.seed)
+    if args.variant == "exact":
+        torch.save(model.state_dict(), weights)
+    extra = {}
+    if args.variant == "converted":
+        from hecc.torch import he_friendly
+        model.eval()
+        extra["exact_test_accuracy"] = accuracy(model, tensors[2], tensors[3])
+        model = he_friendly(model, (tensors[0], tensors[1]), epochs=args.friendly_epochs, lr=args.friendly_lr,
+                            seed=args.seed, progress=print)
+        extra.update(friendly_epochs=args.friendly_epochs, friendly_lr=args.friendly_lr)
     seconds = time.time() - start
-    name = "model.onnx" if args.variant == "he_friendly" else "exact.onnx"
+    name = {"he_friendly": "model.onnx", "exact": "exact.onnx", "converted": "converted.onnx"}[args.variant]
     path = os.path.join(args.outdir, name)
     ops = export(model, path)
     logits = ort_logits(path, x_test)
@@ -124,7 +145,7 @@ def main():
                "torch_test_accuracy": accuracy(model, tensors[2], tensors[3]),
                "parameters": sum(p.numel() for p in model.parameters()),
                "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "train_time_s": round(seconds, 1),
-               "torch_version": torch.__version__, "onnx_ops": ops}
+               "torch_version": torch.__version__, "onnx_ops": ops, **extra}
     if args.variant == "he_friendly":
         x_s = np.ascontiguousarray(x_test[:N_SAMPLES])
         np.save(os.path.join(args.outdir, "input.npy"), x_s)
