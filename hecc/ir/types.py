@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 DTYPES = ("f64", "i64", "str")
 
@@ -80,8 +80,13 @@ class CipherType:
             n *= d
         return n
 
-    def but(self, **changes) -> "CipherType":
-        return replace(self, **changes)
+    def but(self, shape=None, level=None, scale_bits=None, slots=None, size=None) -> "CipherType":
+        """This type with the given fields changed (the others kept). Built directly: type
+        inference calls it about two million times per ViT compile, and ``dataclasses.replace``
+        took 8 s of them."""
+        return CipherType(self.shape if shape is None else shape, self.level if level is None else level,
+                          self.scale_bits if scale_bits is None else scale_bits,
+                          self.slots if slots is None else slots, self.size if size is None else size)
 
     def __str__(self) -> str:
         size = f", size={self.size}" if self.size != 2 else ""
