@@ -344,21 +344,23 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
                           f"may not be the ranges your data produces: {assumed}. Pass calibration "
                           "data (--calibration X.npy)", HeccWarning, stacklevel=2)
         result.timings += approx_result.timings
-        reasons, slots, refused, one_input = {}, None, [], None
+        reasons, slots, refused, one_input, one_seconds = {}, None, [], None, None
         for name in wanted:
             try:
                 if name == "packed":
                     if one_input is None:
                         one_input = dict(options, layout="slots")
-                        _lower(approximated, calibration, one_input, slots, print_after_all, progress)
+                        (_, one_final), _ = _lower(approximated, calibration, one_input, slots, print_after_all,
+                                                   progress)
+                        one_seconds = _predicted_time(one_final)
                     chosen = dict(one_input, layout="slots", constant_prefix="packed.")
                     graph, timings = _lower_packed(approximated, calibration, chosen, one_input["slots"],
-                                                   print_after_all, progress)
+                                                   print_after_all, progress, one_seconds)
                 else:
                     chosen = dict(options, layout=name)
                     graph, timings = _lower(approximated, calibration, chosen, slots, print_after_all, progress)
                     if name == "slots":
-                        one_input = chosen
+                        one_input, one_seconds = chosen, _predicted_time(graph[1])
                 lowered, final = graph
                 precision = _predicted_precision(final, calibration)
                 if precision is not None and precision > PRECISION_LIMIT:
@@ -551,15 +553,18 @@ def _smaller_ring(approximated: Graph, trial: dict, estimate: Graph):
 PACKED_MIN_SLOTS = 16  # the smallest one-input layout a packed program is tried with
 
 
-def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress):
+def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress,
+                  one: float | None = None):
     """The slots program (its scales, on a ring of ``slots`` slots) for K inputs per ciphertext:
     laid out for slots / K slots, K the largest power of two whose predicted time per batch of
     ciphertexts stays within PACKED_SLOWDOWN of one input's (the cost model, from the
-    lowering's magnitude estimates): K inputs for about the time of one, until the values of one
-    input no longer fit the slots left to it. UnsupportedOpError when no K of 2 or more does."""
+    lowering's magnitude estimates; ``one``: the one-input program's predicted seconds, when
+    known, else it is lowered here too): K inputs for about the time of one, until the values
+    of one input no longer fit the slots left to it. UnsupportedOpError when no K of 2 or more
+    does."""
     from .errors import UnsupportedOpError
     from .passes import CKKS_PIPELINE, FINAL_PIPELINE
-    best, k, one, lowered = None, 1, None, None
+    best, k, lowered = None, 1 if one is None else 2, None
     while slots // (2 * k) >= PACKED_MIN_SLOTS:
         trial = dict(options, slots=slots // k, inputs_per_ciphertext=k)
         try:
