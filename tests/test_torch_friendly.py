@@ -58,19 +58,24 @@ def accuracy(model, x, y) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
+def fit(model, x, y, epochs: int, lr: float):
+    """``model`` trained by AdamW on batches of 64, in place."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for i in range(0, len(x), 64):
+            loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
 @pytest.fixture(scope="module")
 def trained(mnist):
     """(original, its state before he_friendly, converted, per-epoch messages)."""
     x, y = mnist[0], mnist[1]
     torch.manual_seed(0)
-    model = small_cnn()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        for i in range(0, len(x), 64):
-            loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = fit(small_cnn(), x, y, epochs=4, lr=1e-2)
     before = copy.deepcopy(model.state_dict())
     messages = []
     # 47 steps an epoch: a higher learning rate than the default, meant for larger data sets
@@ -274,15 +279,7 @@ def test_a_transformer_block_becomes_polynomial_and_compiles(mnist, tmp_path):
     fine-tuning it is within 2 points of the original."""
     x, y, x_test, y_test = (F.avg_pool2d(t, 4) if t.is_floating_point() else t for t in mnist)
     torch.manual_seed(0)
-    model = TinyViT()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(20):
-        for i in range(0, len(x), 64):
-            loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    model = fit(TinyViT(), x, y, epochs=20, lr=3e-3).eval()
     converted = he_friendly(model, (x, y), epochs=10, lr=3e-3)
     kinds = [type(m) for m in converted.modules()]
     assert kinds.count(AffineNorm) == 2 and kinds.count(PolySoftmax) == 1 and kinds.count(PolyActivation) == 1
