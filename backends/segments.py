@@ -96,6 +96,7 @@ def _streams(graph: Graph, server: list[Op]) -> list[Stream]:
     through the values they read, with their heads and tails, where that saves memory (some
     tail, enough rows) and nothing the stream reads depends on what it makes."""
     made = {op.result: op for op in server}
+    chunk = row_chunk(graph)
     parent = {}
 
     def find(i):
@@ -135,7 +136,7 @@ def _streams(graph: Graph, server: list[Op]) -> list[Stream]:
     for root, ops in members.items():
         ends = [t for t in tails.get(root, []) if id(t) not in taken]
         count = ops[0].result.type.count
-        if not ends or count < STREAM_MIN_CHUNKS * ROW_CHUNK:
+        if not ends or count < STREAM_MIN_CHUNKS * chunk:
             continue
         own = {op.result for op in ops}
         if any(kind[id(op)] == "head" and op.operands[0] in own for op in ops):

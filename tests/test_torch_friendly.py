@@ -295,6 +295,16 @@ def test_a_transformer_block_becomes_polynomial_and_compiles(mnist, tmp_path):
     assert_close(program.run(x_test[:16].numpy(), backend="reference")["logits"], expected, 1e-5, "reference")
 
 
+def test_a_softmax_at_the_output_stays_exact(mnist):
+    """A classifier's final softmax is computed exactly on the client: not replaced."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 10),
+                          nn.Softmax(dim=1))
+    converted = he_friendly(model, mnist[0][:128], epochs=0)
+    assert isinstance(converted[5], nn.Softmax) and isinstance(converted[2], AffineNorm)
+    with torch.no_grad():
+        assert torch.allclose(converted(mnist[0][:4]).sum(1), torch.ones(4))
+
+
 def test_softmax_and_layer_norm_that_cannot_be_swapped_are_refused(mnist):
     x = F.avg_pool2d(mnist[0][:64], 4)
     with pytest.raises(UserError, match=r"softmax inside the network as a function.*nn\.Softmax"):

@@ -19,7 +19,8 @@ What it swaps, in a deep copy (the caller's model is never modified):
   nn.Softmax(dim=-1)``) -> ``PolySoftmax``, polynomial attention (u = scale * x + shift,
   weights u^2 / n over the n scores of a row: one level, where exp and a reciprocal cost about
   twenty), scale and shift learned, initialised by the least-squares fit of u^2 to n softmax(x)
-  on the data's scores.
+  on the data's scores. A softmax whose output is the model's stays: hecc computes it exactly,
+  on the client.
 
 Modules are found at any depth (nn.Sequential, ModuleList, custom modules' children), shared
 instances included. The copy is then fine-tuned, all parameters trainable, on the loss
@@ -37,8 +38,8 @@ loss's (averaged, 0.7% of LeNet-5's activation inputs left their interval; summe
 
 Assumes: a classifier whose output is logits (N, classes); labels, when given, are class indices;
 ``data`` is (inputs, labels) tensors or arrays, inputs alone, or a DataLoader of such batches.
-Guarantees: the returned model (in eval mode) holds no activation, max-pool, LayerNorm or Softmax
-module; it exports with ``torch.onnx.export`` (opset 13) to Sub, Div, Mul and Add in place of every activation (at
+Guarantees: the returned model (in eval mode) holds no activation, max-pool or LayerNorm module
+and no Softmax module but at its output; it exports with ``torch.onnx.export`` (opset 13) to Sub, Div, Mul and Add in place of every activation (at
 degree 2 a * ((x - center) / scale)^2 + c: the x^2 of Orion's networks with a shift and a scale
 that fold into the layer before) and hecc's ONNX frontend imports it with no activation left to
 approximate. That is checked before fine-tuning: activations, max pooling, softmax or layer
@@ -333,7 +334,7 @@ def _replace_modules(model: nn.Module, batches: Batches, degree: int, margin: fl
         gamma = module.weight.detach() if module.weight is not None else torch.ones_like(slope)
         beta = module.bias.detach() if module.bias is not None else torch.zeros_like(slope)
         replacements[id(module)] = AffineNorm(gamma * slope, gamma * intercept + beta).to(device)
-    softmaxes = [m for m in model.modules() if isinstance(m, nn.Softmax)]
+    softmaxes = _inside(model, [m for m in model.modules() if isinstance(m, nn.Softmax)], batches, device)
     for module in softmaxes:
         if module.dim is None:
             raise UserError(f"{module} has no dim; give nn.Softmax the axis it normalizes (dim=-1 for "
@@ -364,6 +365,23 @@ def _average_pool(pool: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def _inside(model, softmaxes, batches: Batches, device) -> list:
+    """The softmax modules whose output is not the model's output: attention's, which run on
+    the server; a classifier's final softmax stays (hecc computes it exactly, client-side)."""
+    if not softmaxes:
+        return []
+    made = {}
+    handles = [m.register_forward_hook(lambda module, inputs, output: made.__setitem__(id(module), output))
+               for m in softmaxes]
+    try:
+        out = model(batches.example().to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return [m for m in softmaxes if made.get(id(m)) is not out]
+
+
+@torch.no_grad()
 def _observe(model, modules, record, batches: Batches, device) -> None:
     """Runs the first RANGE_INPUTS inputs through ``model`` with ``record(index, module, input,
     output)`` called on every call of each of ``modules``."""
@@ -388,8 +406,8 @@ def _softmax_fits(model, softmaxes, batches: Batches, device) -> list[tuple[floa
 
     def record(index, module, x, output):
         keep = torch.randperm(x.numel(), generator=generator)[:FIT_VALUES]
-        seen[index][0].append(x.double().reshape(-1)[keep].cpu().numpy())
-        seen[index][1].append((output.double() * x.shape[module.dim]).reshape(-1)[keep].cpu().numpy())
+        seen[index][0].append(x.reshape(-1).cpu()[keep].double().numpy())
+        seen[index][1].append((output.reshape(-1).cpu()[keep].double() * x.shape[module.dim]).numpy())
     _observe(model, softmaxes, record, batches, device)
     fits = []
     for module, (xs, ys) in zip(softmaxes, seen):
@@ -416,7 +434,7 @@ def _norm_fits(model, norms, batches: Batches, device) -> list[tuple[torch.Tenso
     def record(index, module, x, output):
         shape = tuple(module.normalized_shape)
         axes = tuple(range(x.ndim - len(shape), x.ndim))
-        x = x.double()
+        x = x.cpu().double()  # on the CPU: some devices (Apple's MPS) have no float64
         y = (x - x.mean(axes, keepdim=True)) / torch.sqrt(x.var(axes, keepdim=True, unbiased=False) + module.eps)
         x, y = x.reshape((-1,) + shape), y.reshape((-1,) + shape)
         part = torch.stack([torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0), (x * y).sum(0)])

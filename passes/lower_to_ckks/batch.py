@@ -111,7 +111,11 @@ class Lowering:
                     and _is_identity(block)):
                 total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
                 continue
-            self.products += block.nnz if sparse else int(np.count_nonzero(values))
+            # weights of 1 and -1 at scale 2^0 (window sums) are additions: not counted, as the
+            # cost model and the budget's other side (``api._lowered_products``) do not count them
+            nonzero = values[values != 0]
+            if np.any(np.abs(nonzero) != 1) or scale is not None or self.exact_weight_scale(values, part_bias):
+                self.products += int(nonzero.size)
             if self.max_products is not None and self.products > self.max_products:
                 raise OverBudget(self.products)
             self.linear_count += 1
