@@ -11,7 +11,9 @@ every ciphertext is computed from bases at the waterline scale. Products of secr
 ``ckks.mul`` / ``ckks.square``; a ``tensor.poly`` becomes its Chebyshev recurrence (the map to
 [-1, 1] fused into the preceding layer); client-side ops run after ``ckks.decrypt``. A linear layer
 whose weights are integers at a smaller scale (the 2 and -1 of the recurrences) gets that smaller,
-exact weight scale.
+exact weight scale. An average pooling of an elementwise form (an activation's output) is its
+windows' sums first, a ``ckks.linear`` of unit weights at weight scale 2^0 (additions: no product,
+no level), the 1/window and the form's weights then scaling the sums in the next map.
 
 Assumes: verified tensor IR whose constants have values; ``graph.meta["ranges"]`` (optional) maps
 tensor values to their calibrated max |value|.
