@@ -160,6 +160,30 @@ def test_pruning_a_pruned_model_keeps_its_zeros(pruned, mnist7):
     assert again.hecc_pruning["after"]["parameters"] <= pruned.hecc_pruning["after"]["parameters"]
 
 
+def test_a_round_that_removes_nothing_is_tried_again_with_half_the_step(trained, mnist7, unpruned, monkeypatch):
+    """When the compiler lays a round's sparser maps out with as many operations (here made so:
+    the program after the first round reports 1,000 more rotations), the round is undone and
+    tried again with half its step, and pruning goes on from there."""
+    from hecc.torch import prune
+    built = []
+
+    class Flipping(prune._Structure):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(self)
+            if len(built) == 2:  # the program after the first round
+                self.counts["rotations"] += 1000
+    monkeypatch.setattr(prune, "_Structure", Flipping)
+    before = _ops(unpruned)
+    goal = (before["products"] + before["rotations"]) // 2
+    model = block_prune(trained, "slots", goal, mnist7, rounds=2, epochs=0.5, batch_size=64)
+    rounds = model.hecc_pruning["rounds"]
+    assert "tried again with half the step" in rounds[0]["undone"]
+    assert rounds[1]["aim"] > rounds[0]["aim"] and "undone" not in rounds[1]
+    assert model.hecc_pruning["after"]["products"] + model.hecc_pruning["after"]["rotations"] < \
+        model.hecc_pruning["before"]["products"] + model.hecc_pruning["before"]["rotations"]
+
+
 def test_bad_inputs_are_typed_errors(trained, mnist7, unpruned):
     x, y = mnist7
     for target in (0.0, 1.0, 1.5, -3, 0, True, "fast", "-1s", None):
