@@ -651,7 +651,7 @@ def _noise_prediction(final: Graph, calibration) -> tuple[float | None, float]:
 
 def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
     from .backends.common import is_slots
-    from .backends.sim import Simulator
+    from .backends.sim import Simulator  # noqa: F401  (imported before the workers fork)
     small = {k: np.asarray(v)[:NOISE_SAMPLE_SLOTS if is_slots(final) else NOISE_SAMPLE_BATCH]
              for k, v in calibration.items()}
     global _NOISE_JOB
