@@ -79,9 +79,10 @@ class Simulator:
             for v in op.operands:
                 last_use[v] = index
         self.last_use = {v: self.server[i] if i < len(self.server) else None for v, i in last_use.items()}
-        self.names: dict = {}
+        self.names: dict = {}  # the printer's value numbers, for error messages (not the whole text)
         for op in graph.ops:
-            print_op(op, self.names)
+            for r in op.results:
+                self.names.setdefault(r, f"%{len(self.names)}")
 
     def _noise(self, shape, scale_bits: float) -> np.ndarray:
         std = NOISE_PER_N * self.params.poly_modulus_degree / 2.0 ** scale_bits
