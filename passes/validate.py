@@ -35,12 +35,13 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     chain = params[0].attrs["coeff_modulus_bits"]
     depth = len(data_primes(chain)) - 1
     max_abs = graph.meta.get("max_abs", {})
-    names: dict = {}
+    names: dict = {}  # the printer's value numbers; an op is printed only to name it in an error
     for op in graph.ops:
-        text = print_op(op, names)
+        for r in op.results:
+            names.setdefault(r, f"%{len(names)}")
 
         def fail(why):
-            raise ParameterError(f"{why}\n  {text}")
+            raise ParameterError(f"{why}\n  {print_op(op, names)}")
         for v in op.results:
             t = v.type
             if not isinstance(t, CipherType):
