@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from ..errors import HeccWarning, InputError
-from ..ir import Graph, print_op
+from ..ir import Graph, print_op, value_names
 from ..params import modulus_bits_at
 from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, inputs_per_ciphertext, interleaved, is_slots,
                      plain_rows, program_params, quantized, run_client_tail, slot_inputs, slot_outputs,
@@ -81,10 +81,7 @@ class Simulator:
             for v in op.operands:
                 last_use[v] = index
         self.last_use = {v: self.server[i] if i < len(self.server) else None for v, i in last_use.items()}
-        self.names: dict = {}  # the printer's value numbers, for error messages (not the whole text)
-        for op in graph.ops:
-            for r in op.results:
-                self.names.setdefault(r, f"%{len(self.names)}")
+        self.names = value_names(graph.ops)  # for error messages
 
     def _noise(self, shape, scale_bits: float) -> np.ndarray:
         std = NOISE_PER_N * self.params.poly_modulus_degree / 2.0 ** scale_bits

@@ -14,7 +14,7 @@ Guarantees: returns the graph unchanged, or raises ParameterError naming the op 
 from __future__ import annotations
 
 from hecc.errors import ParameterError
-from hecc.ir import CipherType, Graph, print_op
+from hecc.ir import CipherType, Graph, print_op, value_names
 from hecc.params import data_primes, modulus_bits_at, needed_bits
 
 NAME = "validate"
@@ -35,11 +35,8 @@ def run(graph: Graph, options: dict | None = None) -> Graph:
     chain = params[0].attrs["coeff_modulus_bits"]
     depth = len(data_primes(chain)) - 1
     max_abs = graph.meta.get("max_abs", {})
-    names: dict = {}  # the printer's value numbers; an op is printed only to name it in an error
+    names = value_names(graph.ops)  # an op is printed only to name it in an error
     for op in graph.ops:
-        for r in op.results:
-            names.setdefault(r, f"%{len(names)}")
-
         def fail(why):
             raise ParameterError(f"{why}\n  {print_op(op, names)}")
         for v in op.results:

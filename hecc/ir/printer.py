@@ -36,6 +36,16 @@ def _format_types(types) -> str:
     return "(" + ", ".join(str(t) for t in types) + ")"
 
 
+def value_names(ops) -> dict[Value, str]:
+    """The names ``print_op`` gives the results of ``ops`` printed in order (%0, %1, ...), without
+    printing them: for naming one op in an error message."""
+    names: dict[Value, str] = {}
+    for op in ops:
+        for r in op.results:
+            names.setdefault(r, f"%{len(names)}")
+    return names
+
+
 def print_op(op: Op, names: dict[Value, str] | None = None) -> str:
     names = names if names is not None else {}
 

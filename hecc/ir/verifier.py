@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..errors import VerifyError
 from .graph import Graph, Op
 from .ops import ATTR_KINDS, OPS, REQUIRED
-from .printer import print_op
+from .printer import print_op, value_names
 
 
 def verify(graph: Graph, check_constants: bool = True) -> None:
@@ -21,9 +21,7 @@ def verify(graph: Graph, check_constants: bool = True) -> None:
         try:
             _verify_op(op, defined, client_values, graph if check_constants else None)
         except ValueError as exc:
-            names: dict = {}
-            for earlier in graph.ops[:index]:
-                print_op(earlier, names)
+            names = value_names(graph.ops[:index])
             raise VerifyError(f"op #{index} is invalid: {exc}\n  {print_op(op, names)}") from None
         for r in op.results:
             defined.add(r)
