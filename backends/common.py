@@ -183,6 +183,17 @@ def quantized(matrix: np.ndarray, weight_scale_bits: int) -> np.ndarray:
     return np.round(matrix * step) / step
 
 
+def multiplied(values, weight_scale: int, rescale_terms: bool = False) -> int:
+    """How many of a linear map's weights ``values`` (zeros aside) cost a product: at weight scale
+    2^0 a weight of 1 or -1 is an addition or a subtraction (how the TenSEAL backend runs it),
+    except in the eager-rescale baseline, which rescales every term."""
+    values = np.asarray(values)
+    nonzero = values[values != 0]
+    if weight_scale != 0 or rescale_terms:
+        return int(nonzero.size)
+    return int(np.count_nonzero(np.abs(nonzero) != 1.0))
+
+
 class LinearWeights:
     """A ``ckks.linear``'s weights as coordinate lists, whatever their storage: a dense matrix, a
     vector (a diagonal map) or a sparse one (``matrix`` the values, ``index`` their rows and
@@ -211,11 +222,8 @@ class LinearWeights:
         return int(self.vals.size)
 
     def products(self, op: Op) -> int:
-        """The weights ``op`` multiplies by: at weight scale 2^0 a weight of 1 or -1 is an
-        addition or a subtraction (the TenSEAL backend's, outside the eager-rescale baseline)."""
-        if op.attrs["weight_scale"] != 0 or op.attrs.get("rescale_terms"):
-            return self.nnz
-        return int(np.count_nonzero(np.abs(self.vals) != 1.0))
+        """The weights ``op`` multiplies by (``multiplied``)."""
+        return multiplied(self.vals, op.attrs["weight_scale"], bool(op.attrs.get("rescale_terms")))
 
     def row_count(self) -> int:
         """Rows with at least one weight."""

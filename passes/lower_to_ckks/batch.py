@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hecc.backends.common import multiplied
 from hecc.backends.reference import apply_op
 from hecc.errors import PassError, UnsupportedOpError
 from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
@@ -111,11 +112,11 @@ class Lowering:
                     and _is_identity(block)):
                 total = base if total is None else self._add(total, base, self.max_abs.get(base, 1.0))
                 continue
-            # weights of 1 and -1 at scale 2^0 (window sums) are additions: not counted, as the
-            # cost model and the budget's other side (``api._lowered_products``) do not count them
-            nonzero = values[values != 0]
-            if np.any(np.abs(nonzero) != 1) or scale is not None or self.exact_weight_scale(values, part_bias):
-                self.products += int(nonzero.size)
+            weight_scale = (self.exact_weight_scale(values, part_bias) if scale is None
+                            else scale - self.rescaled_bits(base))
+            # counted as the cost model and the budget's other side (``api._lowered_products``)
+            # count: weights of 1 and -1 at scale 2^0 (window sums) are additions
+            self.products += multiplied(values, weight_scale, self.rescale == "eager")
             if self.max_products is not None and self.products > self.max_products:
                 raise OverBudget(self.products)
             self.linear_count += 1
@@ -123,8 +124,6 @@ class Lowering:
                 self.linear_count += 1
             name = f"linear{self.linear_count}"
             self.out.constants[f"{name}.matrix"] = values.copy()
-            weight_scale = (self.exact_weight_scale(values, part_bias) if scale is None
-                            else scale - self.rescaled_bits(base))
             attrs = {"matrix": f"{name}.matrix", "shape": list(aff.shape), "weight_scale": weight_scale}
             if sparse:
                 self.out.constants[f"{name}.index"] = np.stack([block.rows, block.cols]).astype(np.int64)
