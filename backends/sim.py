@@ -46,9 +46,7 @@ def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     for lo, hi in batches(runs, SLOTS_CHUNK * inputs_per_ciphertext(graph) if sim.slots_layout else runs):
         trace: dict = {}
         for op, x in zip(sim.inputs, stacked):
-            # single precision: the peaks size the primes (a relative 1e-7 is nothing to them) and
-            # a slots program's slot vectors move half the bytes
-            trace[op.result] = sim._load(op, x[lo:hi]).astype(np.float32)
+            trace[op.result] = sim._load(op, x[lo:hi])
             sim._forget(op, trace, track=True)
         for op in sim.server:
             trace[op.result] = sim._apply(op, trace)
@@ -161,7 +159,6 @@ class Simulator:
         if name == "ckks.extract":
             return args[0][op.attrs["index"]: op.attrs["index"] + 1]
         rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0], self.per_ct)[:, None, :]
-        rows = rows.astype(args[0].dtype, copy=False)  # single precision in ``ckks_magnitudes``
         if name == "ckks.mul_plain":
             if self.noise:
                 # repeated for K interleaved inputs, a one-input period P is a period of P * K
