@@ -111,3 +111,22 @@ def test_golden(case):
         inputs = [rng.standard_normal((3,) + op.result.type.shape) for op in before.inputs()]
         for y0, y1 in zip(evaluate(before, inputs), evaluate(after, inputs)):
             assert_close(y1, y0, 1e-12, case)
+
+
+def test_sparse_products_by_blas_equal_the_ones_summed_by_position(monkeypatch):
+    """Sparse @ Sparse: a product with many partial sums per entry goes through a dense BLAS
+    product; it equals the product summed by position (the path below the threshold)."""
+    from hecc.passes.lower_to_ckks import sparse
+    rng = np.random.default_rng(5)
+
+    def random_sparse(m, n, density):
+        dense = rng.normal(size=(m, n)) * (rng.random((m, n)) < density)
+        return sparse.Sparse.from_dense(dense), dense
+    a, da = random_sparse(60, 90, 0.2)
+    b, db = random_sparse(90, 70, 0.2)
+    dense_path = a @ b
+    monkeypatch.setattr(sparse, "BLAS_FLOPS_PER_PRODUCT", 0)
+    summed = a @ b
+    assert dense_path.shape == summed.shape == (60, 70)
+    np.testing.assert_allclose(dense_path.dense(), summed.dense(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(summed.dense(), da @ db, rtol=0, atol=1e-12)
