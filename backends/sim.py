@@ -10,6 +10,7 @@ plaintext weights are rounded to the scale they are encoded at; so it predicts T
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -32,6 +33,13 @@ NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, time
 KEYSWITCH_NOISE = 12.2
 
 
+# ops whose result is a new array (the others may return an operand's array or a view of it);
+# NOISY: new arrays only when the simulator adds noise
+FRESH = {"ckks.mul_plain", "ckks.add_plain", "ckks.add", "ckks.sub", "ckks.mul", "ckks.square",
+         "ckks.linear", "ckks.matmul", "ckks.rotate"}
+NOISY = {"ckks.rescale", "ckks.relinearize"}
+
+
 def _peak(array: np.ndarray) -> float:
     """max |array| without the temporary array of np.abs (0 for an empty array)."""
     return max(float(array.max()), -float(array.min())) if array.size else 0.0
@@ -39,7 +47,46 @@ def _peak(array: np.ndarray) -> float:
 
 def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     """max |value| of every ciphertext value of a (not yet parameterized) ckks program on inputs
-    of shape (R, *S): parameter selection sizes the modulus by these."""
+    of shape (R, *S): parameter selection sizes the modulus by these. A large slots-layout run
+    (thousands of ops on dozens of inputs: the ViT's takes 9 s) is split between two forked
+    processes by inputs: the same maxima, to the bit (each input's slot vectors are computed
+    alone; the batch layout's products by weight matrices are not: BLAS sums them in an order
+    that depends on how many inputs there are), in half the time on two cores."""
+    runs = stacked[0].shape[0] if stacked else 1
+    if ((os.cpu_count() or 1) < 2 or runs < 2 or not is_slots(graph)
+            or len(graph.ops) * runs < PARALLEL_MAGNITUDE_WORK):
+        return _magnitudes(graph, stacked)
+    from .workers import forked_map
+    global _MAGNITUDE_JOB
+    values = [v for op in graph.ops for v in op.results]
+    _MAGNITUDE_JOB = (graph, stacked, values)
+    try:
+        halves = list(forked_map(_magnitudes_of, [(0, runs // 2), (runs // 2, runs)], 2,
+                                 "It was simulating the program on the calibration inputs to measure its values."))
+    finally:
+        _MAGNITUDE_JOB = None
+    peaks = {}
+    for v, *found in zip(values, *halves):
+        found = [a for a in found if a is not None]
+        if found:
+            peaks[v] = max(found)
+    return peaks
+
+
+PARALLEL_MAGNITUDE_WORK = 1 << 19  # ops x inputs from which ckks_magnitudes forks (about a second)
+_MAGNITUDE_JOB = None  # (program, inputs, its values in order) the forked halves read
+
+
+def _magnitudes_of(span: tuple[int, int]) -> list:
+    """In a forked process: the peaks of the inputs lo..hi-1 of ``_MAGNITUDE_JOB``, per value in
+    its order (None: not a ciphertext the run made)."""
+    graph, stacked, values = _MAGNITUDE_JOB
+    lo, hi = span
+    peaks = _magnitudes(graph, [x[lo:hi] for x in stacked])
+    return [peaks.get(v) for v in values]
+
+
+def _magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     sim = Simulator(graph, parameterized=False)
     runs = stacked[0].shape[0] if stacked else 1
     peaks: dict = {}
@@ -79,6 +126,7 @@ class Simulator:
             for v in op.operands:
                 last_use[v] = index
         self.last_use = {v: self.server[i] if i < len(self.server) else None for v, i in last_use.items()}
+        self.owned: set = set()  # values whose array no other value shares (see _sum)
         self.names = value_names(graph.ops)  # for error messages
 
     def _noise(self, shape, scale_bits: float) -> np.ndarray:
@@ -185,6 +233,27 @@ class Simulator:
         return np.where(varying, rows + self.rng.standard_normal(rows.shape, dtype=np.float32) * std, rounded)
 
     def _apply(self, op, env):
+        result = self._compute(op, env)
+        if op.name in FRESH or (self.noise and op.name in NOISY):
+            self.owned.add(op.result)
+        else:  # the result may be (a view of) an operand's array: neither may change in place
+            self.owned.difference_update(op.operands)
+        return result
+
+    def _sum(self, op, a, b):
+        """a + b or a - b, written over an operand's array when that operand's value is read by
+        no later op and shares its array with no other value (a slots program's diagonal sums
+        are 10,000 additions of arrays of megabytes: a new array each took twice as long)."""
+        ufunc = np.add if op.name == "ckks.add" else np.subtract
+        shape, dtype = np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)
+        for v, array in zip(op.operands, (a, b)):
+            if (v in self.owned and self.last_use.get(v) is op and array.shape == shape
+                    and array.dtype == dtype and op.operands.count(v) == 1):
+                self.owned.discard(v)
+                return ufunc(a, b, out=array)
+        return ufunc(a, b)
+
+    def _compute(self, op, env):
         args = [env[v] for v in op.operands]
         name = op.name
         if name in ("ckks.rotate", "ckks.extract", "ckks.mul_plain", "ckks.add_plain"):
@@ -199,10 +268,8 @@ class Simulator:
             a = args[0].reshape(op.operands[0].type.shape + (-1,))
             b = args[1].reshape(op.operands[1].type.shape + (-1,))
             return np.einsum("...iks,...kjs->...ijs", a, b).reshape(op.result.type.count, -1)
-        if name == "ckks.add":
-            return args[0] + args[1]
-        if name == "ckks.sub":
-            return args[0] - args[1]
+        if name in ("ckks.add", "ckks.sub"):
+            return self._sum(op, args[0], args[1])
         if name == "ckks.concat" and self.slots_layout:  # single ciphertexts into a tensor of them
             return np.concatenate(args, axis=0)
         if name == "ckks.concat":

@@ -380,6 +380,18 @@ def test_noise_prediction_in_forked_processes_equals_the_one_in_process(monkeypa
     assert results[0] == results[1] and results[0][0] > 0
 
 
+def test_magnitudes_in_forked_halves_equal_the_ones_in_process(monkeypatch):
+    """A large slots-layout magnitude simulation splits its inputs between two forked processes;
+    every value's maximum is the one the whole run finds in one process, to the bit."""
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
+    program = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x, layout="slots").graph
+    results = []
+    for work in (0, 10 ** 18):
+        monkeypatch.setattr(sim, "PARALLEL_MAGNITUDE_WORK", work)
+        results.append(sim.ckks_magnitudes(program, [x]))
+    assert results[0] == results[1] and len(results[0]) > 10
+
+
 def test_materialized_polynomial_outputs_equal_the_simulator_and_cost_a_level_each(monkeypatch):
     """Batch layout, two ReLU polynomials on wide layers made ciphertexts (the lowering LeNet-5
     needs: merged, each layer's T_1 term composed the maps across layers into 6.7 million
