@@ -9,7 +9,8 @@ avgpool, reshape, transpose, pad, concat, reduce, add/sub/mul by constants, sums
 multiply-by-plaintext-scalar and add tree, summed) only where a product or the output needs it. So
 every ciphertext is computed from bases at the waterline scale. Products of secret values become
 ``ckks.mul`` / ``ckks.square``; a ``tensor.poly`` becomes its Chebyshev recurrence (the map to
-[-1, 1] fused into the preceding layer); client-side ops run after ``ckks.decrypt``. A linear layer
+[-1, 1] fused into the preceding layer; in the batch layout above degree 5 split in baby and
+giant steps, ``Lowering.poly``); client-side ops run after ``ckks.decrypt``. A linear layer
 whose weights are integers at a smaller scale (the 2 and -1 of the recurrences) gets that smaller,
 exact weight scale. An average pooling of an elementwise form (an activation's output) is its
 windows' sums first, a ``ckks.linear`` of unit weights at weight scale 2^0 (additions: no product,
