@@ -130,3 +130,52 @@ def test_sparse_products_by_blas_equal_the_ones_summed_by_position(monkeypatch):
     assert dense_path.shape == summed.shape == (60, 70)
     np.testing.assert_allclose(dense_path.dense(), summed.dense(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(summed.dense(), da @ db, rtol=0, atol=1e-12)
+
+
+def test_form_with_a_constant_equals_the_op_run_per_column(monkeypatch):
+    """lower-to-ckks: an add, sub or multiply of one form (dense after a matmul, sparse after a
+    transpose) with a broadcast constant, in either operand order, scales the form's rows in one
+    pass (``with_constant``); the program computes what the one ``through`` makes (running the
+    op once per column) computes, and what the tensor program computes."""
+    from hecc.backends.sim import Simulator
+    from hecc.passes.lower_to_ckks import batch
+    text = """
+%0 = "hecc.input"() {name = "x"} : () -> tensor<1x4x3, secret>
+%1 = "tensor.constant"() {name = "w"} : () -> tensor<3x3, public>
+%2 = "tensor.matmul"(%0, %1) {} : (tensor<1x4x3, secret>, tensor<3x3, public>) -> tensor<1x4x3, secret>
+%3 = "tensor.constant"() {name = "g"} : () -> tensor<3, public>
+%4 = "tensor.add"(%2, %3) {} : (tensor<1x4x3, secret>, tensor<3, public>) -> tensor<1x4x3, secret>
+%12 = "tensor.constant"() {name = "h"} : () -> tensor<3, public>
+%5 = "tensor.sub"(%12, %4) {} : (tensor<3, public>, tensor<1x4x3, secret>) -> tensor<1x4x3, secret>
+%6 = "tensor.mul"(%3, %5) {} : (tensor<3, public>, tensor<1x4x3, secret>) -> tensor<1x4x3, secret>
+%7 = "tensor.transpose"(%6) {perm = [0, 2, 1]} : (tensor<1x4x3, secret>) -> tensor<1x3x4, secret>
+%8 = "tensor.constant"() {name = "b"} : () -> tensor<4, public>
+%9 = "tensor.mul"(%8, %7) {} : (tensor<4, public>, tensor<1x3x4, secret>) -> tensor<1x3x4, secret>
+%10 = "tensor.sub"(%8, %9) {} : (tensor<4, public>, tensor<1x3x4, secret>) -> tensor<1x3x4, secret>
+%11 = "tensor.mul"(%10, %10) {} : (tensor<1x3x4, secret>, tensor<1x3x4, secret>) -> tensor<1x3x4, secret>
+"hecc.output"(%11) {name = "y"} : (tensor<1x3x4, secret>) -> ()
+"""
+    x = np.random.default_rng(3).normal(size=(5, 1, 4, 3))
+    tensor = parse(text)
+    tensor.constants.update(_constants(tensor, "with_constant.hir"))
+    expected = evaluate(tensor, [x])[0]
+    calls = []
+    original = batch.Lowering.with_constant
+    monkeypatch.setattr(batch.Lowering, "with_constant",
+                        lambda self, op, forms: calls.append(original(self, op, forms)) or calls[-1])
+    outputs = []
+    for replaced in (False, True):
+        if replaced:
+            monkeypatch.setattr(batch.Lowering, "with_constant", lambda self, op, forms: None)
+        graph = tensor.copy()
+        graph.constants = dict(tensor.constants)
+        program = run_passes(graph, ["lower-to-ckks"], {"layout": "batch"}).graph
+        sim = Simulator(program, parameterized=False)
+        trace = {op.result: x.reshape(5, -1).T for op in sim.inputs}
+        for op in sim.server:
+            trace[op.result] = sim._apply(op, trace)
+        decrypt = next(op for op in program.ops if op.name == "ckks.decrypt")
+        outputs.append(trace[decrypt.operands[0]].T.reshape(expected.shape))
+    assert sum(form is not None for form in calls) >= 4
+    assert_close(outputs[0], outputs[1], 1e-12, "with_constant against through")
+    assert_close(outputs[0], expected, 1e-9, "against the tensor program")
