@@ -106,12 +106,9 @@ class ForkedRows:
         try:
             for _ in forked_map(_worker_rows, range(len(chunks)), len(chunks), self.hint):
                 pass
-            out = []
-            for f in files:
-                f.seek(0)
-                count, = np.frombuffer(read_record(f), dtype="<u8")
-                out.append([read_record(f) for _ in range(int(count))])
-            return backend.assemble(number, chunks, out)
+            # each record read just before its ciphertext is loaded: all of a layer's bytes in
+            # memory beside its ciphertexts would nearly double the parent's peak
+            return backend.assemble(number, chunks, [_records(f) for f in files])
         finally:
             _ACTIVE = None
             for f in files:
@@ -157,6 +154,14 @@ def memory_hint(per: int, processes: int) -> str:
     dies."""
     return (f"This program keeps up to {per / 2 ** 30:.2f} GiB of ciphertexts per batch in memory "
             f"({processes} processes at once).")
+
+
+def _records(f):
+    """The records ``_worker_rows`` wrote to ``f``, one at a time."""
+    f.seek(0)
+    count, = np.frombuffer(read_record(f), dtype="<u8")
+    for _ in range(int(count)):
+        yield read_record(f)
 
 
 def _worker_rows(index):
