@@ -33,10 +33,10 @@ BABY_STEP_MAX = 5  # polynomial degrees up to this compute every T_k; above, a b
 
 def chebyshev_split(coefficients, m: int) -> tuple[list[float], list[float]]:
     """(a, b) with sum_k c_k T_k = sum_k<m a_k T_k + T_m * sum_j<=d-m b_j T_j for a degree
-    d <= 2m, by T_m+j = 2 T_m T_j - T_m-j (0 <= j <= m)."""
+    m < d <= 2m, by T_m+j = 2 T_m T_j - T_m-j (0 <= j <= m)."""
     c = [float(v) for v in coefficients]
     d = len(c) - 1
-    a = c[:m] + [0.0] * (m - min(m, len(c)))
+    a = c[:m]
     b = [c[m]] + [2.0 * c[m + j] for j in range(1, d - m + 1)]
     for j in range(1, d - m + 1):
         a[m - j] -= c[m + j]
