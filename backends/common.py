@@ -61,19 +61,24 @@ def inputs_per_batch(graph: Graph) -> int:
     return program_params(graph).slots
 
 
-def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1, per_ct: int | None = None) -> np.ndarray:
+def plain_rows(graph: Graph, op: Op, slots: int, count: int = 1, per_ct: int | None = None,
+               encode=None) -> np.ndarray:
     """The plaintext vectors a mul_plain / add_plain uses, repeated periodically to ``slots``:
     (count, slots), one row per ciphertext of the operand (a one-row table serves them all);
     with K inputs per ciphertext (``per_ct``, else looked up) each slot of the one-input vector
-    is repeated K times."""
+    is repeated K times. ``encode`` maps one period of the rows (count, P x K) before they are
+    repeated."""
     table = graph.constants[op.attrs["plain"]]
     if table.shape[0] == 1:
         rows = np.repeat(table, count, axis=0)
     else:
         rows = table[op.attrs.get("row", 0): op.attrs.get("row", 0) + count]
     k = inputs_per_ciphertext(graph) if per_ct is None else per_ct
-    rows = np.tile(rows, (1, slots // k // rows.shape[1]))
-    return np.repeat(rows, k, axis=1) if k > 1 else rows
+    if k > 1:
+        rows = np.repeat(rows, k, axis=1)
+    if encode is not None:
+        rows = encode(rows)
+    return np.tile(rows, (1, slots // rows.shape[1]))
 
 
 def interleaved(graph: Graph, pos: np.ndarray, slots: int) -> np.ndarray:
@@ -86,34 +91,74 @@ def interleaved(graph: Graph, pos: np.ndarray, slots: int) -> np.ndarray:
     return base[None, :] + np.arange(k)[:, None]
 
 
-def slot_outputs(graph: Graph, op: Op, slots: np.ndarray, runs: int | None = None) -> np.ndarray:
+def slot_outputs(graph: Graph, op: Op, slots: np.ndarray, runs: int | None = None,
+                 full: int | None = None) -> np.ndarray:
     """A slots-layout decryption's tensor from the decoded slots (C, B, slots) of its
     ciphertexts (B batches of ciphertexts): (runs, *shape), read at the slots of the ``layout``
     constant (without one, the first slots of the first ciphertext); with K inputs per
-    ciphertext, batch b holds inputs b*K .. b*K + K - 1."""
+    ciphertext, batch b holds inputs b*K .. b*K + K - 1. ``full``: the ciphertexts' slots, when
+    ``slots`` holds only a period of them (``slot_period``)."""
     batches = slots.shape[1]
     runs = batches * inputs_per_ciphertext(graph) if runs is None else runs
     shape = op.result.type.shape
     flat = np.transpose(slots, (1, 0, 2)).reshape(batches, -1)
     pos = graph.constants[op.attrs["layout"]] if op.attrs.get("layout") else np.arange(op.result.type.size)
-    values = flat[:, interleaved(graph, pos, slots.shape[2])]  # (B, K, n)
+    at = interleaved(graph, pos, full or slots.shape[2])
+    if full:
+        at = fold_slots(at, full, slots.shape[2])
+    values = flat[:, at]  # (B, K, n)
     return values.reshape((-1,) + tuple(shape))[:runs]
 
 
-def slot_inputs(graph: Graph, op: Op, x: np.ndarray) -> np.ndarray:
+def slot_inputs(graph: Graph, op: Op, x: np.ndarray, period: int | None = None) -> np.ndarray:
     """Inputs (R, *shape) laid out in the slots of ``op``'s ciphertexts: (C, B, slots), K
-    inputs (``inputs_per_ciphertext``) interleaved per batch of ciphertexts."""
+    inputs (``inputs_per_ciphertext``) interleaved per batch of ciphertexts; with ``period``,
+    only the first ``period`` slots of each (a period of the layout: see ``slot_period``)."""
     layout = graph.constants[op.attrs["layout"]]
     k = inputs_per_ciphertext(graph)
-    flat = x.reshape(x.shape[0], -1)
+    if period is not None:
+        layout = layout[:, : period // k]
+    flat = x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
     if flat.shape[0] % k:
         # copies of the last input, not zeros, which may lie outside the calibrated ranges
         flat = np.concatenate([flat, np.repeat(flat[-1:], k - flat.shape[0] % k, axis=0)])
-    slots = np.where(layout[None] >= 0, flat[:, np.maximum(layout, 0)], 0.0)  # (R, C, width)
+    # (C, R, width), contiguous and in double: every op of a simulation keeps its operand's
+    # memory order and type (a product with the inputs innermost took 4x as long)
+    c, width = layout.shape
+    slots = flat[np.arange(flat.shape[0])[None, :, None], np.maximum(layout, 0)[:, None, :]]
+    np.copyto(slots, 0.0, where=layout[:, None, :] < 0)
     if k > 1:
-        r, c, width = slots.shape
-        slots = slots.reshape(r // k, k, c, width).transpose(0, 2, 3, 1).reshape(r // k, c, width * k)
-    return np.transpose(slots, (1, 0, 2))
+        r = flat.shape[0]
+        slots = np.ascontiguousarray(slots.reshape(c, r // k, k, width).transpose(0, 1, 3, 2)).reshape(
+            c, r // k, width * k)
+    return slots
+
+
+def slot_period(graph: Graph, slots: int) -> int:
+    """The smallest power of two P (at most ``slots``) such that every input layout and every
+    plaintext vector of a slots-layout program repeats with period P in the ciphertext's slots.
+    Rotations, sums and products keep a period, so every value of the program then repeats with
+    P, and slot j of a ciphertext holds what slot j mod P holds: a model smaller than the ring's
+    slots has its values replicated (a rotation must find the next period's slots filled)."""
+    k = inputs_per_ciphertext(graph)
+    period = k
+    for op in graph.ops:
+        if op.name == "hecc.input" and op.attrs.get("layout"):
+            layout = graph.constants[op.attrs["layout"]]
+            width = layout.shape[1]
+            p = max(1, period // k)
+            while p < width and not np.array_equal(layout, np.tile(layout[:, :p], (1, width // p))):
+                p *= 2
+            period = max(period, p * k)
+        elif op.attrs.get("plain") and op.name in ("ckks.mul_plain", "ckks.add_plain"):
+            period = max(period, graph.constants[op.attrs["plain"]].shape[1] * k)
+    return min(period, slots)
+
+
+def fold_slots(positions: np.ndarray, slots: int, period: int) -> np.ndarray:
+    """Slot numbers of ciphertexts of ``slots`` laid end to end, as the same slots of
+    ciphertexts kept as their first ``period`` slots (``slot_period``)."""
+    return (positions // slots) * period + (positions % slots) % period
 
 
 def program_params(graph: Graph) -> Params:

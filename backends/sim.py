@@ -6,6 +6,8 @@ names the op when it does not (that is where real CKKS would silently return gar
 ``noise=True`` it adds the errors real CKKS makes, measured on SEAL (tools: benchmarks): each fresh
 encryption and each rescale adds Gaussian error of std NOISE_PER_N * N / scale to every slot, and
 plaintext weights are rounded to the scale they are encoded at; so it predicts TenSEAL's precision.
+In the slots layout a ciphertext is kept as one period of its slots (``slot_period``): a model
+smaller than the ring's slots is replicated over them, and one copy computes what every copy holds.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import numpy as np
 from ..errors import HeccWarning, InputError
 from ..ir import Graph, print_op, value_names
 from ..params import modulus_bits_at
-from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, inputs_per_ciphertext, interleaved, is_slots,
-                     plain_rows, program_params, quantized, run_client_tail, slot_inputs, slot_outputs,
-                     split_program)
+from .common import (SLOTS_CHUNK, LinearWeights, RunStats, batches, fold_slots, inputs_per_ciphertext, interleaved,
+                     is_slots, plain_rows, program_params, quantized, run_client_tail, slot_inputs, slot_outputs,
+                     slot_period, split_program)
 
 NOISE_PER_N = 0.17  # SEAL, N = 8192 and 16384: std 1390 and 2750 per slot, times 1/scale
 # A key switch (rotation, relinearization) adds the rounding of its division by the special prime P
@@ -118,8 +120,13 @@ class Simulator:
         self.outside = self.checked = self.filled = 0
         self.slots_layout = is_slots(graph)
         self.per_ct = inputs_per_ciphertext(graph)
-        self.slots = self.params.slots if self.params else (
-            self.inputs[0].result.type.slots if self.inputs else 0)
+        self.slots = self.params.slots if self.params else 0
+        if self.slots_layout and self.inputs:  # the slots an input is laid out over (K x one input's)
+            self.slots = graph.constants[self.inputs[0].attrs["layout"]].shape[1] * self.per_ct
+        # the slots layout keeps a ciphertext as one period of its slots: a model smaller than
+        # the ring's slots is replicated over them (the ViT's 2,048 slots four times over 8,192),
+        # every value the same in each copy, and a slot's noise has the same law in every copy
+        self.period = slot_period(graph, self.slots) if self.slots_layout and self.slots else self.slots
         self.peaks: dict = {}
         last_use: dict = {}
         for index, op in enumerate(self.server + self.decrypts):
@@ -183,7 +190,7 @@ class Simulator:
         """Inputs (R, *shape) as the program's input ciphertexts: (ciphertexts, R) in the batch
         layout, (ciphertexts, R, slots) in the slots layout."""
         if self.slots_layout:
-            return slot_inputs(self.graph, op, x)
+            return slot_inputs(self.graph, op, x, self.period)
         return x.reshape(x.shape[0], -1).T
 
     def _forget(self, op, env, track: bool = False) -> None:
@@ -206,30 +213,31 @@ class Simulator:
             return out
         if name == "ckks.extract":
             return args[0][op.attrs["index"]: op.attrs["index"] + 1]
-        rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0], self.per_ct)[:, None, :]
+        encode = None
+        if name == "ckks.mul_plain" and self.noise:
+            encode = lambda rows: self._encoded(rows, op.attrs["weight_scale"])  # noqa: E731
+        rows = plain_rows(self.graph, op, args[0].shape[-1], args[0].shape[0], self.per_ct, encode)[:, None, :]
         if name == "ckks.mul_plain":
-            if self.noise:
-                # repeated for K interleaved inputs, a one-input period P is a period of P * K
-                period = self.graph.constants[op.attrs["plain"]].shape[1] * self.per_ct
-                rows = self._encoded(rows, op.attrs["weight_scale"], period)
             return args[0] * rows
         y = args[0] + rows  # add_plain
         if op.attrs.get("checks_interval") and self.params is not None:
             flat = np.transpose(y, (1, 0, 2)).reshape(y.shape[1], -1)
-            at = interleaved(self.graph, self.graph.constants[op.attrs["checks_interval"]], y.shape[-1])
+            at = fold_slots(interleaved(self.graph, self.graph.constants[op.attrs["checks_interval"]], self.slots),
+                            self.slots, self.period)
             inside = flat[:, at].reshape(-1, at.shape[1])[: self.filled]
             self.outside += int(np.count_nonzero(np.abs(inside) > 1.0))
             self.checked += inside.size
         return y
 
-    def _encoded(self, rows: np.ndarray, bits: int, period: int) -> np.ndarray:
-        """Weight vectors as CKKS encodes them at 2^bits: a constant vector is a constant
-        polynomial, rounded to the scale's grid; a vector repeating with period P is a polynomial
-        of 2P coefficients, whose rounding adds an error of std sqrt(2P / 12) / 2^bits to every
-        slot (measured with SEAL)."""
+    def _encoded(self, rows: np.ndarray, bits: int) -> np.ndarray:
+        """Weight vectors (one period P of each, the slots' vectors repeat it) as CKKS encodes
+        them at 2^bits: a constant vector is a constant polynomial, rounded to the scale's grid;
+        a vector repeating with period P is a polynomial of 2P coefficients, whose rounding adds
+        an error of std sqrt(2P / 12) / 2^bits to every slot (measured with SEAL), repeating
+        with the same period."""
         rounded = quantized(rows, bits)
         varying = np.ptp(rows, axis=-1, keepdims=True) > 0
-        std = math.sqrt(2 * period / 12.0) / 2.0 ** bits
+        std = math.sqrt(2 * rows.shape[-1] / 12.0) / 2.0 ** bits
         return np.where(varying, rows + self.rng.standard_normal(rows.shape, dtype=np.float32) * std, rounded)
 
     def _apply(self, op, env):
@@ -308,7 +316,7 @@ class Simulator:
             for op in self.decrypts:
                 ct = env[op.operands[0]]
                 if self.slots_layout:
-                    env[op.result] = slot_outputs(self.graph, op, ct, hi - lo)
+                    env[op.result] = slot_outputs(self.graph, op, ct, hi - lo, self.slots)
                 else:
                     env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
             run_client_tail(self.graph, self.client, env)

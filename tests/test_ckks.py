@@ -583,3 +583,27 @@ def test_pooling_summed_by_rotations_equals_the_folded_one_in_every_backend(monk
     def products(p):
         return sum(op.name == "ckks.mul_plain" for op in p.with_layout("slots").graph.ops)
     assert products(prog) < products(folded)
+
+
+def test_simulating_one_period_of_the_slots_equals_simulating_them_all(monkeypatch):
+    """A slots-layout model far smaller than the ring's slots has its values replicated over them,
+    and the simulator computes one period (here 64 slots of 4,096; the ViT's 2,048 of 8,192): the
+    outputs and every value's maximum are those of a simulation over all the slots, to the bit,
+    and the simulated CKKS error (each slot's noise drawn alike) has the same size."""
+    model = POLY_MODELS["conv_pool_cube"]()
+    x = np.random.default_rng(3).uniform(-1, 1, (48, 1, 6, 6))
+    program = hecc.compile(model, calibration=x, layout="slots")
+    graph, ckks = program.graph, program.artifact.graph("ckks-slots")
+    periodic = sim.Simulator(graph)
+    assert periodic.period * 16 <= periodic.slots
+    runs = []
+    for whole in (False, True):
+        if whole:
+            monkeypatch.setattr(sim, "slot_period", lambda graph, slots: slots)
+        assert (sim.Simulator(graph).period == periodic.slots) == whole
+        exact = sim.Simulator(graph).run([x])[0]
+        errors = [sim.Simulator(graph, noise=True, seed=seed).run([x])[0] - exact for seed in range(8)]
+        runs.append((exact, sim.ckks_magnitudes(ckks, [x]), np.std(errors)))
+    (exact, peaks, error), (exact_all, peaks_all, error_all) = runs
+    assert np.array_equal(exact, exact_all) and peaks == peaks_all and len(peaks) > 5
+    assert 0.8 < error / error_all < 1.25 and error > 0
