@@ -179,3 +179,21 @@ def test_form_with_a_constant_equals_the_op_run_per_column(monkeypatch):
     assert sum(form is not None for form in calls) >= 4
     assert_close(outputs[0], outputs[1], 1e-12, "with_constant against through")
     assert_close(outputs[0], expected, 1e-9, "against the tensor program")
+
+
+def test_diagonal_rows_in_emission_order_are_the_product_rows_rotated_by_their_giant_steps():
+    """The slots layout's weight table is written in one pass: each product's diagonal row, in the
+    order the products are emitted (-1: a row of zeros), rotated by its giant step (k // g) * g."""
+    from hecc.passes.lower_to_ckks.diagonal import Part, Plan
+    from hecc.passes.lower_to_ckks.placement import compact
+    rng = np.random.default_rng(4)
+    rows, cols = np.nonzero(rng.random((40, 100)) < 0.3)
+    part = Part("x", compact(100, 256), rows, cols, rng.normal(size=rows.size))
+    plan = Plan([part], compact(40, 256), 256, g=4)
+    plain = plan.diagonal_rows()
+    _, ks, _ = plan._product_fields()
+    order = np.concatenate([rng.permutation(plan.products.size), [-1]])
+    table = plan.diagonal_rows(order, plan.g)
+    assert table.shape == (order.size, plan.length) and not table[-1].any()
+    for row, product in enumerate(order[:-1]):
+        assert np.array_equal(table[row], np.roll(plain[product], (ks[product] // plan.g) * plan.g))

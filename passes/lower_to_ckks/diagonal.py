@@ -157,11 +157,24 @@ class Plan:
             g *= 2
         return best
 
-    def diagonal_rows(self) -> np.ndarray:
-        """One row of ``length`` slots per product (in ``products`` order)."""
-        flat = np.bincount(self.product_of * self.length + self.u, weights=self.values,
-                           minlength=self.products.size * self.length)
-        return flat.reshape(self.products.size, self.length)
+    def diagonal_rows(self, order: np.ndarray | None = None, g: int | None = None) -> np.ndarray:
+        """One row of ``length`` slots per product (in ``products`` order); with ``order`` (a
+        product per row, or -1 for a row of zeros) in that order, each product's row rotated by
+        its giant step (k // g) * g, which the map applies after the product. One pass over the
+        weights: a ViT's maps have 10,000 rows of 2,048 slots, and copies of them cost seconds."""
+        n, length = self.products.size, self.length
+        if order is None:
+            return np.bincount(self.product_of * length + self.u, weights=self.values,
+                               minlength=n * length).reshape(n, length)
+        g = g or self.g
+        row = np.full(n, -1, dtype=np.int64)
+        taken = order >= 0
+        row[order[taken]] = np.flatnonzero(taken)
+        _, ks, _ = self._product_fields()
+        shift = (ks // g) * g
+        at = (self.u + shift[self.product_of]) % length
+        flat = np.bincount(row[self.product_of] * length + at, weights=self.values, minlength=order.size * length)
+        return flat.reshape(order.size, length)
 
 
 def baby_step(nonzero: list[int]) -> int:

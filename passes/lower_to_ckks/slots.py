@@ -417,7 +417,6 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         w = self.weight_bits
         g, out = plan.g, plan.out
         inputs, ks, cos = plan._product_fields()
-        rows = plan.diagonal_rows()
         babies: dict[tuple[int, int], Value] = {}
         for index, steps in plan.babies().items():
             part_index, ct = plan.inputs[index]
@@ -430,21 +429,21 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         results = []
         order = np.lexsort((inputs, ks, cos))
         name = self.constant("diagonals", np.zeros((0, plan.length)))
-        table = []
+        table = []  # the product of each row of the weights, in the order the products are emitted
         for co in range(out.cts):
             mine = order[cos[order] == co]
             inner: dict[int, Value] = {}
-            for at in mine:
+            for at in mine.tolist():
                 k = int(ks[at])
                 i, j = k % g, k // g
-                table.append(np.roll(rows[at], j * g))
+                table.append(at)
                 x = babies[(int(inputs[at]), i)]
                 term = self.typed("ckks.mul_plain", [x], {"plain": name, "row": len(table) - 1, "weight_scale": w},
                                   shape=shape)
                 inner[j] = term if j not in inner else self.typed("ckks.add", [inner[j], term], {})
             if not inner:  # an output ciphertext no weight reaches: zeros
                 x = next(iter(babies.values()), None) or self._ciphertext(plan.parts[0].key, 0)
-                table.append(np.zeros(plan.length))
+                table.append(-1)
                 inner[0] = self.typed("ckks.mul_plain", [x], {"plain": name, "row": len(table) - 1,
                                                               "weight_scale": w}, shape=shape)
             giants = sorted(inner, reverse=True)
@@ -456,7 +455,7 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
             if previous:
                 acc = self.typed("ckks.rotate", [acc], {"step": previous * g})
             results.append(self.rotate_and_sum(acc, plan.span, plan.gather))
-        self.out.constants[name] = np.asarray(table)
+        self.out.constants[name] = plan.diagonal_rows(np.array(table, dtype=np.int64), g)
         return self._joined(results, out)
 
     def _joined(self, results: list[Value], out: Placement) -> Value:
