@@ -24,7 +24,8 @@ from .ir import Graph, parse, verify
 from .manifest import FINAL_STAGES, check_program, check_tensor_stage, manifest_problem
 
 FORMAT = "hecc-artifact"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: equal weight arrays are stored once (the manifest's "weight_aliases")
+READABLE_VERSIONS = (2, 3)
 COMMENT = b"hecc sha256:"
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -70,10 +71,15 @@ def to_bytes(artifact: Artifact) -> bytes:
     """The artifact as a zip of stored members (nothing compressed, so reading it back can never
     take more memory than the file's size), the manifest's sha256 in the zip comment."""
     weights = io.BytesIO()
-    np.savez(weights, **artifact.constants)
+    stored, aliases = _stored_once(artifact.constants)
+    np.savez(weights, **stored)
     members = {f"ir/{name}.hir": text.encode() for name, text in artifact.stages.items()}
     members["weights.npz"] = weights.getvalue()
-    manifest = json.dumps(dict(artifact.manifest, members={k: _sha256(v) for k, v in sorted(members.items())}),
+    head = {k: v for k, v in artifact.manifest.items() if k not in ("members", "weight_aliases")}
+    if aliases:
+        head["weight_aliases"] = aliases
+    head["format_version"] = FORMAT_VERSION
+    manifest = json.dumps(dict(head, members={k: _sha256(v) for k, v in sorted(members.items())}),
                           indent=2, sort_keys=True).encode()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -82,6 +88,27 @@ def to_bytes(artifact: Artifact) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def _stored_once(constants: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(the arrays to store, {name: stored name} for the others): equal arrays (same type,
+    shape and values) are stored once. The ViT's slots and packed programs share their weight
+    tables, half of a 370 MB artifact."""
+    stored: dict[str, np.ndarray] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, list[str]] = {}
+    for name, array in constants.items():
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.ravel()[:8].tobytes(),
+               float(array.sum()) if array.dtype.kind in "biuf" and array.size else 0.0)
+        same = next((other for other in seen.get(key, [])
+                     if stored[other] is array or np.array_equal(stored[other], array)), None)
+        if same is None:
+            stored[name] = array
+            seen.setdefault(key, []).append(name)
+        else:
+            aliases[name] = same
+    return stored, aliases
 
 
 def save(artifact: Artifact, path: str) -> None:
@@ -117,6 +144,11 @@ def load(path: str) -> Artifact:
     manifest = files.pop("manifest.json")
     stages = {stage: _text(files[f"ir/{stage}.hir"], path, stage) for stage in manifest["stages"]}
     constants = read_weights(files["weights.npz"], path)
+    for alias, name in manifest.get("weight_aliases", {}).items():
+        if alias in constants or name not in constants:
+            raise ArtifactError(f"{path}: weight alias {alias!r} -> {name!r} does not name one stored array; "
+                                "compile the model again")
+        constants[alias] = constants[name]
     art = Artifact(stages, constants, manifest)
     try:
         for stage in stages:
@@ -150,10 +182,10 @@ def _read_members(zf: zipfile.ZipFile, path: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a hecc artifact (manifest format is {manifest.get('format')!r})"
                             if isinstance(manifest, dict) else f"{path}: not a hecc artifact")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{path}: artifact format version {manifest.get('format_version')!r} is not "
-                            f"supported by hecc {__version__} (it reads version {FORMAT_VERSION}); "
-                            "compile the model again with this hecc")
+                            f"supported by hecc {__version__} (it reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}); compile the model again with this hecc")
     problem = manifest_problem(manifest)
     if problem:
         raise ArtifactError(f"{path}: the manifest is invalid ({problem}); compile the model again")
@@ -192,6 +224,11 @@ def read_weights(data: bytes, path: str) -> dict[str, np.ndarray]:
     against the member's bytes before any array is allocated; no pickles."""
     from .arrays import load_named_arrays
     try:
-        return load_named_arrays(io.BytesIO(data), "weights.npz", stored_only=True)
+        weights = load_named_arrays(io.BytesIO(data), "weights.npz", stored_only=True)
     except UserError as exc:
         raise ArtifactError(f"{path}: {exc}; compile the model again") from None
+    complex_ = sorted(name for name, array in weights.items() if array.dtype.kind == "c")
+    if complex_:  # a program computes on real numbers: the imaginary parts would be dropped silently
+        raise ArtifactError(f"{path}: weights {', '.join(complex_[:3])} are complex numbers, which hecc never "
+                            "writes; compile the model again")
+    return weights

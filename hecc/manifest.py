@@ -74,6 +74,7 @@ FIELDS = {
     "not_encrypted_because": lambda x: isinstance(x, str),
     "layout_unavailable": lambda x: _str_dict(x, lambda v: isinstance(v, str)),
     "scales": lambda x: _str_dict(x, lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(b, 0, 60) for b in v)),
+    "weight_aliases": lambda x: _str_dict(x, lambda v: isinstance(v, str)),
     "pass_seconds": lambda x: isinstance(x, list) and all(
         isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _is_num(p[1]) for p in x),
 }

@@ -432,7 +432,8 @@ def semantic_manifest_edit(data, manifest: dict, members: dict, label: str):
                                         label=f"{label}: options")
     else:
         key = data.draw(st.sampled_from(["rotation_keys", "predicted_precision", "approximations", "pass_seconds",
-                                         "not_encrypted_because", "layout_unavailable"]), label=f"{label}: field")
+                                         "not_encrypted_because", "layout_unavailable", "weight_aliases"]),
+                        label=f"{label}: field")
         manifest[key] = data.draw({
             "rotation_keys": st.dictionaries(st.sampled_from(["keys", "steps_used", "rotations", "x"]),
                                              st.sampled_from([0, 1, 2 ** 40])
@@ -447,6 +448,8 @@ def semantic_manifest_edit(data, manifest: dict, members: dict, label: str):
                                                st.sampled_from([0, -1.0, 1e308])).map(list), max_size=3),
             "not_encrypted_because": st.sampled_from(["", "x" * 1000, "{}"]),
             "layout_unavailable": st.dictionaries(st.sampled_from(["batch", "slots", "x"]), st.sampled_from(["", "why"])),
+            "weight_aliases": st.dictionaries(st.sampled_from(["x", "", "packed.layout.1", "layout.1", "../w"]),
+                                              st.sampled_from(["x", "", "layout.1", "packed.layout.1", "nothing"])),
         }[key], label=f"{label}: value")
     return manifest, members
 

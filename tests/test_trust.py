@@ -269,6 +269,9 @@ def _galois(steps):
     (_galois(list(range(1, 301))), "keygen", "keys must be exactly the steps it uses"),
     (_galois([0]), "keygen", "rotation steps must be distinct and between 1"),
     (_galois([-1]), "keygen", "rotation steps must be distinct and between 1"),
+    (lambda m, _: m.update(weight_aliases={"w": "nothing"}), "inspect", "does not name one stored array"),
+    (lambda m, _: m.update(weight_aliases=["w"]), "inspect", "invalid field(s) weight_aliases"),
+    (lambda m, _: m.update(format_version=4), "inspect", "it reads versions 2, 3"),
 ])
 def test_edited_manifests_and_programs_are_refused(world, edit, command, message):
     root, run, _, _ = world
@@ -277,6 +280,42 @@ def test_edited_manifests_and_programs_are_refused(world, edit, command, message
         ("inspect", "edited.hecc")
     _refused(run(*args, ok=False), message)
     assert not (root / "edited-keys").exists() or os.listdir(root / "edited-keys") == []
+
+
+def test_equal_weight_arrays_are_stored_once_and_load_as_one(world, tmp_path):
+    """An artifact stores an array once however many constants hold it (the slots and packed
+    programs share their weight tables): the others are aliases in the manifest, and loading
+    gives them the one array."""
+    from hecc import artifact
+    root = world[0]
+    art = hecc.load(root / "cn.hecc").artifact
+    name, array = max(art.constants.items(), key=lambda kv: kv[1].nbytes)
+    art.constants["a.copy"] = array.copy()
+    artifact.save(art, str(tmp_path / "dup.hecc"))
+    back = artifact.load(str(tmp_path / "dup.hecc"))
+    assert back.manifest["weight_aliases"]["a.copy"] in art.constants
+    assert back.constants["a.copy"] is back.constants[back.manifest["weight_aliases"]["a.copy"]]
+    assert set(back.constants) == set(art.constants)
+    assert all(np.array_equal(back.constants[k], v) for k, v in art.constants.items())
+    del art.constants["a.copy"]
+    artifact.save(art, str(tmp_path / "plain.hecc"))
+    assert os.path.getsize(tmp_path / "dup.hecc") < os.path.getsize(tmp_path / "plain.hecc") + 4096
+
+
+def test_complex_weights_are_refused(world):
+    """A program computes on real numbers; complex weights (their imaginary parts would be
+    dropped on the way) are refused on loading."""
+    root, run, _, _ = world
+
+    def edit(manifest, members):
+        weights = dict(np.load(io.BytesIO(members["weights.npz"])))
+        name = sorted(weights)[0]
+        weights[name] = weights[name].astype(np.complex128) * 1j
+        buf = io.BytesIO()
+        np.savez(buf, **weights)
+        members["weights.npz"] = buf.getvalue()
+    _rewrite(root / "cn.hecc", root / "complex.hecc", edit, "manifest.json")
+    _refused(run("inspect", "complex.hecc", ok=False), "are complex numbers")
 
 
 def test_keygen_refuses_more_evaluation_keys_than_its_budget(world):
