@@ -49,49 +49,47 @@ def _peak(array: np.ndarray) -> float:
 
 def ckks_magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
     """max |value| of every ciphertext value of a (not yet parameterized) ckks program on inputs
-    of shape (R, *S): parameter selection sizes the modulus by these. A large slots-layout run
-    (thousands of ops on dozens of inputs: the ViT's takes 9 s) is split between two forked
+    of shape (R, *S): parameter selection sizes the modulus by these."""
+    return magnitudes_and_outputs(graph, stacked, 0)[0]
+
+
+def magnitudes_and_outputs(graph: Graph, stacked: list[np.ndarray], count: int) -> tuple[dict, list]:
+    """``ckks_magnitudes`` and the program's outputs on the first ``count`` inputs (exact: a
+    noiseless simulation of the final program computes the same numbers). A large slots-layout
+    run (thousands of ops on dozens of inputs: the ViT's takes 9 s) is split between two forked
     processes by inputs: the same maxima, to the bit (each input's slot vectors are computed
     alone; the batch layout's products by weight matrices are not: BLAS sums them in an order
     that depends on how many inputs there are), in half the time on two cores."""
     runs = stacked[0].shape[0] if stacked else 1
     if ((os.cpu_count() or 1) < 2 or runs < 2 or not is_slots(graph)
             or len(graph.ops) * runs < PARALLEL_MAGNITUDE_WORK):
-        return _magnitudes(graph, stacked)
+        return _magnitudes(graph, stacked, count)
     from .workers import forked_map
-    global _MAGNITUDE_JOB
     values = [v for op in graph.ops for v in op.results]
-    _MAGNITUDE_JOB = (graph, stacked, values)
-    try:
-        halves = list(forked_map(_magnitudes_of, [(0, runs // 2), (runs // 2, runs)], 2,
-                                 "It was simulating the program on the calibration inputs to measure its values."))
-    finally:
-        _MAGNITUDE_JOB = None
+
+    def half(span):  # in a forked process: the peaks of inputs lo..hi-1 per value, in order
+        lo, hi = span
+        peaks, outputs = _magnitudes(graph, [x[lo:hi] for x in stacked], max(0, count - lo))
+        return [peaks.get(v) for v in values], outputs  # None: not a ciphertext the run made
+    halves = list(forked_map(half, [(0, runs // 2), (runs // 2, runs)], 2,
+                             "It was simulating the program on the calibration inputs to measure its values."))
     peaks = {}
-    for v, *found in zip(values, *halves):
+    for v, *found in zip(values, *(found for found, _ in halves)):
         found = [a for a in found if a is not None]
         if found:
             peaks[v] = max(found)
-    return peaks
+    found = [outs for _, outs in halves if outs]
+    return peaks, [np.concatenate(parts)[:count] for parts in zip(*found)]
 
 
-PARALLEL_MAGNITUDE_WORK = 1 << 19  # ops x inputs from which ckks_magnitudes forks (about a second)
-_MAGNITUDE_JOB = None  # (program, inputs, its values in order) the forked halves read
+PARALLEL_MAGNITUDE_WORK = 1 << 19  # ops x inputs from which the magnitude run forks (about a second)
 
 
-def _magnitudes_of(span: tuple[int, int]) -> list:
-    """In a forked process: the peaks of the inputs lo..hi-1 of ``_MAGNITUDE_JOB``, per value in
-    its order (None: not a ciphertext the run made)."""
-    graph, stacked, values = _MAGNITUDE_JOB
-    lo, hi = span
-    peaks = _magnitudes(graph, [x[lo:hi] for x in stacked])
-    return [peaks.get(v) for v in values]
-
-
-def _magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
+def _magnitudes(graph: Graph, stacked: list[np.ndarray], count: int = 0) -> tuple[dict, list]:
     sim = Simulator(graph, parameterized=False)
     runs = stacked[0].shape[0] if stacked else 1
     peaks: dict = {}
+    pieces = []
     for lo, hi in batches(runs, SLOTS_CHUNK * inputs_per_ciphertext(graph) if sim.slots_layout else runs):
         trace: dict = {}
         for op, x in zip(sim.inputs, stacked):
@@ -103,7 +101,10 @@ def _magnitudes(graph: Graph, stacked: list[np.ndarray]) -> dict:
         for v, a in sim.peaks.items():
             peaks[v] = max(peaks.get(v, 0.0), a)
         sim.peaks = {}
-    return peaks
+        if lo < count:
+            pieces.append(sim._decrypted(trace, hi - lo))
+    outputs = [np.concatenate([p[i] for p in pieces])[:count] for i in range(len(sim.outputs))] if pieces else []
+    return peaks, outputs
 
 
 class Simulator:
@@ -290,6 +291,18 @@ class Simulator:
             return args[0] + self._noise(args[0].shape, t.scale_bits) * self._keyswitch(t.level)
         return args[0]  # relinearize, modswitch, noiseless rescale: bookkeeping only
 
+    def _decrypted(self, env: dict, count: int) -> list[np.ndarray]:
+        """The outputs of ``count`` inputs from the server's results in ``env``: decrypted (read
+        at their slots) and through the client's ops."""
+        for op in self.decrypts:
+            ct = env[op.operands[0]]
+            if self.slots_layout:
+                env[op.result] = slot_outputs(self.graph, op, ct, count, self.slots)
+            else:
+                env[op.result] = ct.T.reshape((count,) + op.result.type.shape)
+        run_client_tail(self.graph, self.client, env)
+        return [env[op.operands[0]] for op in self.outputs]
+
     def run(self, stacked: list[np.ndarray], stats: RunStats | None = None) -> list[np.ndarray]:
         stats = stats or RunStats()
         runs = stacked[0].shape[0] if stacked else 1
@@ -313,14 +326,7 @@ class Simulator:
                 self._check(op, op.result, env[op.result])
                 self._forget(op, env)
             stats.seconds["eval"] += time.perf_counter() - start
-            for op in self.decrypts:
-                ct = env[op.operands[0]]
-                if self.slots_layout:
-                    env[op.result] = slot_outputs(self.graph, op, ct, hi - lo, self.slots)
-                else:
-                    env[op.result] = ct.T.reshape((hi - lo,) + op.result.type.shape)
-            run_client_tail(self.graph, self.client, env)
-            pieces.append([env[op.operands[0]] for op in self.outputs])
+            pieces.append(self._decrypted(env, hi - lo))
         stats.eval_wall_seconds = stats.seconds["eval"]
         if self.outside:
             warnings.warn(

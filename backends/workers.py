@@ -3,7 +3,9 @@ the run.
 
 ``forked_map(fn, items, workers)`` runs ``fn`` on each item in forked children (which inherit
 the parent's keys, SEAL objects and arrays, so nothing is serialized to start them) and yields
-the results in order. Rules:
+the results in order; ``forked_calls`` starts them and lets the parent work on meanwhile. ``fn``
+may be any callable, a closure over the parent's data included: the children inherit it (only
+the items and the results are pickled). Rules:
 - a worker that dies (the kernel's out-of-memory killer, a SIGKILL) ends the run within a second
   with ``WorkerDied``, which names the signal and the likely cause; the rest are killed;
 - workers die with their parent (``PR_SET_PDEATHSIG``), so a parent killed by SIGKILL leaves no
@@ -18,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import signal
@@ -39,22 +42,45 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
 
 
+_INHERITED: dict[int, object] = {}  # the callables of running forked calls, which the children inherit
+_KEYS = itertools.count()
+
+
+def _call_inherited(key: int, item):
+    return _INHERITED[key](item)
+
+
 def forked_map(fn, items, workers: int, memory_hint: str = ""):
     """Yield ``fn(item)`` for each item, in order, computed by ``workers`` forked processes."""
+    with forked_calls(fn, items, workers, memory_hint) as results:
+        yield from results()
+
+
+@contextlib.contextmanager
+def forked_calls(fn, items, workers: int, memory_hint: str = ""):
+    """Start ``fn(item)`` for each item in ``workers`` forked processes and yield a function
+    that yields the results in order (waiting for each), so that the caller can work on
+    meanwhile; leaving the block kills the workers still running."""
     items = list(items)
+    key = next(_KEYS)
+    _INHERITED[key] = fn
     executor = concurrent.futures.ProcessPoolExecutor(
         max_workers=max(1, min(workers, len(items))), mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker, initargs=(os.getpid(),))
     processes = {}
     try:
-        futures = [executor.submit(fn, item) for item in items]
+        futures = [executor.submit(_call_inherited, key, item) for item in items]
         processes = dict(getattr(executor, "_processes", None) or {})
-        for future in futures:
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                raise WorkerDied(_death_message(processes, memory_hint)) from None
+
+        def results():
+            for future in futures:
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    raise WorkerDied(_death_message(processes, memory_hint)) from None
+        yield results
     finally:
+        _INHERITED.pop(key, None)
         processes.update(getattr(executor, "_processes", None) or {})
         for process in processes.values():
             with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -344,7 +345,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
                           f"may not be the ranges your data produces: {assumed}. Pass calibration "
                           "data (--calibration X.npy)", HeccWarning, stacklevel=2)
         result.timings += approx_result.timings
-        reasons, slots, refused, one_input, one_seconds = {}, None, [], None, None
+        reasons, slots, refused, one_input, one_seconds, one_final = {}, None, [], None, None, None
         for name in wanted:
             try:
                 if name == "packed":
@@ -355,12 +356,12 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
                         one_seconds = _predicted_time(one_final)
                     chosen = dict(one_input, layout="slots", constant_prefix="packed.")
                     graph, timings = _lower_packed(approximated, calibration, chosen, one_input["slots"],
-                                                   print_after_all, progress, one_seconds)
+                                                   print_after_all, progress, one_seconds, one_final)
                 else:
                     chosen = dict(options, layout=name)
                     graph, timings = _lower(approximated, calibration, chosen, slots, print_after_all, progress)
                     if name == "slots":
-                        one_input, one_seconds = chosen, _predicted_time(graph[1])
+                        one_input, one_seconds, one_final = chosen, _predicted_time(graph[1]), graph[1]
                 lowered, final = graph
                 precision = _predicted_precision(final, calibration)
                 if precision is not None and precision > PRECISION_LIMIT:
@@ -494,26 +495,10 @@ MERGED_PRECISION = 1e-2
 
 
 def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress):
-    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
-    from .passes.select_parameters import SlotsMismatch
-    ranked = []
-    for order, (scale, bits) in enumerate(_slots_variants(options.get("scale_bits"), options.get("weight_scale_bits"))):
-        trial = dict(options, scale_bits=scale, weight_scale_bits=bits, slots=slots)
-        while True:  # the ring this program needs, from the lowering's own magnitude estimates
-            ckks = run_passes(approximated, CKKS_PIPELINE, trial)
-            try:
-                estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, trial).graph
-            except SlotsMismatch as exc:
-                trial["slots"] = exc.n // 2
-                continue
-            except UserError:
-                estimate = None
-            break
-        if estimate is not None:
-            smaller = _smaller_ring(approximated, trial, estimate)
-            if smaller is not None:
-                trial, ckks, estimate = smaller
-        ranked.append((_predicted_time(estimate), order, trial, ckks))
+    trials = [dict(options, scale_bits=scale, weight_scale_bits=bits, slots=slots)
+              for scale, bits in _slots_variants(options.get("scale_bits"), options.get("weight_scale_bits"))]
+    ranked = [(seconds, order, trial, ckks) for order, (seconds, trial, ckks)
+              in enumerate(_slots_estimates(approximated, trials))]
     ranked.sort(key=lambda entry: entry[:2])
     for position, (_, _, trial, ckks) in enumerate(ranked):
         (lowered, final), timings = _lower_measured(approximated, calibration, trial, print_after_all, progress,
@@ -524,6 +509,44 @@ def _lower_slots(approximated: Graph, calibration, options: dict, slots: int, pr
             if precision is None or precision > MERGED_PRECISION or agreement < 1.0:
                 continue
         return (lowered, final), timings
+
+
+def _slots_estimates(approximated: Graph, trials: list[dict]) -> list[tuple]:
+    """``_slots_estimate`` of each scale variant: the first in this process, the others at the
+    same time in a forked process, which sends back their predicted seconds and options but not
+    their lowerings (None: lowered again if one is kept). A ViT's variants take 3.5 s each."""
+    def elsewhere(rest):
+        return [(seconds, chosen) for seconds, chosen, _ in (_slots_estimate(approximated, t) for t in rest)]
+    with _beside(elsewhere, trials[1:] or None) as others:
+        first = _slots_estimate(approximated, trials[0])
+        found = others()
+    if len(found) != len(trials) - 1:  # the forked process failed: again here, to report why
+        return [first] + [_slots_estimate(approximated, trial) for trial in trials[1:]]
+    return [first] + [(seconds, chosen, None) for seconds, chosen in found]
+
+
+def _slots_estimate(approximated: Graph, trial: dict) -> tuple[float, dict, object]:
+    """(predicted seconds, options, CKKS lowering) of the slots program at one pair of scales,
+    laid out again for the ring its parameters need (from the lowering's own magnitude
+    estimates) and for a smaller one when its primes fit it."""
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    from .passes.select_parameters import SlotsMismatch
+    trial = dict(trial)
+    while True:
+        ckks = run_passes(approximated, CKKS_PIPELINE, trial)
+        try:
+            estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, trial).graph
+        except SlotsMismatch as exc:
+            trial["slots"] = exc.n // 2
+            continue
+        except UserError:
+            estimate = None
+        break
+    if estimate is not None:
+        smaller = _smaller_ring(approximated, trial, estimate)
+        if smaller is not None:
+            trial, ckks, estimate = smaller
+    return _predicted_time(estimate), trial, ckks
 
 
 def _smaller_ring(approximated: Graph, trial: dict, estimate: Graph):
@@ -554,39 +577,134 @@ PACKED_MIN_SLOTS = 16  # the smallest one-input layout a packed program is tried
 
 
 def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress,
-                  one: float | None = None):
+                  one: float | None = None, one_final: Graph | None = None):
     """The slots program (its scales, on a ring of ``slots`` slots) for K inputs per ciphertext:
     laid out for slots / K slots, K the largest power of two whose predicted time per batch of
     ciphertexts stays within PACKED_SLOWDOWN of one input's (the cost model, from the
     lowering's magnitude estimates; ``one``: the one-input program's predicted seconds, when
     known, else it is lowered here too): K inputs for about the time of one, until the values
-    of one input no longer fit the slots left to it. UnsupportedOpError when no K of 2 or more
-    does."""
+    of one input no longer fit the slots left to it. The search starts where the one-input
+    program (``one_final``) repeats its values (period P: K = slots / P fills the slots its
+    copies take, and that program is written from the one-input one: ``_interleaved``) and goes
+    up while K fits (the larger K tried in a forked process meanwhile), or down until one does
+    (the time grows with K). UnsupportedOpError when no K of 2 or more does."""
     from .errors import UnsupportedOpError
-    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
-    best, k, lowered = None, 1 if one is None else 2, None
-    while slots // (2 * k) >= PACKED_MIN_SLOTS:
-        trial = dict(options, slots=slots // k, inputs_per_ciphertext=k)
-        try:
-            ckks = run_passes(approximated, CKKS_PIPELINE, trial)
-            estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, trial).graph
-        except UserError:
-            break  # too large for slots / K slots, or for this ring
-        seconds = _predicted_time(estimate)
-        one = seconds if one is None else one
-        if seconds > PACKED_SLOWDOWN * one:
-            break
-        if k > 1:
-            best, lowered = trial, ckks
-        k *= 2
+    if one is None:
+        one = _packed_estimate(approximated, options, slots, 1)[0]
+    top = 2
+    while slots // (4 * top) >= PACKED_MIN_SLOTS:
+        top *= 2
+    if one is None or slots // 4 < PACKED_MIN_SLOTS:
+        raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext"})
+
+    def fits(seconds) -> bool:
+        return seconds is not None and seconds <= PACKED_SLOWDOWN * one
+
+    def upward(k: int) -> list:  # (K, seconds, options) from k up to the first K that does not fit
+        found = []
+        while k <= top:
+            seconds, chosen, _ = _packed_estimate(approximated, options, slots, k)
+            found.append((k, seconds, chosen))
+            if not fits(seconds):
+                break
+            k *= 2
+        return found
+
+    period = _slot_period(one_final) if one_final is not None else slots
+    k = min(max(2, slots // period), top)
+    best, derived = None, None
+    with _beside(upward, 2 * k if 2 * k <= top else None) as above:
+        if slots // period == k and one_final.meta.get("one_input_ckks") is not None:
+            derived = _interleaved(one_final.meta.pop("one_input_ckks"), options, slots, k, print_after_all,
+                                   progress)
+        if derived is not None:
+            (_, final), _, chosen = derived
+            seconds, lowered = _predicted_time(final), None
+            _noise_prediction(final, calibration)  # while the forked process tries the larger K
+        else:
+            seconds, chosen, lowered = _packed_estimate(approximated, options, slots, k)
+        if fits(seconds):
+            best = (k, chosen, lowered)
+            for k_up, seconds_up, chosen_up in above():
+                if not fits(seconds_up):
+                    break
+                best = (k_up, chosen_up, None)  # lowered again below
+    while best is None and k > 2:
+        k //= 2
+        seconds, chosen, lowered = _packed_estimate(approximated, options, slots, k)
+        best = (k, chosen, lowered) if fits(seconds) else None
     if best is None:
         raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext "
                                                              "for about the time of one"})
-    options.update(best)
-    return _lower_measured(approximated, calibration, options, print_after_all, progress, lowered)
+    options.update(best[1])
+    if derived is not None and best[1] is derived[2]:
+        return derived[:2]
+    return _lower_measured(approximated, calibration, options, print_after_all, progress, best[2])
+
+
+def _interleaved(one_input: Graph, options: dict, slots: int, k: int, print_after_all, progress):
+    """The packed program for K = slots / P inputs per ciphertext written from the one-input
+    program's CKKS lowering ``one_input`` (which this changes), whose values repeat with period P:
+    ((lowered, final), timings, options), or None when it does not repeat so
+    (``passes.lower_to_ckks.replicas``). Its magnitudes and exact outputs are the one-input
+    program's (the same numbers in other slots)."""
+    from .passes import FINAL_PIPELINE
+    from .passes.lower_to_ckks.replicas import interleaved_program
+    graph = interleaved_program(one_input, k, str(options.get("constant_prefix", "")))
+    if graph is None:
+        return None
+    chosen = dict(options, slots=slots // k, inputs_per_ciphertext=k)
+    lowered = print_graph(graph)
+    try:
+        done = run_passes(graph, FINAL_PIPELINE, chosen, print_after_all=print_after_all, progress=progress)
+    except UserError:
+        return None
+    done.graph.meta["exact_outputs"] = one_input.meta.get("exact_outputs")
+    return (lowered, done.graph), done.timings, chosen
+
+
+def _packed_estimate(approximated: Graph, options: dict, slots: int, k: int) -> tuple:
+    """(predicted seconds, or None if it does not lower; options; CKKS lowering) of the slots
+    program with K inputs per ciphertext."""
+    from .passes import CKKS_PIPELINE, FINAL_PIPELINE
+    chosen = dict(options, slots=slots // k, inputs_per_ciphertext=k)
+    try:
+        ckks = run_passes(approximated, CKKS_PIPELINE, chosen)
+        estimate = run_passes(_analyzed_copy(ckks.graph), FINAL_PIPELINE, chosen).graph
+    except UserError:  # too large for slots / K slots, or for this ring
+        return None, chosen, None
+    return _predicted_time(estimate), chosen, ckks
+
+
+@contextlib.contextmanager
+def _beside(fn, item):
+    """``fn(item)`` computed in a forked process while the block runs (in this process when
+    there is one core, or ``item`` is None: then nothing); yields a function returning it (a
+    list: [] when there was nothing to compute, or the forked process failed)."""
+    if item is None:
+        yield lambda: []
+        return
+    if (os.cpu_count() or 1) < 2:
+        yield lambda: fn(item)
+        return
+    from .backends.workers import forked_calls
+
+    def guarded(arg):
+        try:
+            return fn(arg)
+        except Exception:  # the caller goes on without it
+            return []
+    with forked_calls(guarded, [item], 1, "It was lowering the program for other layouts.") as results:
+        yield lambda: next(iter(results()))
 
 
 PACKED_SLOWDOWN = 2.0
+
+
+def _slot_period(final: Graph) -> int:
+    """The slots a slots-layout program's values repeat with (``backends.common.slot_period``)."""
+    from .backends.common import program_params, slot_period
+    return slot_period(final, program_params(final).slots)
 
 
 def _analyzed_copy(graph: Graph) -> Graph:
@@ -624,6 +742,11 @@ def _lower_measured(approximated: Graph, calibration, options: dict, print_after
                               progress=progress)
         _measure_ciphertexts(ckks.graph, calibration, options["layout"] == "slots")
         lowered = print_graph(ckks.graph)
+        exact = ckks.graph.meta.get("exact_outputs")
+        one_input = None
+        if options["layout"] == "slots" and int(options.get("inputs_per_ciphertext", 1)) == 1:
+            one_input = _analyzed_copy(ckks.graph)  # for the packed layout (``_interleaved``)
+            one_input.meta["exact_outputs"] = exact
         try:
             done = run_passes(ckks.graph, FINAL_PIPELINE, options, print_after_all=print_after_all,
                               progress=progress)
@@ -631,6 +754,8 @@ def _lower_measured(approximated: Graph, calibration, options: dict, print_after
             options["slots"] = exc.n // 2 // int(options.get("inputs_per_ciphertext", 1))
             ckks = None
             continue
+        done.graph.meta["exact_outputs"] = exact
+        done.graph.meta["one_input_ckks"] = one_input
         return (lowered, done.graph), ckks.timings + done.timings
 
 
@@ -654,32 +779,28 @@ def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
     from .backends.sim import Simulator  # noqa: F401  (imported before the workers fork)
     small = {k: np.asarray(v)[:NOISE_SAMPLE_SLOTS if is_slots(final) else NOISE_SAMPLE_BATCH]
              for k, v in calibration.items()}
-    global _NOISE_JOB
     try:
         stacked, _ = stack_inputs(final, small)
         # two noisy draws: a program's encoded weights carry one draw of encoding error each,
         # which moves its error by 2x or more from one set of keys to the next. A large program's
-        # three runs go to two forked processes (a compile of LeNet-5 spends most of its time here)
-        _NOISE_JOB = (final, stacked)
+        # draws go to two forked processes (a compile of LeNet-5 spends most of its time here)
         runs = stacked[0].shape[0]
+        simulate = (lambda job: _simulation(final, stacked, job))
+        # the exact outputs: those of the magnitude measurement's run, when it had these inputs
+        exact = final.meta.get("exact_outputs")
+        jobs = list(NOISE_DRAWS)
+        if not exact or any(e.shape[0] != runs for e in exact):
+            exact, jobs = None, jobs + [None]
         if (os.cpu_count() or 1) > 1 and len(final.ops) * stacked[0][:1].size >= PARALLEL_NOISE_WORK:
             from .backends.workers import forked_map
-            # the noisy draws first, then the exact run, in the slots layout in two halves of the
-            # inputs (no randomness, and each input's slots are computed alone: the same
-            # outputs to the bit): two workers finish in 1.5 runs' time instead of 2
-            split = runs > 1 and is_slots(final)
-            halves = [(None, 0, runs // 2), (None, runs // 2, runs)] if split else [(None, 0, runs)]
-            results = list(forked_map(_simulation, [(seed, 0, runs) for seed in NOISE_DRAWS] + halves, 2,
-                                      "It was simulating the compiled program on the calibration inputs to "
-                                      "predict its CKKS noise."))
-            noisy, parts = results[:len(NOISE_DRAWS)], results[len(NOISE_DRAWS):]
-            exact = [np.concatenate(outputs) for outputs in zip(*parts)]
+            results = list(forked_map(simulate, jobs, 2, "It was simulating the compiled program on the "
+                                                         "calibration inputs to predict its CKKS noise."))
         else:
-            exact, *noisy = map(_simulation, [(None, 0, runs)] + [(seed, 0, runs) for seed in NOISE_DRAWS])
+            results = list(map(simulate, jobs))
+        noisy = results[:len(NOISE_DRAWS)]
+        exact = exact or results[-1]
     except UserError:
         return None, 1.0
-    finally:
-        _NOISE_JOB = None
     pairs = [(a, b) for draw in noisy for a, b in zip(exact, draw) if a.dtype.kind == "f" and a.size]
     if not pairs:
         return None, 1.0
@@ -691,21 +812,18 @@ def _simulated_noise(final: Graph, calibration) -> tuple[float | None, float]:
 
 NOISE_DRAWS = (0, 1)
 PARALLEL_NOISE_WORK = 1 << 20  # ops x values of one input from which the simulations are forked
-_NOISE_JOB = None  # (program, inputs) the forked simulations read
 
 
-def _simulation(job):
-    """The noise prediction's program on its inputs lo..hi-1 (``job``: seed, lo, hi): exact
-    (``seed`` None) or with one draw of CKKS's errors (not checked against the modulus again:
-    the exact run does that)."""
+def _simulation(final: Graph, stacked: list, seed: int | None):
+    """The noise prediction's program on its inputs: exact (``seed`` None; the magnitude
+    measurement's run gives these outputs already, unless it had other inputs) or with one draw
+    of CKKS's errors. Neither checks values against the modulus: parameters were chosen from the
+    magnitudes that run measured on these inputs."""
     from .backends.sim import Simulator
-    final, stacked = _NOISE_JOB
-    seed, lo, hi = job
-    stacked = [x[lo:hi] for x in stacked]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if seed is None:
-            return Simulator(final).run(stacked)
+            return Simulator(final, checks=False).run(stacked)
         return Simulator(final, noise=True, seed=seed, checks=False).run(stacked)
 # calibration inputs the noise prediction simulates: every slot of each is a sample of the error, so
 # a few dozen inputs of the slots layout (thousands of slots each) bound it as well as more would
@@ -720,12 +838,15 @@ def _measure_ciphertexts(graph: Graph, calibration, slots: bool = False) -> None
     """Replace the lowering's magnitude estimates by the magnitudes the ciphertext program really
     reaches on the calibration inputs (partial sums of a layer can exceed its result). The slots
     layout simulates the first SLOTS_SAMPLE inputs and keeps the larger of that and the estimate
-    (the calibrated range of the tensor a value holds, over all the inputs)."""
-    from .backends.sim import ckks_magnitudes
+    (the calibrated range of the tensor a value holds, over all the inputs). The same run's
+    outputs on the inputs the noise prediction samples go to ``graph.meta["exact_outputs"]``:
+    a noiseless run of the final program computes the same numbers."""
+    from .backends.sim import magnitudes_and_outputs
     if slots:
         calibration = {k: np.asarray(v)[:SLOTS_SAMPLE] for k, v in calibration.items()}
     stacked, _ = stack_inputs(graph, calibration)
-    measured = ckks_magnitudes(graph, stacked)
+    measured, graph.meta["exact_outputs"] = magnitudes_and_outputs(
+        graph, stacked, NOISE_SAMPLE_SLOTS if slots else NOISE_SAMPLE_BATCH)
     estimates = graph.meta.setdefault("max_abs", {})
     for value, peak in measured.items():
         before = estimates.get(value, float("nan"))

@@ -607,3 +607,38 @@ def test_simulating_one_period_of_the_slots_equals_simulating_them_all(monkeypat
     (exact, peaks, error), (exact_all, peaks_all, error_all) = runs
     assert np.array_equal(exact, exact_all) and peaks == peaks_all and len(peaks) > 5
     assert 0.8 < error / error_all < 1.25 and error > 0
+
+
+def test_a_replicated_slots_program_is_packed_as_the_lowering_packs_it(monkeypatch):
+    """A one-input slots program whose values repeat with period P (64 of 4,096 slots here)
+    becomes the packed program for slots / P inputs per ciphertext without a second lowering;
+    every stage and weight is the one the lowering makes, and so are the outputs."""
+    from hecc import api
+    model = POLY_MODELS["conv_pool_cube"]()
+    x = np.random.default_rng(3).uniform(-1, 1, (48, 1, 6, 6))
+    made = []
+    interleaved = api._interleaved
+    monkeypatch.setattr(api, "_interleaved", lambda *a, **k: made.append(interleaved(*a, **k)) or made[-1])
+    derived = hecc.compile(model, calibration=x, layout="packed")
+    assert made and made[0] is not None
+    monkeypatch.setattr(api, "_interleaved", lambda *a, **k: None)
+    lowered = hecc.compile(model, calibration=x, layout="packed")
+    for stage in ("ckks-packed", "final-packed"):
+        assert derived.ir(stage) == lowered.ir(stage)
+    graph = lowered.artifact.graph("final-packed")
+    for name in graph.constants:
+        assert np.array_equal(derived.artifact.constants[name], lowered.artifact.constants[name]), name
+    assert np.array_equal(derived.run(x, backend="sim")["y"], lowered.run(x, backend="sim")["y"])
+
+
+@pytest.mark.parametrize("layout", ["slots", "batch"])
+def test_the_magnitude_runs_outputs_are_the_final_programs_exact_outputs(layout):
+    """The noise prediction compares noisy runs with the outputs the magnitude measurement's run
+    computed on the same inputs (no third run): they are a noiseless run of the final program."""
+    x = np.load(os.path.join(CRYPTONETS, "input.npy"))[:16]
+    program = hecc.compile(os.path.join(CRYPTONETS, "model.onnx"), calibration=x, layout=layout)
+    ckks = program.artifact.graph("ckks" if layout == "batch" else "ckks-slots")
+    _, outputs = sim.magnitudes_and_outputs(ckks, [x], 8)
+    exact = sim.Simulator(program.graph).run([x[:8]])
+    assert len(outputs) == len(exact) == 1
+    assert_close(outputs[0], exact[0], 1e-12, layout)

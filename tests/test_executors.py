@@ -69,3 +69,21 @@ def test_batches_side_by_side_are_limited_by_the_memory_available(monkeypatch):
     monkeypatch.setattr(local, "available_bytes", lambda: 2 << 30)
     assert local.fitting_workers(per, 2, 5, said.append) == 1
     assert "predicted memory for one batch is 3.0 GiB and 2.0 GiB are available" in said[-1]
+
+
+def test_forked_calls_run_a_closure_while_the_caller_works_and_end_with_the_block():
+    """``forked_calls`` hands a closure over the caller's data to forked processes (nothing but
+    the items and results is pickled) and returns their results in order while the caller goes
+    on; leaving the block kills what still runs."""
+    import time
+    from hecc.backends.workers import forked_calls
+    data = np.arange(10)
+    with forked_calls(lambda k: (int(data[k]) * 2, os.getpid()), [3, 4], 2) as results:
+        mine = int(data.sum())
+        found = list(results())
+    assert [value for value, _ in found] == [6, 8] and mine == 45
+    assert all(pid != os.getpid() for _, pid in found)
+    start = time.monotonic()
+    with forked_calls(time.sleep, [60], 1):
+        pass
+    assert time.monotonic() - start < 10
