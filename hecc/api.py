@@ -620,7 +620,8 @@ def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, p
         if derived is not None:
             (_, final), _, chosen = derived
             seconds, lowered = _predicted_time(final), None
-            _noise_prediction(final, calibration)  # while the forked process tries the larger K
+            if fits(seconds):
+                _noise_prediction(final, calibration)  # while the forked process tries the larger K
         else:
             seconds, chosen, lowered = _packed_estimate(approximated, options, slots, k)
         if fits(seconds):
