@@ -613,16 +613,23 @@ def test_a_replicated_slots_program_is_packed_as_the_lowering_packs_it(monkeypat
     """A one-input slots program whose values repeat with period P (64 of 4,096 slots here)
     becomes the packed program for slots / P inputs per ciphertext without a second lowering;
     every stage and weight is the one the lowering makes, and so are the outputs."""
+    import contextlib
     from hecc import api
     model = POLY_MODELS["conv_pool_cube"]()
     x = np.random.default_rng(3).uniform(-1, 1, (48, 1, 6, 6))
+
+    @contextlib.contextmanager
+    def no_larger_k(fn, item):  # K = slots / P is kept (the search would go on to 128 here)
+        yield lambda: []
+    monkeypatch.setattr(api, "_beside", no_larger_k)
     made = []
     interleaved = api._interleaved
     monkeypatch.setattr(api, "_interleaved", lambda *a, **k: made.append(interleaved(*a, **k)) or made[-1])
     derived = hecc.compile(model, calibration=x, layout="packed")
-    assert made and made[0] is not None
+    assert made and made[0] is not None and derived.parameters["inputs_per_ciphertext"] == 64
     monkeypatch.setattr(api, "_interleaved", lambda *a, **k: None)
     lowered = hecc.compile(model, calibration=x, layout="packed")
+    assert lowered.parameters["inputs_per_ciphertext"] == 64
     for stage in ("ckks-packed", "final-packed"):
         assert derived.ir(stage) == lowered.ir(stage)
     graph = lowered.artifact.graph("final-packed")
