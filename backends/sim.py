@@ -122,8 +122,9 @@ class Simulator:
         self.slots_layout = is_slots(graph)
         self.per_ct = inputs_per_ciphertext(graph)
         self.slots = self.params.slots if self.params else 0
-        if self.slots_layout and self.inputs:  # the slots an input is laid out over (K x one input's)
-            self.slots = graph.constants[self.inputs[0].attrs["layout"]].shape[1] * self.per_ct
+        laid_out = [op for op in self.inputs if op.attrs.get("layout")]
+        if self.slots_layout and laid_out:  # the slots an input is laid out over (K x one input's)
+            self.slots = graph.constants[laid_out[0].attrs["layout"]].shape[1] * self.per_ct
         # the slots layout keeps a ciphertext as one period of its slots: a model smaller than
         # the ring's slots is replicated over them (the ViT's 2,048 slots four times over 8,192),
         # every value the same in each copy, and a slot's noise has the same law in every copy
