@@ -302,6 +302,29 @@ def test_equal_weight_arrays_are_stored_once_and_load_as_one(world, tmp_path):
     assert os.path.getsize(tmp_path / "dup.hecc") < os.path.getsize(tmp_path / "plain.hecc") + 4096
 
 
+def test_a_format_2_artifact_still_loads(world):
+    """Artifacts written before equal weights were stored once (format 2: no aliases) load."""
+    root, run, _, _ = world
+
+    def as_format_2(manifest, members):  # every array stored under each of its names
+        weights = dict(np.load(io.BytesIO(members["weights.npz"])))
+        for alias, name in manifest.pop("weight_aliases", {}).items():
+            weights[alias] = weights[name]
+        buf = io.BytesIO()
+        np.savez(buf, **weights)
+        members["weights.npz"] = buf.getvalue()
+        manifest["format_version"] = 2
+    _rewrite(root / "cn.hecc", root / "v2.hecc", as_format_2, "manifest.json")
+    manifest = json.loads(zipfile.ZipFile(root / "v2.hecc").read("manifest.json"))
+    assert manifest["format_version"] == 2 and "weight_aliases" not in manifest
+    old, new = hecc.load(root / "v2.hecc"), hecc.load(root / "cn.hecc")
+    assert set(old.artifact.constants) == set(new.artifact.constants)
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 4))
+    for layout in new.layouts:
+        assert np.array_equal(old.with_layout(layout).run(x, backend="sim")["logits"],
+                              new.with_layout(layout).run(x, backend="sim")["logits"])
+
+
 def test_complex_weights_are_refused(world):
     """A program computes on real numbers; complex weights (their imaginary parts would be
     dropped on the way) are refused on loading."""
