@@ -89,6 +89,28 @@ def forked_calls(fn, items, workers: int, memory_hint: str = ""):
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def beside(fn, item, memory_hint: str = ""):
+    """``fn(item)`` computed in a forked process while the block runs (in this process, when
+    called, if there is one core; nothing if ``item`` is None); yields a function returning it,
+    or [] when there was nothing to compute or the forked call failed (the caller goes on
+    without it: ``fn`` returns a list)."""
+    if item is None:
+        yield lambda: []
+        return
+    if (os.cpu_count() or 1) < 2:
+        yield lambda: fn(item)
+        return
+
+    def guarded(arg):
+        try:
+            return fn(arg)
+        except Exception:  # the caller goes on without it
+            return []
+    with forked_calls(guarded, [item], 1, memory_hint) as results:
+        yield lambda: next(iter(results()))
+
+
 def _death_message(processes: dict, memory_hint: str) -> str:
     codes, unseen = [], 0
     for process in processes.values():

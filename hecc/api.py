@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -515,9 +514,11 @@ def _slots_estimates(approximated: Graph, trials: list[dict]) -> list[tuple]:
     """``_slots_estimate`` of each scale variant: the first in this process, the others at the
     same time in a forked process, which sends back their predicted seconds and options but not
     their lowerings (None: lowered again if one is kept). A ViT's variants take 3.5 s each."""
+    from .backends.workers import beside
+
     def elsewhere(rest):
         return [(seconds, chosen) for seconds, chosen, _ in (_slots_estimate(approximated, t) for t in rest)]
-    with _beside(elsewhere, trials[1:] or None) as others:
+    with beside(elsewhere, trials[1:] or None, "It was lowering the slots layout at other scales.") as others:
         first = _slots_estimate(approximated, trials[0])
         found = others()
     if len(found) != len(trials) - 1:  # the forked process failed: again here, to report why
@@ -577,25 +578,27 @@ PACKED_MIN_SLOTS = 16  # the smallest one-input layout a packed program is tried
 
 
 def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, print_after_all, progress,
-                  one: float | None = None, one_final: Graph | None = None):
+                  one: float, one_final: Graph):
     """The slots program (its scales, on a ring of ``slots`` slots) for K inputs per ciphertext:
     laid out for slots / K slots, K the largest power of two whose predicted time per batch of
     ciphertexts stays within PACKED_SLOWDOWN of one input's (the cost model, from the
-    lowering's magnitude estimates; ``one``: the one-input program's predicted seconds, when
-    known, else it is lowered here too): K inputs for about the time of one, until the values
-    of one input no longer fit the slots left to it. The search starts where the one-input
-    program (``one_final``) repeats its values (period P: K = slots / P fills the slots its
-    copies take, and that program is written from the one-input one: ``_interleaved``) and goes
-    up while K fits (the larger K tried in a forked process meanwhile), or down until one does
-    (the time grows with K). UnsupportedOpError when no K of 2 or more does."""
+    lowering's magnitude estimates; ``one``: the one-input program's predicted seconds): K
+    inputs for about the time of one, until the values of one input no longer fit the slots
+    left to it. The search starts where the one-input program (``one_final``) repeats its
+    values (period P: K = slots / P fills the slots its copies take, and that program is
+    written from the one-input one: ``_interleaved``) and goes up while K fits (the larger K
+    tried in a forked process meanwhile), or down until one does (the time grows with K).
+    UnsupportedOpError when no K of 2 or more does."""
+    from .backends.common import program_params, slot_period
+    from .backends.workers import beside
     from .errors import UnsupportedOpError
-    if one is None:
-        one = _packed_estimate(approximated, options, slots, 1)[0]
+    refused = UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext "
+                                                                "for about the time of one"})
+    if slots // 4 < PACKED_MIN_SLOTS:
+        raise refused
     top = 2
     while slots // (4 * top) >= PACKED_MIN_SLOTS:
         top *= 2
-    if one is None or slots // 4 < PACKED_MIN_SLOTS:
-        raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext"})
 
     def fits(seconds) -> bool:
         return seconds is not None and seconds <= PACKED_SLOWDOWN * one
@@ -610,10 +613,10 @@ def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, p
             k *= 2
         return found
 
-    period = _slot_period(one_final) if one_final is not None else slots
+    period = slot_period(one_final, program_params(one_final).slots)
     k = min(max(2, slots // period), top)
     best, derived = None, None
-    with _beside(upward, 2 * k if 2 * k <= top else None) as above:
+    with beside(upward, 2 * k if 2 * k <= top else None, "It was lowering the program for other layouts.") as above:
         if slots // period == k and one_final.meta.get("one_input_ckks") is not None:
             derived = _interleaved(one_final.meta.pop("one_input_ckks"), options, slots, k, print_after_all,
                                    progress)
@@ -635,8 +638,7 @@ def _lower_packed(approximated: Graph, calibration, options: dict, slots: int, p
         seconds, chosen, lowered = _packed_estimate(approximated, options, slots, k)
         best = (k, chosen, lowered) if fits(seconds) else None
     if best is None:
-        raise UnsupportedOpError({"packing": []}, {"packing": "two inputs do not fit one ciphertext "
-                                                             "for about the time of one"})
+        raise refused
     options.update(best[1])
     if derived is not None and best[1] is derived[2]:
         return derived[:2]
@@ -677,35 +679,7 @@ def _packed_estimate(approximated: Graph, options: dict, slots: int, k: int) -> 
     return _predicted_time(estimate), chosen, ckks
 
 
-@contextlib.contextmanager
-def _beside(fn, item):
-    """``fn(item)`` computed in a forked process while the block runs (in this process when
-    there is one core, or ``item`` is None: then nothing); yields a function returning it (a
-    list: [] when there was nothing to compute, or the forked process failed)."""
-    if item is None:
-        yield lambda: []
-        return
-    if (os.cpu_count() or 1) < 2:
-        yield lambda: fn(item)
-        return
-    from .backends.workers import forked_calls
-
-    def guarded(arg):
-        try:
-            return fn(arg)
-        except Exception:  # the caller goes on without it
-            return []
-    with forked_calls(guarded, [item], 1, "It was lowering the program for other layouts.") as results:
-        yield lambda: next(iter(results()))
-
-
 PACKED_SLOWDOWN = 2.0
-
-
-def _slot_period(final: Graph) -> int:
-    """The slots a slots-layout program's values repeat with (``backends.common.slot_period``)."""
-    from .backends.common import program_params, slot_period
-    return slot_period(final, program_params(final).slots)
 
 
 def _analyzed_copy(graph: Graph) -> Graph:

@@ -615,13 +615,14 @@ def test_a_replicated_slots_program_is_packed_as_the_lowering_packs_it(monkeypat
     every stage and weight is the one the lowering makes, and so are the outputs."""
     import contextlib
     from hecc import api
+    from hecc.backends import workers
     model = POLY_MODELS["conv_pool_cube"]()
     x = np.random.default_rng(3).uniform(-1, 1, (48, 1, 6, 6))
 
     @contextlib.contextmanager
-    def no_larger_k(fn, item):  # K = slots / P is kept (the search would go on to 128 here)
-        yield lambda: []
-    monkeypatch.setattr(api, "_beside", no_larger_k)
+    def no_larger_k(fn, item, memory_hint=""):  # K = slots / P is kept (the search would go on to 128 here)
+        yield lambda: []  # (the slots layout's other scale variant is then estimated in process)
+    monkeypatch.setattr(workers, "beside", no_larger_k)
     made = []
     interleaved = api._interleaved
     monkeypatch.setattr(api, "_interleaved", lambda *a, **k: made.append(interleaved(*a, **k)) or made[-1])

@@ -18,15 +18,14 @@ renamed with ``prefix`` (the lowering's ``constant_prefix``; arrays shared, not 
 """
 from __future__ import annotations
 
-from hecc.backends.common import slot_period
+from hecc.backends.common import fold_slots, slot_period
 from hecc.ir import CipherType, Graph
 
 from . import ZERO_BLOCKS
 
 # the attributes through which ops read the constant store
 CONSTANT_ATTRS = {"hecc.input": ("layout",), "ckks.decrypt": ("layout",), "ckks.mul_plain": ("plain",),
-                  "ckks.add_plain": ("plain", "checks_interval"), "tensor.constant": ("name",),
-                  "ckks.linear": ("matrix", "index", "bias")}
+                  "ckks.add_plain": ("plain", "checks_interval"), "tensor.constant": ("name",)}
 
 
 def interleaved_program(graph: Graph, k: int, prefix: str) -> Graph | None:
@@ -58,7 +57,7 @@ def interleaved_program(graph: Graph, k: int, prefix: str) -> Graph | None:
             if op.name == "hecc.input":
                 array = array[:, :period]
             elif attr in ("layout", "checks_interval"):  # slot numbers: the first copy's
-                array = (array // slots) * period + (array % slots) % period
+                array = fold_slots(array, slots, period)
             op.attrs[attr] = prefix + name
             constants[prefix + name] = array
         for value in op.results:
