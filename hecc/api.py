@@ -246,7 +246,7 @@ def warn_outside_calibration(program: "Program", inputs: dict) -> None:
 def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | None = None,
             weight_scale_bits: int | None = None, rescale: str = "lazy",
             max_rotation_keys: int | None = None, activation_degree: int | None = None,
-            approx_error: float = 0.01, activation_margin: float = 0.1,
+            approx_error: float = 0.01, activation_margin: float = 0.1, objective: str = "time",
             print_after_all: TextIO | None = None, progress=None) -> Program:
     """Compile an ONNX model (path, bytes or onnx.ModelProto) into a ``Program``.
 
@@ -261,7 +261,10 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
     are then composed of the chosen steps).
     Non-polynomial activations become Chebyshev polynomials of degree ``activation_degree`` (or the
     smallest whose error is within ``approx_error`` of the activation's output range) on the
-    calibrated interval widened by ``activation_margin``. If the model cannot be compiled for
+    calibrated interval widened by ``activation_margin``. ``objective``: what the slots layout's
+    choices (placements, baby steps, pooling, the client's rotated inputs) minimize: "time" (this
+    machine's costs of rotations, products and new Galois keys) or "operations" (products and
+    rotations counted alike, as papers count HE operations). If the model cannot be compiled for
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
     from .calibrate import activation_samples, calibration_trace, max_abs, random_inputs, value_intervals
@@ -270,7 +273,7 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
     from .passes import APPROXIMATION_PIPELINE, TENSOR_PIPELINE
     from .options import CompileOptions
     checked = CompileOptions(layout, scale_bits, weight_scale_bits, rescale, max_rotation_keys,
-                             activation_degree, approx_error, activation_margin).checked()
+                             activation_degree, approx_error, activation_margin, objective).checked()
     if rescale == "eager" and layout == "auto":
         layout = "batch"  # the eager baseline exists for the batch layout
     options = checked.as_dict()

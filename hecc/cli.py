@@ -55,6 +55,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="automatic degree: largest error as a fraction of the activation's range")
     c.add_argument("--activation-margin", type=float, default=0.1,
                    help="widen each calibrated interval by this fraction of its width on each side")
+    c.add_argument("--objective", default="time", choices=["time", "operations"],
+                   help="what the slots layout's plans minimize: time (this machine's costs: a rotation "
+                        "weighs about ten products; default) or operations (products and rotations alike, "
+                        "as papers count HE operations)")
     c.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it is not a hecc artifact")
     c.add_argument("--report", action="store_true",
@@ -209,7 +213,7 @@ def _cmd_compile(args) -> int:
                          max_rotation_keys=args.max_rotation_keys, scale_bits=args.scale_bits,
                          weight_scale_bits=args.weight_scale_bits, rescale=args.rescale,
                          activation_degree=args.activation_degree, approx_error=args.approx_error,
-                         activation_margin=args.activation_margin,
+                         activation_margin=args.activation_margin, objective=args.objective,
                          print_after_all=sys.stderr if args.print_after_all else None)
     prog.save(out)
     if args.report:

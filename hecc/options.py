@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from .errors import UserError
 
 LAYOUTS = ("auto", "batch", "slots", "packed")
+OBJECTIVES = ("time", "operations")
 
 
 class OptionError(UserError):
@@ -28,6 +29,7 @@ class CompileOptions:
     activation_degree: int | None = None
     approx_error: float = 0.01
     activation_margin: float = 0.1
+    objective: str = "time"
 
     RANGES = {"scale_bits": (16, 60), "weight_scale_bits": (8, 60), "max_rotation_keys": (1, 1 << 15),
               "activation_degree": (1, 31)}
@@ -36,6 +38,9 @@ class CompileOptions:
         """This object, or OptionError naming the first option out of range."""
         if self.layout not in LAYOUTS:
             raise OptionError(f"layout {self.layout!r}: choose auto, batch, slots or packed")
+        if self.objective not in OBJECTIVES:
+            raise OptionError(f"objective {self.objective!r}: choose time (this machine's costs) or operations "
+                              "(every product and rotation counted alike)")
         if self.rescale not in ("lazy", "eager"):
             raise OptionError(f"rescale {self.rescale!r}: choose lazy or eager")
         for name, (lo, hi) in self.RANGES.items():

@@ -650,3 +650,55 @@ def test_the_magnitude_runs_outputs_are_the_final_programs_exact_outputs(layout)
     exact = sim.Simulator(program.graph).run([x[:8]])
     assert len(outputs) == len(exact) == 1
     assert_close(outputs[0], exact[0], 1e-12, layout)
+
+
+def _banded_classifier(offsets):
+    """x (N, 64) -> dense 64 -> square -> 4 logits, logit i reading inputs i + offsets (mod 64)."""
+    rng = np.random.default_rng(11)
+    first = rng.normal(0, 0.2, (64, 64)).astype(np.float32)
+    last = np.zeros((4, 64), np.float32)
+    for i in range(4):
+        last[i, (i + np.asarray(offsets)) % 64] = rng.normal(0, 0.3, len(offsets))
+    return _model([n("Gemm", ["x", "a"], ["h"], transB=1), n("Mul", ["h", "h"], ["s"]),
+                   n("Gemm", ["s", "w"], ["y"], transB=1)], {"x": ["N", 64]}, ["y"], {"a": first, "w": last})
+
+
+def test_the_decrypted_map_sums_only_the_blocks_that_hold_its_products(monkeypatch):
+    """A classifier whose logits read a few inputs on either side of their own slot, from a
+    64-slot period, its output gathered into blocks of 4 that do not repeat (the only placement
+    offered here): the sum adds the 3 blocks that hold products (a shift and two doublings, not the
+    four doublings of all 16 blocks), and the simulator and SEAL equal the reference."""
+    from hecc.passes.lower_to_ckks.slots import SlotsLowering
+    offered = SlotsLowering.candidates
+
+    def gathered_only(self, aff, parts):
+        found = offered(self, aff, parts)
+        return [c for c in found if c.span and c.span == c.period] if self.to_client else found
+    monkeypatch.setattr(SlotsLowering, "candidates", gathered_only)
+    model = _banded_classifier([-2, -1, 0, 1, 2, 3, 4, 5])
+    xs = np.random.default_rng(2).uniform(-1, 1, (6, 64)).astype(np.float32)
+    prog = hecc.compile(model, calibration=xs, layout="slots")
+    ops = prog.graph.ops
+    last = max(i for i, op in enumerate(ops) if op.name in ("ckks.mul", "ckks.square"))
+    steps = [op.attrs["step"] for op in ops[last:] if op.name == "ckks.rotate"]
+    assert sum(op.name == "ckks.mul_plain" for op in ops[last:]) == 4
+    assert 16 not in steps and 32 not in steps and 8 in steps and 4 in steps, steps
+    assert_close(prog.run(xs, backend="sim")["y"], prog.run(xs)["y"], 1e-9, "gathered output")
+    assert_close(prog.run(xs[:2], backend="tenseal")["y"], prog.run(xs[:2])["y"], 1e-3, "tenseal")
+
+
+def test_operations_objective_counts_a_rotation_as_a_product():
+    """``objective="operations"`` chooses the plans with the fewest products plus rotations: never
+    more of them than the default (time) objective, which weighs a rotation as about ten products."""
+    from hecc.passes.lower_to_ckks import slots_op_counts
+    model = _banded_classifier([-2, -1, 0, 1, 2, 3, 4, 5])
+    xs = np.random.default_rng(2).uniform(-1, 1, (6, 64)).astype(np.float32)
+    totals = {}
+    for objective in ("time", "operations"):
+        prog = hecc.compile(model, calibration=xs, layout="slots", objective=objective)
+        assert prog.artifact.manifest["options"]["objective"] == objective
+        counts = slots_op_counts(prog.graph)
+        totals[objective] = counts["products"] + counts["rotations"]
+    assert totals["operations"] <= totals["time"]
+    with pytest.raises(hecc.UserError, match="objective"):
+        hecc.compile(model, calibration=xs, layout="slots", objective="speed")

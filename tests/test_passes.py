@@ -197,3 +197,40 @@ def test_diagonal_rows_in_emission_order_are_the_product_rows_rotated_by_their_g
     assert table.shape == (order.size, plan.length) and not table[-1].any()
     for row, product in enumerate(order[:-1]):
         assert np.array_equal(table[row], np.roll(plain[product], (ks[product] // plan.g) * plan.g))
+
+
+@pytest.mark.parametrize("cyclic", [True, False])
+def test_block_sums_add_every_block_that_holds_products_once_in_at_most_log2_doublings(cyclic):
+    """``block_sums``: after the shift, the doublings reach each block that holds products exactly
+    once (the subset sums are distinct), inside the span when the value does not repeat; never
+    more doublings than summing every block."""
+    from hecc.passes.lower_to_ckks.diagonal import block_sums
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        count = 1 << int(rng.integers(1, 10))
+        blocks = np.unique(rng.integers(0, count, int(rng.integers(1, min(count, 12) + 1))))
+        if rng.random() < 0.5:  # clustered, the case it is for
+            start = int(rng.integers(0, count))
+            blocks = np.unique((start + rng.integers(0, max(count // 8, 1), blocks.size)) % count)
+        shift, steps = block_sums(blocks, count, cyclic)
+        sums = [shift]
+        for t in steps:
+            sums += [s + t for s in sums]
+        if cyclic:
+            sums = [s % count for s in sums]
+        else:
+            assert min(sums) >= 0 and max(sums) < count
+        assert len(set(sums)) == len(sums) and set(blocks.tolist()) <= set(sums)
+        assert len(steps) <= count.bit_length() - 1
+
+
+def test_block_sums_of_clustered_blocks_golden():
+    """A final classifier's blocks (0..10 and 511 of 512, the value repeating): a window of 16
+    from block 511, which a span that does not repeat cannot wrap to (all 9 doublings); two
+    clusters ({0, 31, 32, 63} of 64): two doublings."""
+    from hecc.passes.lower_to_ckks.diagonal import block_sums
+    assert block_sums(np.array(list(range(11)) + [511]), 512, True) == (511, [8, 4, 2, 1])
+    assert block_sums(np.array(list(range(11)) + [511]), 512, False) == (0, [256, 128, 64, 32, 16, 8, 4, 2, 1])
+    for cyclic in (True, False):
+        shift, steps = block_sums(np.array([0, 31, 32, 63]), 64, cyclic)
+        assert shift == 0 and sorted(steps) == [31, 32]

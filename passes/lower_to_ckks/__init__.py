@@ -32,7 +32,9 @@ the given slot count, which select-parameters keeps); ``graph.meta["max_abs"]`` 
 ciphertext value to a bound on the values it holds.
 Options: layout ("batch" | "slots"), scale_bits (26), weight_scale_bits (batch: 14; slots: the
 largest w with scale_bits + 2w <= 60, if 16 or more, else scale_bits), slots (the slots layout's
-slot count, N/2; 4096); batch layout: poly_outputs ("merge": a polynomial's output stays a form
+slot count, N/2; 4096), objective (slots layout: "time", the default, chooses plans by this
+machine's relative costs, a rotation about ten products and a new Galois key four rotations;
+"operations" counts every product and rotation alike); batch layout: poly_outputs ("merge": a polynomial's output stays a form
 over its terms, which the next map multiplies one by one; "materialize": one ciphertext per element
 at one level more), max_products (stop with ``OverBudget`` past this many products by plaintext
 weights).

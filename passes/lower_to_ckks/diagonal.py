@@ -10,6 +10,11 @@ lands in the block of q slots d - k after s_i, and a rotate-and-sum over the p /
 blocks up). Diagonal vectors are P = max(p, q) slots long, repeated over the ciphertext; for a
 spanned output (``placement.spanned``) they are the whole ciphertext long, each span of p slots
 gathering its own outputs.
+
+The rotate-and-sum adds the p / q blocks in log2(p / q) doublings. When the output promises no
+repetition every q slots (``placement.spanned``, ``placement.gathered``), it need only add the
+blocks that hold products (``block_sums``): the pruned LeNet-5's classifier, reading 84 values
+of a 4,096-slot period into blocks of 16, adds the window of 8 blocks that holds its products, not all 256.
 """
 from __future__ import annotations
 
@@ -25,7 +30,17 @@ from .placement import Placement, next_pow2
 # A rotation step no earlier map used costs a Galois key: about as many bytes as two ciphertexts of
 # the chain for every client, once; weighted here as four rotations.
 PLAN_COSTS = {"rotate": 1.9, "multiply_plain": 0.14, "add": 0.05, "encrypt": 2.0, "key": 7.6}
+# The "operations" objective: every product by a plaintext vector and every rotation counts one (the
+# HE operations papers count); a new key and a ciphertext the client encrypts only break ties.
+OPERATION_COSTS = {"rotate": 1.0, "multiply_plain": 1.0, "add": 0.0, "encrypt": 0.5, "key": 0.25}
+
+
 MAX_INPUT_CIPHERTEXTS = 64
+
+
+def plan_costs(objective: str | None) -> dict:
+    """The relative costs plans are chosen by, for the compile option ``objective``."""
+    return OPERATION_COSTS if objective == "operations" else PLAN_COSTS
 
 
 @dataclass
@@ -52,7 +67,7 @@ class Plan:
         # span long, or the whole ciphertext when its spans gather different elements
         self.span = out.span or max([q] + [part.placement.period for part in parts])
         self.length = out.period if out.span else self.span
-        inputs, cos, ks, us, values = [], [], [], [], []
+        inputs, cos, ks, us, values, blocks = [], [], [], [], [], []
         self.inputs: list[tuple[int, int]] = []  # (part index, ciphertext)
         shift = slots.bit_length() - 1  # slots, periods and q are powers of two
         for index, part in enumerate(parts):
@@ -63,9 +78,11 @@ class Plan:
             if q < p:
                 k = d & (q - 1)
                 us.append((si & (slots - 1)) + d - k)
+                blocks.append((d - k) // q)
             else:
                 k = d
                 us.append(si & (slots - 1))
+                blocks.append(np.zeros(1, dtype=np.int64))
             first = len(self.inputs)
             if part.placement.cts == 1:
                 self.inputs.append((index, 0))
@@ -81,6 +98,13 @@ class Plan:
         cat = (lambda arrays: np.concatenate(arrays) if len(arrays) != 1 else arrays[0])
         self.input_of, self.co, self.k, self.u = (cat(a) for a in (inputs, cos, ks, us))
         self.values = cat(values)
+        # the rotate-and-sum: a shift by ``shift`` blocks (joined to the last giant step), then
+        # doublings by ``sum_blocks`` blocks (of q slots)
+        count = self.span // q if q < self.span else 1
+        self.shift, self.sum_blocks = 0, [count >> i for i in range(1, count.bit_length())]
+        used = np.unique(np.concatenate(blocks)) if blocks else np.zeros(0, dtype=np.int64)
+        if out.span and used.size and count > 1:
+            self.shift, self.sum_blocks = block_sums(used, count, cyclic=self.length == self.span)
         present = np.bincount(self.k, minlength=1) if self.k.size else np.zeros(0)
         keys = np.flatnonzero(present)
         self.g = g or (baby_step(keys.tolist()) if keys.size else 1)
@@ -130,28 +154,36 @@ class Plan:
                 steps += [b - a for a, b in zip(babies, babies[1:])]
         for giants in self.giants(g).values():
             down = sorted(giants, reverse=True)
-            steps += [(a - b) * g for a, b in zip(down, down[1:])] + ([down[-1] * g] if down[-1] else [])
-        block = self.span // 2
-        while block >= self.gather:
-            steps += [block] * len(self.giants(g))
-            block //= 2
+            last = self.last_step(down[-1], g)
+            steps += [(a - b) * g for a, b in zip(down, down[1:])] + ([last] if last else [])
+            steps += self.sum_steps()
         return steps
 
-    def cost(self, known_steps: set, g: int | None = None, client=frozenset()) -> float:
-        """Relative cost: rotations, products, each rotation step no earlier map used (a new
-        Galois key the client must make and send), and the client's rotated inputs."""
+    def last_step(self, giant: int, g: int) -> int:
+        """The rotation after the Horner sum (the smallest giant step ``giant``, and the
+        rotate-and-sum's shift), 0 for none."""
+        return (giant * g + self.shift * self.gather) % self.length
+
+    def sum_steps(self) -> list[int]:
+        """The rotate-and-sum's rotations (in slots) per output ciphertext."""
+        return [b * self.gather for b in self.sum_blocks]
+
+    def cost(self, known_steps: set, g: int | None = None, client=frozenset(),
+             costs: dict = PLAN_COSTS) -> float:
+        """Relative cost (by ``costs``): rotations, products, each rotation step no earlier map used
+        (a new Galois key the client must make and send), and the client's rotated inputs."""
         steps = self.steps(g, client)
-        c = PLAN_COSTS
+        c = costs
         encrypted = sum(len(b) for i, b in self.babies(g).items() if i in client)
         return (len(steps) * c["rotate"] + self.products.size * (c["multiply_plain"] + c["add"])
                 + len(set(steps) - known_steps) * c["key"] + encrypted * c["encrypt"])
 
-    def client_step(self, known_steps: set, client) -> tuple[int, float]:
+    def client_step(self, known_steps: set, client, costs: dict = PLAN_COSTS) -> tuple[int, float]:
         """(baby step, cost) cheapest when the inputs in ``client`` arrive rotated by the client."""
         best = None
         g = 1
         while g <= self.length:
-            cost = self.cost(known_steps, g, client)
+            cost = self.cost(known_steps, g, client, costs)
             if best is None or cost < best[1]:
                 best = (g, cost)
             g *= 2
@@ -191,3 +223,88 @@ def baby_step(nonzero: list[int]) -> int:
             best = (cost, g)
         g *= 2
     return best[1]
+
+
+def block_sums(blocks: np.ndarray, count: int, cyclic: bool) -> tuple[int, list[int]]:
+    """(shift, doublings) of a rotate-and-sum that adds the blocks ``blocks`` (distinct, of
+    ``count``, a power of two) into block 0 with the fewest rotations: after a rotation by
+    ``shift`` blocks, z + rot(z, t) for each t of the doublings adds the blocks at shift + any sum
+    of a subset of them, which must be distinct and (not ``cyclic``) inside 0 .. count - 1: then
+    every block added holds terms of the output it is added to or zeros. Tried: the smallest
+    window that holds the blocks (a power of two long), and greedy splits of the blocks into two
+    copies t apart (``_cover``); at worst, every block (log2(count))."""
+    full = (0, [count >> i for i in range(1, count.bit_length())])
+    found = _cover(sorted(int(b) for b in blocks), count, cyclic, count.bit_length() - 1)
+    return full if found is None or len(found[1]) >= len(full[1]) else found
+
+
+def _cover(blocks: list[int], count: int, cyclic: bool, depth: int):
+    """The window of ``blocks``, or of what remains after greedy splits into two copies t apart
+    (first the three t most pairs share, then the best each time), whichever needs fewer
+    doublings; None if none is valid."""
+    best = _window(blocks, count, cyclic)
+    if not _valid(best[0], best[1], set(blocks), count, cyclic):
+        best = None
+    if len(blocks) > 64:
+        return best
+    for first in range(3):
+        current, prefix = blocks, []
+        while len(current) > 1 and len(prefix) < depth:
+            ranked = _differences(current, count, cyclic)
+            choice = first if not prefix else 0
+            if choice >= len(ranked):
+                break
+            t = ranked[choice]
+            covered, base = set(), []
+            for b in current:
+                if b not in covered:
+                    base.append(b)
+                    covered |= {b, (b + t) % count if cyclic else b + t}
+            if len(base) == len(current):
+                break
+            prefix, current = prefix + [t], base
+            shift, steps = _window(current, count, cyclic)
+            steps = steps + prefix
+            if (best is None or len(steps) < len(best[1])) and _valid(shift, steps, set(blocks), count, cyclic):
+                best = (shift, steps)
+    return best
+
+
+def _differences(blocks: list[int], count: int, cyclic: bool) -> list[int]:
+    """The differences between blocks, the most frequent first."""
+    pairs: dict[int, int] = {}
+    for i, a in enumerate(blocks):
+        for b in blocks[i + 1:]:
+            t = b - a
+            pairs[t] = pairs.get(t, 0) + 1
+            if cyclic:
+                pairs[count - t] = pairs.get(count - t, 0) + 1
+    return [t for t, _ in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _window(blocks: list[int], count: int, cyclic: bool):
+    """The smallest power-of-two window that holds ``blocks`` as (shift, doublings)."""
+    if len(blocks) == 1:
+        return blocks[0], []
+    if cyclic:
+        gaps = [(blocks[(i + 1) % len(blocks)] - b) % count for i, b in enumerate(blocks)]
+        i = max(range(len(gaps)), key=lambda j: gaps[j])
+        start = blocks[(i + 1) % len(blocks)]
+        width = count - gaps[i] + 1
+    else:
+        start, width = blocks[0], blocks[-1] - blocks[0] + 1
+    size = next_pow2(width)
+    if not cyclic:
+        start = min(start, count - size)
+    return start % count, [size >> i for i in range(1, size.bit_length())]
+
+
+def _valid(shift: int, steps: list[int], blocks: set, count: int, cyclic: bool) -> bool:
+    sums = [shift]
+    for t in steps:
+        sums += [s + t for s in sums]
+    if cyclic:
+        sums = [s % count for s in sums]
+    elif min(sums) < 0 or max(sums) >= count:
+        return False
+    return len(set(sums)) == len(sums) and blocks <= set(sums)

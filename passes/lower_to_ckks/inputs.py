@@ -15,7 +15,7 @@ import numpy as np
 from hecc.ir import CipherType, Op, Value
 
 from .affine import Affine, TooLarge
-from .diagonal import MAX_INPUT_CIPHERTEXTS, PLAN_COSTS, Part, Plan
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan
 from .gather import GatherPlan, gather_plan
 from .placement import Placement, blocked_grid, compact
 
@@ -57,7 +57,7 @@ class InputLayouts:
             return "periodic", value, None
         shape = source.result.type.shape
         periodic = blocked_grid(shape, self.slots) or compact(int(np.prod(shape, dtype=np.int64)), self.slots)
-        c = PLAN_COSTS
+        c = self.costs
         out = want or self.default_placement(aff)
         cts = self.expanded_ciphertexts(rows, out)
         per_ct = max(self.slots // out.period, 1)
@@ -73,10 +73,11 @@ class InputLayouts:
                 plan = Plan(parts + [trial], candidate, self.slots)
             except TooLarge:
                 continue
-            options.append((plan.cost(self.steps) + periodic.cts * c["encrypt"], "periodic", (candidate, None)))
+            options.append((plan.cost(self.steps, costs=c) + periodic.cts * c["encrypt"], "periodic",
+                            (candidate, None)))
             if periodic.cts == 1:
                 mine = frozenset(i for i, (part, _) in enumerate(plan.inputs) if part == len(parts))
-                g, cost = plan.client_step(self.steps, mine)
+                g, cost = plan.client_step(self.steps, mine, c)
                 options.append((cost, "babies", (candidate, g)))
         taps = int(np.max(np.bincount(rows, minlength=1))) if rows.size else 0
         forced = name in self.periodic_inputs or (rows.size and np.array_equal(rows, cols) and taps == 1)

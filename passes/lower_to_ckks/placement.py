@@ -159,6 +159,14 @@ def spanned(n: int, input_period: int, slots: int) -> Placement | None:
     return Placement((i // q) * input_period + i % q, slots, 1, None, "spanned", input_period, q)
 
 
+def gathered(placement: Placement, period: int) -> Placement:
+    """``placement``'s elements (one ciphertext, period q) in a ciphertext of a longer ``period``
+    whose other q-slot blocks hold no copy of them: the map computing it then adds up only the
+    blocks that hold its products (``diagonal.block_sums``), not all period / q of them. For a
+    value the client decrypts, which no later map reads with the short period."""
+    return Placement(placement.pos, period, 1, placement.grid, placement.kind, period, placement.period)
+
+
 def rows(shape, stride: int, slots: int) -> Placement | None:
     """A tensor of shape (..., cols) as rows of ``stride`` slots (a power of two >= cols): element
     (r, c) of its rows at r * stride + c. Maps applied to every row alike (a transformer's

@@ -25,7 +25,7 @@ from hecc.errors import UnsupportedOpError
 from hecc.ir import Op, Value
 
 from .affine import Affine, TooLarge, block_entries
-from .diagonal import PLAN_COSTS, Part, Plan
+from .diagonal import Part, Plan
 from .sparse import Sparse, avgpool_matrix
 
 
@@ -121,13 +121,13 @@ class PoolingByRotation:
             return None
         try:
             if want is not None:
-                return Plan(parts, want, self.slots).cost(self.steps)
+                return Plan(parts, want, self.slots).cost(self.steps, costs=self.costs)
             return self.cheapest(aff, parts)[1]
         except (TooLarge, UnsupportedOpError):
             return None
 
     def _sums_cost(self, windows: list[Value]) -> float:
-        c = PLAN_COSTS
+        c = self.costs
         steps = [s for w in windows for s in self.window_sums[w][1] for _ in range(self.placement[w].cts)]
         return len(steps) * (c["rotate"] + c["add"]) + len(set(steps) - self.steps) * c["key"]
 

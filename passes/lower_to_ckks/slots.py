@@ -11,10 +11,10 @@ from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
 from .affine import Affine, TooLarge, block_entries
 from .batch import AFFINE_OPS, ELEMENTWISE_AFFINE, Lowering
-from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, plan_costs
 from .inputs import InputLayouts, Relayout
-from .placement import (Geometry, Placement, blocked_grid, compact, multiplexed, next_pow2, row_stride, rows,
-                        spanned)
+from .placement import (Geometry, Placement, blocked_grid, compact, gathered, multiplexed, next_pow2, row_stride,
+                        rows, spanned)
 from .pooling import PoolingByRotation
 from .sparse import Sparse
 
@@ -73,6 +73,8 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         self.client_babies: dict[Value, dict[int, Value]] = {}  # an input's rotations the client sent
         self.window_sums: dict[Value, tuple[Value, list[int]]] = {}  # pooling: (ciphertext, steps)
         self.window_values: dict[Value, Value] = {}  # the window sums emitted
+        self.to_client = False  # materializing a value the client decrypts
+        self.costs = plan_costs(options.get("objective"))
         self.count = 0
         self.prefix = str(options.get("constant_prefix", ""))
 
@@ -224,7 +226,11 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
 
     def tensor_operand(self, v: Value) -> Value:
         if v not in self.decrypted and isinstance(self.env[v], Affine):
-            ct = self.materialize(v)
+            self.to_client = True
+            try:
+                ct = self.materialize(v)
+            finally:
+                self.to_client = False
             placed = self.placement[ct]
             attrs = {"shape": list(v.type.shape), "layout": self.constant("result.", placed.pos.copy())}
             self.decrypted[v] = self.typed("ckks.decrypt", [ct], attrs, TensorType(v.type.shape, True))
@@ -375,7 +381,8 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
     def candidates(self, aff: Affine, parts: list[Part]) -> list[Placement]:
         """Output placements worth pricing: multiplexed on the input's grid (a convolution or
         pooling), channel blocks, compact; single-ciphertext ones also with longer periods, up
-        to the inputs' (a shorter rotate-and-sum)."""
+        to the inputs' (a shorter rotate-and-sum); for a value the client decrypts, also gathered
+        from the inputs' period (``placement.gathered``)."""
         found = []
         g = aff.geometry
         if g is not None and all(p.placement.grid == g.grid for p in parts):
@@ -391,6 +398,8 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         longer = []
         for c in found:
             period = c.period
+            if self.to_client and c.cts == 1 and not c.span and period < top:
+                longer.append(gathered(c, top))
             while c.cts == 1 and not c.span and period < top:
                 period *= 2
                 longer.append(c.with_period(period))
@@ -401,7 +410,7 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         best = None
         for candidate in self.candidates(aff, parts):
             try:
-                cost = Plan(parts, candidate, self.slots).cost(self.steps)
+                cost = Plan(parts, candidate, self.slots).cost(self.steps, costs=self.costs)
             except TooLarge:
                 continue
             if best is None or cost < best[1]:
@@ -452,9 +461,12 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
                 acc = self.typed("ckks.rotate", [acc], {"step": (previous - j) * g})
                 acc = self.typed("ckks.add", [acc, inner[j]], {})
                 previous = j
-            if previous:
-                acc = self.typed("ckks.rotate", [acc], {"step": previous * g})
-            results.append(self.rotate_and_sum(acc, plan.span, plan.gather))
+            last = plan.last_step(previous, g)
+            if last:
+                acc = self.typed("ckks.rotate", [acc], {"step": last})
+            for step in plan.sum_steps():
+                acc = self.typed("ckks.add", [acc, self.typed("ckks.rotate", [acc], {"step": step})], {})
+            results.append(acc)
         self.out.constants[name] = plan.diagonal_rows(np.array(table, dtype=np.int64), g)
         return self._joined(results, out)
 
