@@ -146,6 +146,25 @@ def test_operation_target(trained, mnist7, unpruned):
     assert after["products"] + after["rotations"] <= goal
 
 
+def test_the_operations_objective_is_the_one_counted(trained, mnist7, unpruned):
+    """block_prune(objective="operations") lowers and counts the programs that
+    ``hecc.compile(..., objective="operations")`` makes (on this small model: fewer products and
+    rotations than the default objective's, none of them removable without emptying a logit's row
+    of weights, so the model comes back as it was, with a warning)."""
+    x = mnist7[0]
+    start = _ops(hecc.compile(_export(trained, tuple(x.shape[1:])), calibration=x[:32].numpy(), layout="slots",
+                              objective="operations"))
+    default = _ops(unpruned)
+    assert start["products"] + start["rotations"] < default["products"] + default["rotations"]
+    goal = (start["products"] + start["rotations"]) // 2
+    with pytest.warns(hecc.HeccWarning, match="did not reach"):
+        model = block_prune(trained, "slots", goal, mnist7, rounds=1, epochs=0.25, batch_size=64,
+                            objective="operations")
+    assert {k: model.hecc_pruning["before"][k] for k in start} == start
+    with pytest.raises(UserError, match="objective"):
+        block_prune(trained, "slots", goal, mnist7, objective="speed")
+
+
 def test_pruning_a_pruned_model_keeps_its_zeros(pruned, mnist7):
     """A model pruned already (here by an earlier block_prune) is pruned further from where it
     is: its zero weights stay zero through fine-tuning, even when the first round is undone

@@ -48,10 +48,10 @@ How ``block_prune`` finds the blocks
 ------------------------------------
 Rather than re-deriving placements (the cost model chooses them, and pruning changes the choice),
 ``block_prune`` asks the compiler: it lowers the current model (``lower-to-ckks``, slots layout,
-the compiled program's slot count) with a recording subclass of ``SlotsLowering`` that keeps
-every map's plan (its weights' entries and the product each lands in, baby steps and giant steps)
-and the first layer's expanded or gathered layout. It lowers three times with the prunable
-weights replaced by tags (zeros stay zero, so every lowering makes the same choices): a small
+the compiled program's slot count and objective) with a recording subclass of ``SlotsLowering``
+that keeps every map's plan (its weights' entries and the product each lands in, baby steps and
+giant steps) and the first layer's expanded or gathered layout. It lowers three times with the
+prunable weights replaced by tags (zeros stay zero, so every lowering makes the same choices): a small
 integer a_w per weight (1 to 3, not all equal: a map of equal weights would be lowered as a
 scalar), a_w times a distinct integer per weight, and a_w times the square of the weight's
 position in its kernel (Conv) or row (Linear). Every entry of a map is linear in the weights, so
@@ -85,13 +85,14 @@ operations counted are those of the slots program:
 ``ckks.mul_plain`` (products by plaintext vectors) and ``ckks.rotate``.
 
 Measured (``examples/lenet_he_friendly``: the standard LeNet-5 made HE-friendly, 99.16% on MNIST's
-10,000 test images; 823 products and rotations, 61,718 parameters; two cores): an operation
-target of 160 stops at 166 operations (a round whose sparser maps the compiler lays out with more
-operations is undone), 98.96%, in 82 s; a sparsity target of 0.92 on that model keeps 98.99% with
-5,165 parameters (-91.6%) and 166 operations (-79.8%), in 83 s. Below about 150 operations
-accuracy falls fast (a target of 82: 144 operations at 98.2%, 96 at 95.2%): the rotate-and-sums
-the compiler's placements need (about 20) and the first convolution's 25 gathered taps set a
-floor.
+10,000 test images, 61,718 parameters; two cores): an operation target of 160 then a sparsity
+target of 0.92 keep 98.99% with 5,165 parameters (-91.6%) and 133 operations (of 739 under the
+default objective, -82.0%), in 164 s. Counted under the default objective, going further stalls
+near 105 operations: the compiler, weighing a rotation as ten products, answers a sparser map with
+a layout of more products and fewer rotations, more operations by this count. With
+``objective="operations"`` (the compiler then minimizes the count the target measures), distilled
+from the original network, 10 rounds of 2 epochs and 8 final epochs reach 72 operations (of 722
+under that objective, -90.0%) with 2,636 parameters (-95.7%) at 98.24%, in 198 s.
 """
 from __future__ import annotations
 
@@ -797,7 +798,7 @@ def _fine_tune(model, teacher, layers: _Layers, masks, data: _Data, steps: int, 
 # --- the API ----------------------------------------------------------------------------------
 
 COMPILE_OPTIONS = ("scale_bits", "weight_scale_bits", "max_rotation_keys", "activation_degree",
-                   "approx_error", "activation_margin")
+                   "approx_error", "activation_margin", "objective")
 CALIBRATION_INPUTS = 64
 
 
@@ -872,7 +873,8 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
                 final_epochs: float | None = None, lr: float = 2e-3, batch_size: int = 128,
                 alpha: float = 0.5, temperature: float = 4.0, floor: float = 0.02, step: float = 0.35,
                 group_decay: float = 0.0, max_accuracy_drop: float | None = None,
-                saliency_samples: int = 1024, eval_data=None, seed: int = 0, progress=None):
+                saliency_samples: int = 1024, eval_data=None, seed: int = 0, objective: str | None = None,
+                teacher=None, progress=None):
     """A copy of ``model`` whose Linear and Conv weights are pruned in the blocks the compiled
     slots program turns into ciphertext products and rotations, fine-tuned in between, until
     ``target`` is met (see the module docstring). The model is a classifier (logits, class labels).
@@ -886,13 +888,19 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
     hecc's cost model predicts (blocks only, a rotation weighed as the cost model prices it).
     ``data``: (inputs, labels) tensors or arrays, or a DataLoader of such batches (fine-tuning,
     saliencies, measured on ``saliency_samples`` inputs, and the compiler's calibration).
+    ``objective``: the compile option the slots programs are lowered with ("time" or
+    "operations", see ``hecc.compile``; default: the given program's, else "time"). With
+    "operations" the compiler lays the maps out for the fewest products plus rotations, which an
+    operation-count target measures; with "time" it may trade a rotation for ten products.
 
     ``rounds`` of pruning follow a schedule that reaches the target at the last; each is followed
     by ``epochs`` passes of fine-tuning, and ``final_epochs`` (default ``epochs``) end it: AdamW at
-    ``lr``, (1 - alpha) cross-entropy + alpha distillation from ``model`` at ``temperature``, plus
-    ``group_decay`` x the sum of the L2 norms of the blocks (a group lasso). No layer keeps fewer
-    than ``floor`` of its weights, and no round prunes more than ``step`` of a layer's live weights;
-    up to ``rounds`` more rounds follow while the target is not met. A round that removes no
+    ``lr``, (1 - alpha) cross-entropy + alpha distillation from ``teacher`` (default: ``model``) at
+    ``temperature``, plus ``group_decay`` x the sum of the L2 norms of the blocks (a group lasso).
+    When pruning a pruned model further, the network it came from (the original, or the model
+    ``he_friendly`` made) is the better teacher. No layer keeps fewer than ``floor`` of its
+    weights, and no round prunes more than ``step`` of a layer's live weights; up to ``rounds``
+    more rounds follow while the target is not met. A round that removes no
     operation (or predicted time), because the compiler lays the sparser maps out otherwise, is
     undone and tried again with half its step, up to MAX_RETRIES times in a row (smaller steps
     often keep the compiler's layout: the HE-friendly LeNet-5 went from 133 to 105 operations in
@@ -913,6 +921,8 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
     kind, goal = _target(target)
     if not isinstance(model, nn.Module):
         raise UserError(f"block_prune needs a torch.nn.Module, got {type(model).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise UserError(f"block_prune: teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     for name, value, ok in (("rounds", rounds, isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1),
                             ("epochs", epochs, isinstance(epochs, (int, float)) and epochs >= 0),
                             ("final_epochs", final_epochs, final_epochs is None or (
@@ -952,6 +962,13 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
     else:
         raise UserError(f"program_or_layout must be a compiled hecc Program or 'slots', got "
                         f"{type(program_or_layout).__name__}")
+    if objective is not None:
+        from ..options import OBJECTIVES
+        if objective not in OBJECTIVES:
+            raise UserError(f"block_prune: objective = {objective!r}: choose time or operations")
+        if options.get("objective", "time") != objective:
+            program = None  # compiled again under this objective
+        options["objective"] = objective
     say = progress or (lambda message: None)
     started = time.perf_counter()
     student = copy.deepcopy(model).eval()
@@ -968,11 +985,12 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
             program = _compile(student, shape, calibration, options)
         params = program.parameters
         slots = params["poly_modulus_degree"] // 2 // int(params.get("inputs_per_ciphertext", 1))
-        lowering = {"slots": slots}
+        lowering = {"slots": slots, "objective": options.get("objective", "time")}
         before = _program_counts(program)
         costs = _op_costs(program) if kind == "latency" else (1.0, 1.0)
         seconds_before = _program_seconds(program)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False) if alpha > 0 else None
+        teacher = copy.deepcopy(model if teacher is None else teacher).eval().requires_grad_(False) \
+            if alpha > 0 else None
         accuracy_before = _accuracy(student, evaluation) if evaluation is not None else None
         weights0 = layers.weights()
         params_before = _nonzero_parameters(student)
