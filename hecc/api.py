@@ -264,7 +264,8 @@ def compile(model, *, calibration=None, layout: str = "auto", scale_bits: int | 
     calibrated interval widened by ``activation_margin``. ``objective``: what the slots layout's
     choices (placements, baby steps, pooling, the client's rotated inputs) minimize: "time" (this
     machine's costs of rotations, products and new Galois keys) or "operations" (products and
-    rotations counted alike, as papers count HE operations). If the model cannot be compiled for
+    rotations counted alike, as papers count HE operations; a ciphertext the client sends counts
+    half, a new key a quarter). If the model cannot be compiled for
     encryption, the program keeps only the tensor stage (for the reference backend) and says why.
     """
     from .calibrate import activation_samples, calibration_trace, max_abs, random_inputs, value_intervals

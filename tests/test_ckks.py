@@ -688,8 +688,9 @@ def test_the_decrypted_map_sums_only_the_blocks_that_hold_its_products(monkeypat
 
 
 def test_operations_objective_counts_a_rotation_as_a_product():
-    """``objective="operations"`` chooses the plans with the fewest products plus rotations: never
-    more of them than the default (time) objective, which weighs a rotation as about ten products."""
+    """``objective="operations"`` weighs a product and a rotation alike (a client ciphertext half,
+    a key a quarter): on this model it counts no more of them than the default (time) objective,
+    which weighs a rotation as about ten products."""
     from hecc.passes.lower_to_ckks import slots_op_counts
     model = _banded_classifier([-2, -1, 0, 1, 2, 3, 4, 5])
     xs = np.random.default_rng(2).uniform(-1, 1, (6, 64)).astype(np.float32)
@@ -702,3 +703,24 @@ def test_operations_objective_counts_a_rotation_as_a_product():
     assert totals["operations"] <= totals["time"]
     with pytest.raises(hecc.UserError, match="objective"):
         hecc.compile(model, calibration=xs, layout="slots", objective="speed")
+
+
+@pytest.mark.parametrize("objective", ["time", "operations"])
+def test_a_product_whose_first_factor_has_spans_places_both_factors_where_they_fit(objective):
+    """y reads 84 of 200 inputs into 10 outputs, which the lowering may gather over spans (or, as
+    a value the client also decrypts through a softmax, into a longer period); w reads 3,000 inputs
+    of a longer period, which those spans cannot gather: z = y * w then puts both factors in a
+    placement without spans (it used to take y's and compute w wrong, by more than |z|)."""
+    rng = np.random.default_rng(0)
+    wy = np.zeros((10, 200), np.float32)
+    wy[:, :84] = rng.normal(0, 0.3, (10, 84))
+    model = _model([n("Mul", ["x", "x"], ["h"]), n("Gemm", ["h", "wy"], ["y"], transB=1),
+                    n("Softmax", ["y"], ["p"], axis=1), n("Mul", ["u", "u"], ["g"]),
+                    n("Gemm", ["g", "ww"], ["w"], transB=1), n("Mul", ["y", "w"], ["z"])],
+                   {"x": ["N", 200], "u": ["N", 3000]}, ["p", "z"],
+                   {"wy": wy, "ww": rng.normal(0, 0.05, (10, 3000))})
+    xs = {"x": rng.uniform(-1, 1, (6, 200)).astype(np.float32), "u": rng.uniform(-1, 1, (6, 3000)).astype(np.float32)}
+    prog = hecc.compile(model, calibration=xs, layout="slots", objective=objective)
+    ref, got = prog.run(xs), prog.run(xs, backend="sim")
+    for name in ("p", "z"):
+        assert_close(got[name], ref[name], 1e-9, name)

@@ -128,8 +128,10 @@ def main():
                             objective="operations", teacher=original, rounds=10, epochs=2, final_epochs=8,
                             progress=log)
         path = os.path.join(outdir, "pruning.json")
-        with open(path) as f:
-            rounds = json.load(f)
+        rounds = {}
+        if os.path.exists(path):  # steps 1 and 2, unless sparse.pt came from elsewhere
+            with open(path) as f:
+                rounds = json.load(f)
         rounds["third"] = third.hecc_pruning
         with open(path, "w") as f:
             json.dump(rounds, f, indent=2, default=float)

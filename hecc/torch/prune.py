@@ -890,8 +890,8 @@ def block_prune(model, program_or_layout, target, data, *, rounds: int = 8, epoc
     saliencies, measured on ``saliency_samples`` inputs, and the compiler's calibration).
     ``objective``: the compile option the slots programs are lowered with ("time" or
     "operations", see ``hecc.compile``; default: the given program's, else "time"). With
-    "operations" the compiler lays the maps out for the fewest products plus rotations, which an
-    operation-count target measures; with "time" it may trade a rotation for ten products.
+    "operations" the compiler weighs a product and a rotation alike, as an operation-count target
+    does; with "time" it may trade a rotation for ten products.
 
     ``rounds`` of pruning follow a schedule that reaches the target at the last; each is followed
     by ``epochs`` passes of fine-tuning, and ``final_epochs`` (default ``epochs``) end it: AdamW at

@@ -31,11 +31,39 @@ from .placement import Placement, next_pow2
 # the chain for every client, once; weighted here as four rotations.
 PLAN_COSTS = {"rotate": 1.9, "multiply_plain": 0.14, "add": 0.05, "encrypt": 2.0, "key": 7.6}
 # The "operations" objective: every product by a plaintext vector and every rotation counts one (the
-# HE operations papers count); a new key and a ciphertext the client encrypts only break ties.
+# HE operations papers count); a ciphertext the client encrypts (a rotated input copy, which saves
+# the server a rotation) counts half, a new Galois key a quarter, so that neither comes for free.
 OPERATION_COSTS = {"rotate": 1.0, "multiply_plain": 1.0, "add": 0.0, "encrypt": 0.5, "key": 0.25}
 
 
 MAX_INPUT_CIPHERTEXTS = 64
+
+
+class Unfit(ValueError):
+    """An output placement whose spans cannot gather the map's inputs (see ``fits``)."""
+
+
+def fits(parts: list, out: Placement) -> bool:
+    """Whether ``out`` can be the output placement of a map of ``parts``. An output whose spans
+    gather their own elements (``out.span``) reads each weight's input inside its span, and, if it
+    repeats every span, needs inputs that repeat within it; a placement chosen for other inputs
+    may not (a product's second factor, given the first factor's placement)."""
+    if not out.span:
+        return True
+    for part in parts:
+        p = part.placement.period
+        d = (part.placement.pos[part.cols] - out.pos[part.rows]) & (p - 1)
+        if not _gathers(out, p, d):
+            return False
+    return True
+
+
+def _gathers(out: Placement, p: int, d: np.ndarray) -> bool:
+    """Whether spanned ``out`` gathers weights of offsets ``d`` from an input of period ``p``."""
+    q = out.gather
+    if out.period == out.span and p > out.span:
+        return False
+    return not (q < p and d.size and int((d - (d & (q - 1))).max()) >= out.span)
 
 
 def plan_costs(objective: str | None) -> dict:
@@ -75,6 +103,8 @@ class Plan:
             sj = part.placement.pos[part.cols]
             si = out.pos[part.rows]
             d = (sj - si) & (p - 1)
+            if out.span and not _gathers(out, p, d):
+                raise Unfit(f"spans of {out.span} slots cannot gather inputs of period {p}")
             if q < p:
                 k = d & (q - 1)
                 us.append((si & (slots - 1)) + d - k)

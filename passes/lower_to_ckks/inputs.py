@@ -15,7 +15,7 @@ import numpy as np
 from hecc.ir import CipherType, Op, Value
 
 from .affine import Affine, TooLarge
-from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, Unfit
 from .gather import GatherPlan, gather_plan
 from .placement import Placement, blocked_grid, compact
 
@@ -71,7 +71,7 @@ class InputLayouts:
         for candidate in ([want] if want is not None else self.candidates(aff, parts + [trial])):
             try:
                 plan = Plan(parts + [trial], candidate, self.slots)
-            except TooLarge:
+            except (TooLarge, Unfit):
                 continue
             options.append((plan.cost(self.steps, costs=c) + periodic.cts * c["encrypt"], "periodic",
                             (candidate, None)))

@@ -25,7 +25,7 @@ from hecc.errors import UnsupportedOpError
 from hecc.ir import Op, Value
 
 from .affine import Affine, TooLarge, block_entries
-from .diagonal import Part, Plan
+from .diagonal import Part, Plan, Unfit
 from .sparse import Sparse, avgpool_matrix
 
 
@@ -123,7 +123,7 @@ class PoolingByRotation:
             if want is not None:
                 return Plan(parts, want, self.slots).cost(self.steps, costs=self.costs)
             return self.cheapest(aff, parts)[1]
-        except (TooLarge, UnsupportedOpError):
+        except (TooLarge, Unfit, UnsupportedOpError):
             return None
 
     def _sums_cost(self, windows: list[Value]) -> float:

@@ -11,7 +11,7 @@ from hecc.ir import OPS, CipherType, Graph, Op, TensorType, Value
 
 from .affine import Affine, TooLarge, block_entries
 from .batch import AFFINE_OPS, ELEMENTWISE_AFFINE, Lowering
-from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, plan_costs
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, Unfit, fits, plan_costs
 from .inputs import InputLayouts, Relayout
 from .placement import (Geometry, Placement, blocked_grid, compact, gathered, multiplexed, next_pow2, row_stride,
                         rows, spanned)
@@ -167,8 +167,11 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         super().poly(op)
         form = self.env[op.result]
         if isinstance(form, Affine) and len(form.bases) > 1:
-            ct = self.mat(form, self.ranges.get(op.result, float("nan")),
-                          want=self.placement.get(form.bases[0]))
+            try:
+                ct = self.mat(form, self.ranges.get(op.result, float("nan")),
+                              want=self.placement.get(form.bases[0]))
+            except Unfit:
+                ct = self.mat(form, self.ranges.get(op.result, float("nan")))
             self.set_ct(op.result, ct)
 
     def t1_term(self, t: Affine, ct: Value) -> Affine:
@@ -221,7 +224,12 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         shape = op.result.type.shape
         a, b = self.broadcast(a, shape), self.broadcast(b, shape)
         x = self.materialize(a)
-        y = self.mat(self.env[b], self.ranges.get(b, float("nan")), want=self.placement[x])
+        try:
+            y = self.mat(self.env[b], self.ranges.get(b, float("nan")), want=self.placement[x])
+        except Unfit:  # x's spans cannot gather b's inputs: both factors in a placement without spans
+            common = self.default_placement(self.env[b])
+            x = self.mat(self.base_form(x), self.max_abs.get(x, float("nan")), want=common)
+            y = self.mat(self.env[b], self.ranges.get(b, float("nan")), want=common)
         self.set_ct(op.result, self.emit("ckks.mul", [x, y]))
 
     def tensor_operand(self, v: Value) -> Value:
@@ -271,6 +279,8 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         g = None
         if want is not None:
             out = want
+            if not fits(parts, want):  # the caller places the value otherwise
+                raise Unfit("the placement asked for cannot gather this map's inputs")
         elif expanded:
             out = self.default_placement(aff)
         elif hint is not None and len(inputs) == 1:
@@ -411,7 +421,7 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
         for candidate in self.candidates(aff, parts):
             try:
                 cost = Plan(parts, candidate, self.slots).cost(self.steps, costs=self.costs)
-            except TooLarge:
+            except (TooLarge, Unfit):
                 continue
             if best is None or cost < best[1]:
                 best = (candidate, cost)
