@@ -234,3 +234,13 @@ def test_block_sums_of_clustered_blocks_golden():
     for cyclic in (True, False):
         shift, steps = block_sums(np.array([0, 31, 32, 63]), 64, cyclic)
         assert shift == 0 and sorted(steps) == [31, 32]
+
+
+def test_lowering_refuses_an_unknown_objective():
+    """The lowering's ``objective`` option (the compile option, also reachable through the pass
+    options) is time or operations, never silently another."""
+    graph = parse('%0 = "hecc.input"() {name = "x"} : () -> tensor<1x4, secret>\n'
+                  '%1 = "tensor.mul"(%0, %0) {} : (tensor<1x4, secret>, tensor<1x4, secret>) -> tensor<1x4, secret>\n'
+                  '"hecc.output"(%1) {name = "y"} : (tensor<1x4, secret>) -> ()\n')
+    with pytest.raises(PassError, match="objective"):
+        run_passes(graph, ["lower-to-ckks"], {"layout": "slots", "slots": 64, "objective": "speed"})

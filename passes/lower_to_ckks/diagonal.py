@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hecc.errors import PassError
+
 from .affine import MAX_MATRIX_ENTRIES, TooLarge
 from .placement import Placement, next_pow2
 
@@ -67,7 +69,9 @@ def _gathers(out: Placement, p: int, d: np.ndarray) -> bool:
 
 
 def plan_costs(objective: str | None) -> dict:
-    """The relative costs plans are chosen by, for the compile option ``objective``."""
+    """The relative costs plans are chosen by, for the compile option ``objective`` (None: time)."""
+    if objective not in (None, "time", "operations"):
+        raise PassError(f"objective must be time or operations, got {objective!r}")
     return OPERATION_COSTS if objective == "operations" else PLAN_COSTS
 
 
