@@ -135,7 +135,7 @@ class Plan:
         # the rotate-and-sum: a shift by ``shift`` blocks (joined to the last giant step), then
         # doublings by ``sum_blocks`` blocks (of q slots)
         count = self.span // q if q < self.span else 1
-        self.shift, self.sum_blocks = 0, [count >> i for i in range(1, count.bit_length())]
+        self.shift, self.sum_blocks = 0, doublings(count)
         used = np.unique(np.concatenate(blocks)) if blocks else np.zeros(0, dtype=np.int64)
         if out.span and used.size and count > 1:
             self.shift, self.sum_blocks = block_sums(used, count, cyclic=self.length == self.span)
@@ -259,6 +259,12 @@ def baby_step(nonzero: list[int]) -> int:
     return best[1]
 
 
+def doublings(count: int) -> list[int]:
+    """The steps (in blocks, largest first) of a rotate-and-sum over ``count`` blocks, a power of
+    two: count / 2, ..., 1."""
+    return [count >> i for i in range(1, count.bit_length())]
+
+
 def block_sums(blocks: np.ndarray, count: int, cyclic: bool) -> tuple[int, list[int]]:
     """(shift, doublings) of a rotate-and-sum that adds the blocks ``blocks`` (distinct, of
     ``count``, a power of two) into block 0 with the fewest rotations: after a rotation by
@@ -267,7 +273,7 @@ def block_sums(blocks: np.ndarray, count: int, cyclic: bool) -> tuple[int, list[
     every block added holds terms of the output it is added to or zeros. Tried: the smallest
     window that holds the blocks (a power of two long), and greedy splits of the blocks into two
     copies t apart (``_cover``); at worst, every block (log2(count))."""
-    full = (0, [count >> i for i in range(1, count.bit_length())])
+    full = (0, doublings(count))
     found = _cover(sorted(int(b) for b in blocks), count, cyclic, count.bit_length() - 1)
     return full if found is None or len(found[1]) >= len(full[1]) else found
 
@@ -330,7 +336,7 @@ def _window(blocks: list[int], count: int, cyclic: bool):
     size = next_pow2(width)
     if not cyclic:
         start = min(start, count - size)
-    return start % count, [size >> i for i in range(1, size.bit_length())]
+    return start % count, doublings(size)
 
 
 def _valid(shift: int, steps: list[int], blocks: set, count: int, cyclic: bool) -> bool:

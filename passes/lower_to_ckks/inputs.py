@@ -15,7 +15,7 @@ import numpy as np
 from hecc.ir import CipherType, Op, Value
 
 from .affine import Affine, TooLarge
-from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, Unfit
+from .diagonal import MAX_INPUT_CIPHERTEXTS, Part, Plan, Unfit, doublings
 from .gather import GatherPlan, gather_plan
 from .placement import Placement, blocked_grid, compact
 
@@ -174,7 +174,7 @@ class InputLayouts:
                 term = self.typed("ckks.mul_plain", [piece], {"plain": plain, "row": int(index),
                                                               "weight_scale": self.weight_bits})
                 total = term if total is None else self.typed("ckks.add", [total, term], {})
-            results.append(self.rotate_and_sum(total, self.slots, q))
+            results.append(self.rotate_and_sum(total, [b * q for b in doublings(self.slots // q)]))
         return self._joined(results, out)
 
     def gathered_map(self, placeholder: Value, plan: GatherPlan, out: Placement, shape) -> Value:

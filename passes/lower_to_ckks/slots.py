@@ -474,9 +474,7 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
             last = plan.last_step(previous, g)
             if last:
                 acc = self.typed("ckks.rotate", [acc], {"step": last})
-            for step in plan.sum_steps():
-                acc = self.typed("ckks.add", [acc, self.typed("ckks.rotate", [acc], {"step": step})], {})
-            results.append(acc)
+            results.append(self.rotate_and_sum(acc, plan.sum_steps()))
         self.out.constants[name] = plan.diagonal_rows(np.array(table, dtype=np.int64), g)
         return self._joined(results, out)
 
@@ -493,12 +491,11 @@ class SlotsLowering(InputLayouts, PoolingByRotation, Lowering):
             return value
         return self.typed("ckks.extract", [value], {"index": ct}, value.type)
 
-    def rotate_and_sum(self, z: Value, p: int, q: int) -> Value:
-        """Sum the p/q blocks of q slots of a p-periodic z into every block: period q."""
-        step = p // 2
-        while step >= q:
+    def rotate_and_sum(self, z: Value, steps: list[int]) -> Value:
+        """z + rot(z, t) for each step t in turn: with ``diagonal.doublings`` of p / q blocks of q
+        slots, every block of a p-periodic z summed into each (period q)."""
+        for step in steps:
             z = self.typed("ckks.add", [z, self.typed("ckks.rotate", [z], {"step": step})], {})
-            step //= 2
         return z
 
     def finish(self) -> None:
